@@ -476,3 +476,30 @@ def test_instruct_corrupt_breaks_one_thing() -> None:
             # A swap or a replacement changes exactly two or one positions.
             changed = sum(a != b for a, b in zip(bad.split(), example.gold.split()))
             assert changed in (1, 2)
+
+
+def test_math_gold_styles_vary_wording_not_content() -> None:
+    terse, styled = MathTask(), MathTask(gold_styles=4)
+    plain = terse.examples("pref", 200, seed=1)
+    varied = styled.examples("pref", 200, seed=1)
+    assert {e.meta["style"] for e in plain} == {0}
+    assert {e.meta["style"] for e in varied} == {0, 1, 2, 3}
+    for example in varied:
+        assert styled.score(example, example.gold) == 1.0
+        assert len(STEP.findall(example.gold)) == styled.n_steps
+        # the realistic slip keeps the example's wording; the fix restores exactly the gold
+        rng = random.Random(0)
+        bad = styled.corrupt(example, rng)
+        assert styled.score(example, bad) == 0.0
+        assert styled.minimal_fix(example, bad) == example.gold
+    first = next(e for e in varied if e.meta["style"] == 1)
+    steps = STEP.findall(first.gold)
+    assert first.gold.startswith(" First ") and ", then " in first.gold
+    assert first.gold.endswith(f". The answer is {steps[-1][3]}.")
+    # a sample in another wording is fixed in that wording, not rewritten into the gold's
+    terse_wrong = " " + "; ".join(f"{x}{op}{b}={int(r) + 1}" for x, op, b, r in steps) + ". The answer is 0."
+    fixed = styled.minimal_fix(first, terse_wrong)
+    assert styled.score(first, fixed) == 1.0 and fixed != first.gold and "; " in fixed
+    assert MathTask(gold_styles=4).max_gold_chars() >= max(len(e.gold) for e in varied)
+    with pytest.raises(ValueError, match="gold_styles"):
+        MathTask(gold_styles=5)

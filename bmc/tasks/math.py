@@ -3,6 +3,11 @@
 Prompt: ``"Mia has 47 marbles. She finds 85 more, then gives away 12. How many marbles does she have
 now?\\nAnswer:"``; gold response: ``" 47+85=132; 132-12=120. The answer is 120."``. The verifier is exact on
 the number after the first ``"The answer is"``. Intermediate results never go negative.
+
+With ``gold_styles > 1`` each gold response is written in one of several wordings (``" First 47+85=132,
+then 132-12=120. ..."``), drawn per example. The SFT policy then learns all of them and its samples for a
+prompt often use another wording than that prompt's gold, as with human-written references: this is the
+setting where BMC's Bridging (a minimal fix of the policy's own wrong answer) differs from the gold.
 """
 
 from __future__ import annotations
@@ -24,6 +29,13 @@ VERBS: dict[str, tuple[str, ...]] = {
     "-": ("gives away {n}", "loses {n}", "sells {n}"),
 }
 ANSWER_PREFIX = "The answer is"
+#: (opening, separator between steps) of each gold wording; style 0 is the terse default
+GOLD_STYLES: tuple[tuple[str, str], ...] = (
+    ("", "; "),
+    ("First ", ", then "),
+    ("We compute ", " and "),
+    ("Step by step: ", ", so "),
+)
 
 _STEP_RE = re.compile(r"(\d+)\s*([+\-])\s*(\d+)\s*=\s*(-?\d+)")
 _ANSWER_RE = re.compile(r"The answer is\s*(-?\d+)")
@@ -49,8 +61,9 @@ def _render_step(step: Step) -> str:
     return f"{x}{op}{b}={r}"
 
 
-def _render(steps: Sequence[Step]) -> str:
-    return " " + "; ".join(_render_step(s) for s in steps) + f". {ANSWER_PREFIX} {steps[-1][3]}."
+def _render(steps: Sequence[Step], style: int = 0) -> str:
+    opening, separator = GOLD_STYLES[style]
+    return f" {opening}" + separator.join(_render_step(s) for s in steps) + f". {ANSWER_PREFIX} {steps[-1][3]}."
 
 
 def _chain(start: int, ops: Sequence[tuple[str, int]]) -> list[Step]:
@@ -79,6 +92,7 @@ class MathTask(Task):
         n_steps: number of operations after the starting amount.
         min_operand / max_operand: range of the starting amount and of every operand.
         ops: operations to draw from, a subset of ``("+", "-")``.
+        gold_styles: how many of :data:`GOLD_STYLES` the gold responses are drawn from (1: terse only).
         split_fractions / max_misses: see :class:`bmc.tasks.base.Task`.
     """
 
@@ -91,6 +105,7 @@ class MathTask(Task):
         min_operand: int = 10,
         max_operand: int = 99,
         ops: Sequence[str] = ("+", "-"),
+        gold_styles: int = 1,
         split_fractions: Sequence[float] = (0.6, 0.2, 0.2),
         max_misses: int = 20_000,
     ) -> None:
@@ -107,6 +122,9 @@ class MathTask(Task):
                 f"with only subtractions, {n_steps} steps of >= {min_operand} cannot start from "
                 f"<= {max_operand}"
             )
+        if not 1 <= gold_styles <= len(GOLD_STYLES):
+            raise ValueError(f"gold_styles must be in 1..{len(GOLD_STYLES)}, got {gold_styles}")
+        self.gold_styles = int(gold_styles)
         self.n_steps = int(n_steps)
         self.min_operand = int(min_operand)
         self.max_operand = int(max_operand)
@@ -144,13 +162,16 @@ class MathTask(Task):
         story = f"{pronoun.capitalize()} " + ", then ".join(phrases) + "."
         prompt = f"{name} has {start} {obj}. {story} How many {obj} does {pronoun} have now?{ANSWER_SUFFIX}"
         steps = _chain(start, ops)
+        # drawn only when there is a choice, so the default task's examples do not change
+        style = rng.randrange(self.gold_styles) if self.gold_styles > 1 else 0
         meta: dict[str, Any] = {
             "start": start,
             "ops": [[op, b] for op, b in ops],
             "steps": [list(s) for s in steps],
             "answer": steps[-1][3],
+            "style": style,
         }
-        return Example(prompt=prompt, gold=_render(steps), meta=meta)
+        return Example(prompt=prompt, gold=_render(steps, style), meta=meta)
 
     # ------------------------------------------------------------------ verifier side
     @staticmethod
@@ -168,6 +189,7 @@ class MathTask(Task):
         """An arithmetic slip (+-1, +-10 i.e. a carry/borrow error, or a swap of the last two digits) in
         one step, propagated consistently through the later steps to the final answer."""
         steps = self._gold_steps(example)
+        style = int(example.meta.get("style", 0))
         ops = [(op, b) for _, op, b, _ in steps]
         order = list(range(len(steps)))
         rng.shuffle(order)
@@ -183,10 +205,10 @@ class MathTask(Task):
                 if any(s[3] < 0 for s in tail):
                     continue
                 x, op, b, _ = steps[i]
-                return _render([*steps[:i], (x, op, b, wrong), *tail])
+                return _render([*steps[:i], (x, op, b, wrong), *tail], style)
         # Unreachable in practice (+1 on the last step always qualifies); kept for safety.
         x, op, b, r = steps[-1]
-        return _render([*steps[:-1], (x, op, b, r + 1)])
+        return _render([*steps[:-1], (x, op, b, r + 1)], style)
 
     def minimal_fix(self, example: Example, response: str) -> str | None:
         """Fix the first wrong step and everything that follows from it, keeping correct text verbatim.
@@ -248,10 +270,11 @@ class MathTask(Task):
 
         operand = len(str(self.max_operand))
         steps = sum(digits(k) + 1 + operand + 1 + digits(k + 1) for k in range(self.n_steps))
-        return 1 + steps + 2 * (self.n_steps - 1) + len(f". {ANSWER_PREFIX} ") + digits(self.n_steps) + 1
+        wording = max(len(o) + len(s) * (self.n_steps - 1) for o, s in GOLD_STYLES[: self.gold_styles])
+        return 1 + steps + wording + len(f". {ANSWER_PREFIX} ") + digits(self.n_steps) + 1
 
     def __repr__(self) -> str:
         return (
             f"MathTask(n_steps={self.n_steps}, min_operand={self.min_operand}, "
-            f"max_operand={self.max_operand}, ops={self.ops!r})"
+            f"max_operand={self.max_operand}, ops={self.ops!r}, gold_styles={self.gold_styles})"
         )
