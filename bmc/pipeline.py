@@ -227,7 +227,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # weights_only: a checkpoint is tensors and plain containers, never code to unpickle
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         if trainer.interrupted:  # Lightning swallows Ctrl-C; the run must not be reported as completed
             raise KeyboardInterrupt("training was interrupted")
         # max_steps can end training between two validations: report the metrics of the final policy
