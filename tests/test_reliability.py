@@ -118,8 +118,8 @@ def test_a_diverging_job_fails_alone_in_a_multirun_and_the_report_shows_it(
     from bmc.report import comparison_table, load_sweep
 
     # optim.lr=1e30 is a real divergence (no test hook): the first update blows the weights up
-    output = run_cli(["-m", *FAST, "optim.lr=1e30,2e-5", "optim.warmup_ratio=0", "callbacks=default",
-                      f"paths.cache_dir={shared_cache}", "hydra.sweep.dir=multirun_outputs/sweep"], cwd=tmp_path)  # fmt: skip
+    args = ["-m", *FAST, "optim.lr=1e30,2e-5", "optim.warmup_ratio=0", "callbacks=default"]
+    output = run_cli([*args, f"paths.cache_dir={shared_cache}", "hydra.sweep.dir=multirun_outputs/sweep"], cwd=tmp_path)
     assert "the sweep goes on" in output
     sweep = tmp_path / "multirun_outputs" / "sweep"
     summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
