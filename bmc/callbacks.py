@@ -11,6 +11,62 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN or infinite loss, gradient or weight."""
+
+
+class NonFiniteGuard(pl.Callback):
+    """Stops training at the first non-finite loss or gradient, before the optimizer applies it, so the weights
+    and every checkpoint stay those of the last good step; and refuses to write a checkpoint whose weights are
+    not finite (a finite but huge update, e.g. from a learning rate far too high). The error names the global
+    step, epoch and batch; :func:`bmc.pipeline.run` then marks the run failed in ``summary.json``.
+
+    The decision is reduced over processes, so under DDP every rank stops at the same step instead of waiting
+    for a collective that a stopped rank never joins. Gradients are not checked under fp16 mixed precision:
+    its loss scaler skips overflowing steps by design.
+    """
+
+    def __init__(self) -> None:
+        self._batch_idx = 0
+        self._bad_loss: str | None = None
+
+    def _where(self, trainer: pl.Trainer) -> str:
+        return f"global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {self._batch_idx})"
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._batch_idx = batch_idx
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: Any, loss: torch.Tensor) -> None:
+        # remembered, not raised: under DDP the step is stopped on every rank at once in on_before_optimizer_step
+        if self._bad_loss is None and not torch.isfinite(loss.detach()).all():
+            self._bad_loss = f"training loss ({loss.detach().float().mean().item()})"
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
+        problem, self._bad_loss = self._bad_loss, None
+        if problem is None and getattr(trainer.precision_plugin, "scaler", None) is None:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
+            if not torch.isfinite(norm):
+                problem = f"gradient norm ({norm.item()})"
+        if trainer.strategy.reduce_boolean_decision(problem is not None, all=False):
+            raise NonFiniteError(
+                f"non-finite {problem or 'loss or gradient on another process'} at {self._where(trainer)}; "
+                "stopped before the optimizer step, so the weights and checkpoints are those of earlier steps"
+            )
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        bad = [
+            name
+            for name, value in checkpoint.get("state_dict", {}).items()
+            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()
+        ]
+        if bad:
+            raise NonFiniteError(
+                f"non-finite weights at {self._where(trainer)} in {len(bad)} tensor(s), e.g. {bad[:3]}; "
+                "the checkpoint was not written (the previous one is kept)"
+            )
+
+
 class TokenRewardLogger(pl.Callback):
     """The paper's token-level reward picture: for a few validation pairs, each response token's reward
     ``beta * (log p_theta - log p_ref)`` and whether it is marked by the diff mask.

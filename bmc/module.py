@@ -11,7 +11,9 @@ from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from bmc.logprobs import response_token_logps
 from bmc.losses import (
+    Regularizer,
     SequenceLogps,
+    TokenWeighting,
     build_loss,
     build_regularizer,
     build_token_weighting,
@@ -19,6 +21,14 @@ from bmc.losses import (
     weighted_score,
     weighting_stats,
 )
+from bmc.losses.registry import LossFn
+
+
+def build_objective(
+    loss: dict[str, Any], token_weighting: dict[str, Any], regularizer: dict[str, Any]
+) -> tuple[LossFn, TokenWeighting, Regularizer]:
+    """The loss, token weighting and regularizer of a config; unknown names and out-of-range options raise."""
+    return build_loss(**loss), build_token_weighting(**token_weighting), build_regularizer(**regularizer)
 
 
 def needs_reference(loss: dict[str, Any], regularizer: dict[str, Any]) -> bool:
@@ -108,10 +118,8 @@ class PreferenceModule(_CausalLMModule):
     ) -> None:
         super().__init__(policy, optim)
         self.loss_name = loss["name"]
-        self.loss_fn = build_loss(**loss)
+        self.loss_fn, self.weighting, self.regularizer = build_objective(loss, token_weighting, regularizer)
         self.weighting_name, self.regularizer_name = token_weighting["name"], regularizer["name"]
-        self.weighting = build_token_weighting(**token_weighting)
-        self.regularizer = build_regularizer(**regularizer)
         self.needs_reference = needs_reference(loss, regularizer)
         self.reference = reference
         # the scale of logged implicit rewards (beta * r); losses without a beta report raw log-ratios

@@ -28,7 +28,7 @@ from bmc.data.sources import TaskData, split_pairs
 from bmc.data.tokenize import Truncation
 from bmc.evaluate import evaluate_generations
 from bmc.models import PretrainedLM, add_lora, frozen_copy
-from bmc.module import PreferenceModule, SFTModule, needs_reference
+from bmc.module import PreferenceModule, SFTModule, build_objective, needs_reference
 from bmc.summary import results_table, write_summary
 from bmc.synthesis.pipeline import SynthesisContext, build_pairs
 
@@ -190,6 +190,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("torch_threads"):
         torch.set_num_threads(cfg.torch_threads)
     try:
+        # out-of-range loss, weighting, regularizer or truncation options fail before any model is built
+        build_objective(_container(cfg.loss), _container(cfg.token_weighting), _container(cfg.regularizer))
+        _truncation(cfg)
         loggers = _loggers(cfg)
         data = prepare_data(cfg)
         data_report = data.report
@@ -224,7 +227,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # weights_only: a checkpoint is tensors and plain containers, never code to unpickle
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         if trainer.interrupted:  # Lightning swallows Ctrl-C; the run must not be reported as completed
             raise KeyboardInterrupt("training was interrupted")
         # max_steps can end training between two validations: report the metrics of the final policy

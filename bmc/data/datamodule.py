@@ -7,6 +7,7 @@ LightningModule runs a single concatenated forward.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,8 @@ from transformers import PreTrainedTokenizerBase
 
 from bmc.data.tokenize import Truncation, encode_responses, encode_texts
 from bmc.losses.masks import diff_masks, stopword_token_ids
+
+log = logging.getLogger(__name__)
 
 
 def pad_sequences(
@@ -148,7 +151,26 @@ class PreferenceDataModule(_TokenizedDataModule):
                 remove_columns=list(rows[0].keys()),
                 desc=f"tokenize pairs/{split}",
             )
-            self.truncated_rows[split] = sum(self.datasets[split]["truncated"])
+            self._report_truncation(split)
+
+    def _report_truncation(self, split: str) -> None:
+        dataset = self.datasets[split]
+        flags = dataset["truncated"]
+        self.truncated_rows[split] = sum(flags)
+        if not self.truncated_rows[split]:
+            return
+        # cutting the responses can remove the only tokens in which they differ: no preference signal is left
+        identical = sum(cut and c == r for cut, c, r in zip(flags, dataset["chosen_ids"], dataset["rejected_ids"]))
+        log.warning(
+            "pairs/%s: truncated %d of %d pair(s) longer than max_length=%d (the prompt from the left, not below %d "
+            "tokens, then the responses from the right); %d of them have identical responses after the cut",
+            split,
+            self.truncated_rows[split],
+            len(flags),
+            self.truncation.max_length,
+            self.truncation.max_prompt_length,
+            identical,
+        )
 
     def _encode(self, batch: dict[str, list], stopwords: frozenset[int]) -> dict[str, list]:
         out: dict[str, list] = {

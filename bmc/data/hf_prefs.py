@@ -9,11 +9,20 @@ Two row formats are understood, as in TRL:
 
 Conversational rows are rendered to text with a model's chat template when it has one (``render``), else
 with a plain ``role: content`` template, so a tiny model with a locally trained tokenizer can use them.
+
+Input policy: a bad file or row raises :class:`DataError` naming the file, the row and the field (invalid
+UTF-8, malformed JSON, missing columns, wrong types, nulls, roles that do not alternate). Rows are numbered
+from 1: the line number in JSON Lines files, the element in JSON arrays, the data row (header excluded) in
+CSV and Parquet files. Rows with an empty prompt or response, identical responses, or that repeat an
+earlier row exactly are dropped with a warning that counts them and lists their row numbers: duplicates
+would weigh a pair twice and could land on both sides of the train/validation split.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +40,46 @@ class DataError(ValueError):
     """A bad row or file: the message names the file, the row and the field."""
 
 
-def _load_rows(path: str, split: str, data_files: Any = None) -> list[dict[str, Any]]:
+def _decode_utf8(local: Path) -> str:
+    data = local.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{local}, line {line}: not valid UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); "
+            "re-encode the file as UTF-8"
+        ) from None
+
+
+def _json_lines(local: Path, text: str) -> list[tuple[int, Any]]:
+    """(line number, value) of every non-blank line; a line that is not JSON raises naming it."""
+    rows = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{local}, line {number}: malformed JSON ({error.msg} at column {error.colno})") from None
+    return rows
+
+
+def _json_rows(local: Path) -> list[tuple[int, Any]]:
+    """A ``.json`` file holding one array of rows, or JSON Lines; a ``.jsonl`` file is always JSON Lines."""
+    text = _decode_utf8(local)
+    if local.suffix == ".json":
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError:
+            document = None  # not one JSON document: read it as JSON Lines
+        if isinstance(document, list):
+            return list(enumerate(document, 1))
+    return _json_lines(local, text)
+
+
+def _load_rows(path: str, split: str, data_files: Any = None) -> list[tuple[int, dict[str, Any]]]:
+    """(row number, row) pairs of a local file, a dataset folder or a hub dataset."""
     from datasets import load_dataset
 
     local = Path(path)
@@ -39,10 +87,27 @@ def _load_rows(path: str, split: str, data_files: Any = None) -> list[dict[str, 
         builder = _BUILDERS.get(local.suffix)
         if builder is None:
             raise DataError(f"{path}: unsupported file type {local.suffix!r}; use one of {sorted(_BUILDERS)}")
-        dataset = load_dataset(builder, data_files=str(local), split="train")
+        if builder == "json":
+            # read here rather than by pyarrow, whose errors name neither the line nor the row
+            rows = _json_rows(local)
+            for number, row in rows:
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}, row {number}: expected an object with columns, got {_kind(row)}")
+            return rows
+        if builder == "csv":
+            _decode_utf8(local)
+        loader = {"path": builder, "data_files": str(local), "split": "train"}
     else:
-        dataset = load_dataset(path, data_files=data_files, split=split)
-    return dataset.to_list()
+        loader = {"path": path, "data_files": data_files, "split": split}
+    try:
+        dataset = load_dataset(**loader)
+    except Exception as error:  # pyarrow/pandas/hub errors: say which file, keep the cause for debugging
+        raise DataError(f"{path}: could not be read as a {loader['path']} dataset: {error}") from error
+    return list(enumerate(dataset.to_list(), 1))
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 def _is_messages(value: Any) -> bool:
@@ -66,11 +131,14 @@ def normalise_row(row: dict[str, Any], columns: dict[str, str], where: str) -> d
     strings.
     """
     missing = [columns[f] for f in ("chosen", "rejected") if columns[f] not in row]
+    conversational = not missing and _is_messages(row[columns["chosen"]]) and _is_messages(row[columns["rejected"]])
+    if columns["prompt"] not in row and not conversational:  # only conversational rows may imply the prompt
+        missing.insert(0, columns["prompt"])
     if missing:
         raise DataError(f"{where}: missing column(s) {missing}; the row has {sorted(row)}")
     prompt = row.get(columns["prompt"])
     chosen, rejected = row[columns["chosen"]], row[columns["rejected"]]
-    if _is_messages(chosen) and _is_messages(rejected):
+    if conversational:
         if prompt is None:  # implicit prompt: the shared leading messages
             shared = 0
             while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
@@ -87,8 +155,7 @@ def normalise_row(row: dict[str, Any], columns: dict[str, str], where: str) -> d
         return {"prompt": prompt, "chosen": chosen[0]["content"], "rejected": rejected[0]["content"]}
     for name, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
         if not isinstance(value, str):
-            kind = "null" if value is None else type(value).__name__
-            raise DataError(f"{where}, field {columns[name]!r}: expected a string, got {kind}")
+            raise DataError(f"{where}, field {columns[name]!r}: expected a string, got {_kind(value)}")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
@@ -105,34 +172,42 @@ def render_pairs(pairs: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase
     return [{**p, "prompt": render_prompt(p["prompt"], tokenizer)} for p in pairs]
 
 
-def filter_pairs(pairs: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
-    """Drop pairs with an empty response or identical responses, and say which (1-based rows) and why."""
-    reasons = {"empty chosen": [], "empty rejected": [], "chosen == rejected": []}
+def _drop_reason(pair: dict[str, Any], duplicate: bool) -> str | None:
+    if isinstance(pair["prompt"], str) and not pair["prompt"].strip():
+        return "empty prompt"
+    if not pair["chosen"].strip():
+        return "empty chosen"
+    if not pair["rejected"].strip():
+        return "empty rejected"
+    if pair["chosen"] == pair["rejected"]:
+        return "chosen == rejected"
+    return "a duplicate of an earlier row" if duplicate else None
+
+
+def filter_pairs(numbered: list[tuple[int, dict[str, Any]]], source: str) -> list[dict[str, Any]]:
+    """Drop pairs with an empty prompt or response, identical responses, or that repeat an earlier row
+    exactly, and say which rows (by their numbers in ``numbered``) and why."""
+    reasons: dict[str, list[int]] = defaultdict(list)
+    seen: set[str] = set()
     kept = []
-    for i, p in enumerate(pairs):
-        reason = (
-            "empty chosen"
-            if not p["chosen"].strip()
-            else "empty rejected"
-            if not p["rejected"].strip()
-            else "chosen == rejected"
-            if p["chosen"] == p["rejected"]
-            else None
-        )
+    for number, pair in numbered:
+        key = json.dumps([pair["prompt"], pair["chosen"], pair["rejected"]], sort_keys=True)
+        reason = _drop_reason(pair, key in seen)
         if reason:
-            reasons[reason].append(i + 1)
+            reasons[reason].append(number)
         else:
-            kept.append(p)
+            seen.add(key)
+            kept.append(pair)
     for reason, rows in reasons.items():
-        if rows:
-            log.warning(
-                "%s: dropped %d row(s) with %s (rows %s%s)",
-                source,
-                len(rows),
-                reason,
-                rows[:10],
-                "..." if len(rows) > 10 else "",
-            )
+        log.warning(
+            "%s: dropped %d of %d row(s) with %s (rows %s%s)",
+            source,
+            len(rows),
+            len(numbered),
+            reason,
+            rows[:10],
+            "..." if len(rows) > 10 else "",
+        )
     return kept
 
 
@@ -157,8 +232,9 @@ def hf_preferences(
         rows = rows[: sizes["pref"]]
     if not rows:
         raise DataError(f"{path}: no rows in split {split!r}")
-    # Row numbers are 1-based lines, as an editor shows them for JSONL files.
-    pairs = filter_pairs([normalise_row(r, columns, f"{path}, row {i + 1}") for i, r in enumerate(rows)], path)
+    pairs = filter_pairs([(n, normalise_row(r, columns, f"{path}, row {n}")) for n, r in rows], path)
+    if not pairs:
+        raise DataError(f"{path}: all {len(rows)} row(s) were dropped; the warnings above say which and why")
     rendered = render_pairs(pairs, None)
     sft = [{"prompt": p["prompt"], "response": p["chosen"]} for p in rendered]
     n_val = sizes["sft_val"]
