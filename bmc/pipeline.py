@@ -19,9 +19,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.cache import cached_dir
+from bmc.checkpointing import resolve_ckpt_path
 from bmc.data.datamodule import PreferenceDataModule, SFTDataModule
 from bmc.data.hf_prefs import render_pairs
 from bmc.data.sources import TaskData, split_pairs
@@ -93,8 +95,12 @@ def warm_start(cfg: DictConfig, task_data: TaskData, source: Any) -> Path:
                 batch_size=cfg.sft.batch_size,
                 seed=cfg.sft.seed,
             )
+            # one process: the ranks of a multi-process run wait on the cache lock while the first builds this
             trainer = instantiate(
                 cfg.trainer,
+                strategy="auto",
+                devices=1,
+                num_nodes=1,
                 max_steps=cfg.sft.steps,
                 max_epochs=-1,
                 logger=False,
@@ -130,6 +136,12 @@ def _finish_wandb(loggers: list[Logger], summary_path: Path, failed: bool) -> No
     if wandb.run is not None:
         shutil.copy(summary_path, Path(wandb.run.dir) / summary_path.name)
         wandb.finish(exit_code=1 if failed else 0)
+
+
+def _is_global_zero(trainer: pl.Trainer | None) -> bool:
+    """Whether this process writes the run's results (rank 0 of a multi-process run). Before the Trainer
+    exists, the rank is the one the launcher (Lightning, torchrun, SLURM) put in the environment."""
+    return trainer.is_global_zero if trainer is not None else rank_zero_only.rank == 0
 
 
 @dataclass
@@ -185,11 +197,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     }
     essentials["seed"] = cfg.seed
     loggers: list[Logger] = []
+    trainer: pl.Trainer | None = None
     metrics: dict[str, float] = {}
     data_report: dict[str, Any] = {}
     if cfg.get("torch_threads"):
         torch.set_num_threads(cfg.torch_threads)
     try:
+        # before the data stages, so that a wrong ckpt_path fails in seconds
+        checkpoint_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath") or output_dir / "checkpoints"
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir)
         loggers = _loggers(cfg)
         data = prepare_data(cfg)
         data_report = data.report
@@ -224,7 +240,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:  # Lightning swallows Ctrl-C; the run must not be reported as completed
             raise KeyboardInterrupt("training was interrupted")
         # max_steps can end training between two validations: report the metrics of the final policy
@@ -234,11 +250,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics["data/train_pairs"] = float(len(train_pairs))
         metrics["data/truncated_pairs"] = float(sum(datamodule.truncated_rows.values()))
 
+        if not _is_global_zero(trainer):  # the other ranks' part ends with training; rank 0 evaluates and reports
+            return metrics
         evaluation = {f"eval/{k}": v for k, v in _evaluate(data.task_data, module.policy, tokenizer, cfg).items()}
         metrics.update(evaluation)
         for logger in loggers:
             logger.log_metrics(evaluation, step=trainer.global_step)
     except BaseException as error:
+        if not _is_global_zero(trainer):
+            raise
         summary = write_summary(
             output_dir,
             status="failed",
