@@ -250,7 +250,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics["data/train_pairs"] = float(len(train_pairs))
         metrics["data/truncated_pairs"] = float(sum(datamodule.truncated_rows.values()))
 
-        if not _is_global_zero(trainer):  # the other ranks' part ends with training; rank 0 evaluates and reports
+        if not _is_global_zero(trainer):
+            log.info("rank %d of %d: training done; rank 0 evaluates and writes summary.json",
+                     trainer.global_rank, trainer.world_size)  # fmt: skip
             return metrics
         evaluation = {f"eval/{k}": v for k, v in _evaluate(data.task_data, module.policy, tokenizer, cfg).items()}
         metrics.update(evaluation)
