@@ -19,7 +19,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.cache import cached_dir
@@ -28,6 +27,7 @@ from bmc.data.datamodule import PreferenceDataModule, SFTDataModule
 from bmc.data.hf_prefs import render_pairs
 from bmc.data.sources import TaskData, split_pairs
 from bmc.data.tokenize import Truncation
+from bmc.distributed import check_launch, is_global_zero
 from bmc.evaluate import evaluate_generations
 from bmc.models import PretrainedLM, add_lora, frozen_copy
 from bmc.module import PreferenceModule, SFTModule, needs_reference
@@ -138,12 +138,6 @@ def _finish_wandb(loggers: list[Logger], summary_path: Path, failed: bool) -> No
         wandb.finish(exit_code=1 if failed else 0)
 
 
-def _is_global_zero(trainer: pl.Trainer | None) -> bool:
-    """Whether this process writes the run's results (rank 0 of a multi-process run). Before the Trainer
-    exists, the rank is the one the launcher (Lightning, torchrun, SLURM) put in the environment."""
-    return trainer.is_global_zero if trainer is not None else rank_zero_only.rank == 0
-
-
 @dataclass
 class PreparedData:
     """The data stages' products: the SFT policy (not yet trained further) and the preference pairs."""
@@ -240,6 +234,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        check_launch(trainer)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:  # Lightning swallows Ctrl-C; the run must not be reported as completed
             raise KeyboardInterrupt("training was interrupted")
@@ -250,7 +245,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics["data/train_pairs"] = float(len(train_pairs))
         metrics["data/truncated_pairs"] = float(sum(datamodule.truncated_rows.values()))
 
-        if not _is_global_zero(trainer):
+        if not is_global_zero(trainer):
             log.info("rank %d of %d: training done; rank 0 evaluates and writes summary.json",
                      trainer.global_rank, trainer.world_size)  # fmt: skip
             return metrics
@@ -259,7 +254,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         for logger in loggers:
             logger.log_metrics(evaluation, step=trainer.global_step)
     except BaseException as error:
-        if not _is_global_zero(trainer):
+        if not is_global_zero(trainer):
             raise
         summary = write_summary(
             output_dir,

@@ -10,14 +10,19 @@ import os
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 
 from bmc.cache import cached_dir
 from bmc.checkpointing import AtomicCheckpointIO
+from bmc.distributed import check_launch
 from tests.conftest import run_cli
 
 FORK = multiprocessing.get_context("fork")
@@ -82,6 +87,24 @@ def test_ddp_presets_build_a_two_process_cpu_trainer_with_atomic_checkpoints(mak
     trainer = instantiate(make_config(f"trainer={preset}", "trainer.accelerator=cpu", "trainer.devices=2").trainer)
     assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 2
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_a_local_sweep_refuses_ddp_that_relaunches_the_command_but_allows_spawn_and_slurm(
+    make_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def trainer(preset: str) -> pl.Trainer:
+        return instantiate(make_config(f"trainer={preset}", "trainer.accelerator=cpu", "trainer.devices=2").trainer)
+
+    check_launch(trainer("ddp"))  # a single run
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=RunMode.MULTIRUN)))
+    with pytest.raises(ValueError, match="re-run the whole -m sweep: use trainer=ddp_spawn"):
+        check_launch(trainer("ddp"))
+    check_launch(trainer("ddp_spawn"))
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "sweep", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "node1", "SLURM_JOB_ID": "1"}  # fmt: skip
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    check_launch(trainer("ddp"))  # SLURM started the ranks (hydra/launcher=slurm): nothing is re-run
 
 
 def test_fsdp_builds_its_strategy_and_refuses_cpu_clearly(make_config) -> None:
