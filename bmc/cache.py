@@ -1,18 +1,21 @@
 """On-disk cache for expensive stages (SFT checkpoints, evaluations, tokenized data).
 
 A stage's key is a hash of everything that determines its output, so runs and sweep jobs with the same
-inputs share one entry, and any change to an input makes a new one.
+inputs share one entry, and any change to an input makes a new one. An entry is built by one process at
+a time: the ranks of a multi-process run and parallel sweep jobs wait for the first to finish, then read it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +30,47 @@ def cache_key(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path``; the kernel releases it when the holder dies, so a killed
+    builder never blocks the next run."""
+    with lock_path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process to finish %s", lock_path.with_suffix(""))
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def cached_dir(root: str | os.PathLike, stage: str, payload: Any, build: Callable[[Path], None]) -> Path:
     """Return the cache folder of ``stage`` for ``payload``, building it with ``build(folder)`` on a miss.
 
     The folder is built under a temporary name and renamed into place only once ``build`` returns, so a
-    killed run never leaves a half-written entry that a later run would trust.
+    killed run never leaves a half-written entry that a later run would trust. Building holds a lock
+    (``<key>.lock`` beside the entry): concurrent processes asking for the same entry build it once.
     """
     target = Path(root) / stage / cache_key(payload)
     if (target / _COMPLETE).exists():
         log.info("cache hit: %s %s", stage, target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(staging)
-        (staging / "cache_payload.json").write_text(json.dumps(payload, sort_keys=True, indent=1, default=str))
-        (staging / _COMPLETE).touch()
-        if (target / _COMPLETE).exists():  # a concurrent sweep job finished the same stage first
-            shutil.rmtree(staging)
-        else:
-            shutil.rmtree(target, ignore_errors=True)
+    with _exclusive(target.parent / f"{target.name}.lock"):
+        if (target / _COMPLETE).exists():  # built by the process that held the lock before us
+            log.info("cache hit: %s %s", stage, target)
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            build(staging)
+            (staging / "cache_payload.json").write_text(json.dumps(payload, sort_keys=True, indent=1, default=str))
+            (staging / _COMPLETE).touch()
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete entry from before the lock existed
             staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     log.info("cache write: %s %s", stage, target)
     return target

@@ -77,7 +77,14 @@ class _CausalLMModule(pl.LightningModule):
                 continue
             better = min if mode == "min" else max
             self._best[name] = better(self._best.get(name, float(value)), float(value))
-            self.log(f"{name}_best", self._best[name])
+            self.log(f"{name}_best", self._best[name], sync_dist=True)
+
+    # the best-so-far values travel with the checkpoint, so a resumed run reports what an uninterrupted one would
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["best_metrics"] = dict(self._best)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._best = dict(checkpoint.get("best_metrics", {}))
 
 
 class SFTModule(_CausalLMModule):
@@ -206,6 +213,7 @@ class PreferenceModule(_CausalLMModule):
             batch_size=n_pairs,
             on_step=stage == "train",
             on_epoch=stage != "train",
+            sync_dist=stage != "train",  # validation metrics are means over all ranks' pairs
         )
         return loss
 

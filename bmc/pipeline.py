@@ -22,10 +22,12 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.cache import cached_dir
+from bmc.checkpointing import resolve_ckpt_path
 from bmc.data.datamodule import PreferenceDataModule, SFTDataModule
 from bmc.data.hf_prefs import render_pairs
 from bmc.data.sources import TaskData, split_pairs
 from bmc.data.tokenize import Truncation
+from bmc.distributed import check_launch, is_global_zero
 from bmc.evaluate import evaluate_generations
 from bmc.models import PretrainedLM, add_lora, frozen_copy
 from bmc.module import PreferenceModule, SFTModule, build_objective, needs_reference
@@ -93,8 +95,12 @@ def warm_start(cfg: DictConfig, task_data: TaskData, source: Any) -> Path:
                 batch_size=cfg.sft.batch_size,
                 seed=cfg.sft.seed,
             )
+            # one process: the ranks of a multi-process run wait on the cache lock while the first builds this
             trainer = instantiate(
                 cfg.trainer,
+                strategy="auto",
+                devices=1,
+                num_nodes=1,
                 max_steps=cfg.sft.steps,
                 max_epochs=-1,
                 logger=False,
@@ -185,14 +191,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
     }
     essentials["seed"] = cfg.seed
     loggers: list[Logger] = []
+    trainer: pl.Trainer | None = None
     metrics: dict[str, float] = {}
     data_report: dict[str, Any] = {}
     if cfg.get("torch_threads"):
         torch.set_num_threads(cfg.torch_threads)
     try:
-        # out-of-range loss, weighting, regularizer or truncation options fail before any model is built
+        # out-of-range loss, weighting, regularizer or truncation options and a wrong ckpt_path fail in
+        # seconds, before any model is built or data stage runs
         build_objective(_container(cfg.loss), _container(cfg.token_weighting), _container(cfg.regularizer))
         _truncation(cfg)
+        checkpoint_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath") or output_dir / "checkpoints"
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir)
         loggers = _loggers(cfg)
         data = prepare_data(cfg)
         data_report = data.report
@@ -227,8 +237,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        check_launch(trainer)
         # weights_only: a checkpoint is tensors and plain containers, never code to unpickle
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if trainer.interrupted:  # Lightning swallows Ctrl-C; the run must not be reported as completed
             raise KeyboardInterrupt("training was interrupted")
         # max_steps can end training between two validations: report the metrics of the final policy
@@ -238,11 +249,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics["data/train_pairs"] = float(len(train_pairs))
         metrics["data/truncated_pairs"] = float(sum(datamodule.truncated_rows.values()))
 
+        if not is_global_zero(trainer):
+            log.info("rank %d of %d: training done; rank 0 evaluates and writes summary.json",
+                     trainer.global_rank, trainer.world_size)  # fmt: skip
+            return metrics
         evaluation = {f"eval/{k}": v for k, v in _evaluate(data.task_data, module.policy, tokenizer, cfg).items()}
         metrics.update(evaluation)
         for logger in loggers:
             logger.log_metrics(evaluation, step=trainer.global_step)
     except BaseException as error:
+        if not is_global_zero(trainer):
+            raise
         summary = write_summary(
             output_dir,
             status="failed",

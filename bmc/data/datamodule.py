@@ -14,7 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from datasets import Dataset
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from bmc.data.tokenize import Truncation, encode_responses, encode_texts
@@ -75,12 +75,13 @@ class _TokenizedDataModule(pl.LightningDataModule):
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             generator=generator,
@@ -171,6 +172,18 @@ class PreferenceDataModule(_TokenizedDataModule):
             self.truncation.max_prompt_length,
             identical,
         )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", False, self.batch_size, sampler=self._epoch_shuffle())
+
+    def _epoch_shuffle(self) -> DistributedSampler:
+        """An order that is a function of (seed, epoch) only (Lightning calls ``set_epoch``), so a run resumed
+        from a checkpoint sees the batches an uninterrupted run would. Each rank of a multi-process run takes
+        every ``world_size``-th pair of that one order: the ranks' batches together are the batch one process
+        draws with ``batch_size * world_size``. (The SFT warm start keeps its seeded shuffle: it runs in one
+        process, is never resumed, and its cached checkpoints stay what this code trains.)"""
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        return DistributedSampler(self.datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
 
     def _encode(self, batch: dict[str, list], stopwords: frozenset[int]) -> dict[str, list]:
         out: dict[str, list] = {

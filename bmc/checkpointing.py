@@ -1,0 +1,72 @@
+"""Checkpoints of the preference stage: atomic writes, and the checkpoint a resumed run starts from.
+
+A run writes ``<output_dir>/checkpoints/last.ckpt`` (and the best one by a ``val/`` metric). To resume a
+killed run, run the same command again in its output folder with ``ckpt_path=last``
+(``python train.py ... hydra.run.dir=<that run's folder> ckpt_path=last``), or pass any checkpoint file
+as ``ckpt_path=<path>``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning_fabric.utilities.cloud_io import get_filesystem
+from lightning_fabric.utilities.types import _PATH
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+LAST = "last"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, but a local checkpoint is written to a temporary file in its own folder,
+    flushed to disk and renamed over the target, so a run killed mid-write leaves the previous checkpoint
+    intact. (Lightning's own local write stages the file in the system temp folder and then moves it, which
+    is a copy, not a rename, when that folder is on another filesystem.) Remote paths use Lightning's IO."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(staging, target)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+        # the rename itself is durable only once the folder's entry is on disk
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> str | None:
+    """The checkpoint ``Trainer.fit`` resumes from: ``None`` starts afresh, ``last`` is ``last.ckpt`` in
+    ``checkpoint_dir`` (the run's own checkpoint folder), anything else is a checkpoint file.
+
+    A missing checkpoint is an error: Lightning would warn and silently train from scratch instead.
+    """
+    if ckpt_path is None:
+        return None
+    path = Path(checkpoint_dir) / "last.ckpt" if ckpt_path == LAST else Path(ckpt_path)
+    if not path.is_file():
+        hint = (
+            "ckpt_path=last resumes the run whose output folder this is: pass the killed run's folder as "
+            "hydra.run.dir=<folder> (its checkpoints are in <folder>/checkpoints), or ckpt_path=<file.ckpt>"
+            if ckpt_path == LAST
+            else "ckpt_path must be a checkpoint file (e.g. <run folder>/checkpoints/last.ckpt) or `last`"
+        )
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no checkpoint at {path}. {hint}")
+    return str(path)

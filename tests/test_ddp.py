@@ -1,0 +1,164 @@
+"""Several processes: cached stages built once under a lock, the strategy presets, and real DDP with two CPU
+processes (gloo) against one process on the same global batch."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
+
+from bmc.cache import cached_dir
+from bmc.checkpointing import AtomicCheckpointIO
+from bmc.distributed import check_launch
+from tests.conftest import run_cli
+
+FORK = multiprocessing.get_context("fork")
+
+
+def _build_slowly(root: str, log: str, started: str | None = None, seconds: float = 0.5) -> None:
+    def build(folder: Path) -> None:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        if started:
+            Path(started).touch()
+        time.sleep(seconds)
+        (folder / "data.txt").write_text("built")
+
+    print(cached_dir(root, "stage", {"key": 1}, build))
+
+
+def test_concurrent_processes_build_a_cache_entry_once_and_share_it(tmp_path: Path) -> None:
+    log = tmp_path / "builds.log"
+    workers = [FORK.Process(target=_build_slowly, args=(str(tmp_path), str(log))) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    assert len(log.read_text().split()) == 1  # one builder; the others waited and read its entry
+    (entry,) = [p for p in (tmp_path / "stage").iterdir() if not p.name.startswith(".") and p.suffix != ".lock"]
+    assert (entry / "data.txt").read_text() == "built"
+
+
+def test_a_killed_builder_does_not_block_the_next_one(tmp_path: Path) -> None:
+    log, started = tmp_path / "builds.log", tmp_path / "started"
+    stuck = FORK.Process(target=_build_slowly, args=(str(tmp_path), str(log), str(started), 600.0))
+    stuck.start()
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(stuck.pid, signal.SIGKILL)
+    stuck.join()
+    second = FORK.Process(target=_build_slowly, args=(str(tmp_path), str(log)))
+    second.start()
+    second.join(timeout=60)
+    assert second.exitcode == 0 and len(log.read_text().split()) == 2
+
+
+@pytest.mark.parametrize(
+    ("preset", "strategy"),
+    [("ddp", "ddp"), ("ddp_spawn", "ddp_spawn"), ("fsdp", None), ("deepspeed", "deepspeed_stage_2")],
+)
+def test_strategy_presets_compose_on_top_of_the_default_trainer(make_config, preset: str, strategy: str | None) -> None:
+    trainer_cfg = make_config(f"trainer={preset}").trainer
+    assert trainer_cfg.max_epochs == 3 and trainer_cfg.gradient_clip_val == 1.0  # inherited from trainer/default
+    assert trainer_cfg.num_nodes == 1
+    if strategy is not None:
+        assert trainer_cfg.strategy == strategy
+    else:
+        assert trainer_cfg.strategy._target_.endswith("FSDPStrategy") and trainer_cfg.strategy.state_dict_type == "full"
+
+
+@pytest.mark.parametrize("preset", ["ddp", "ddp_spawn"])
+def test_ddp_presets_build_a_two_process_cpu_trainer_with_atomic_checkpoints(make_config, preset: str) -> None:
+    trainer = instantiate(make_config(f"trainer={preset}", "trainer.accelerator=cpu", "trainer.devices=2").trainer)
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 2
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_a_local_sweep_refuses_ddp_that_relaunches_the_command_but_allows_spawn_and_slurm(
+    make_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def trainer(preset: str) -> pl.Trainer:
+        return instantiate(make_config(f"trainer={preset}", "trainer.accelerator=cpu", "trainer.devices=2").trainer)
+
+    check_launch(trainer("ddp"))  # a single run
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=RunMode.MULTIRUN)))
+    with pytest.raises(ValueError, match="re-run the whole -m sweep: use trainer=ddp_spawn"):
+        check_launch(trainer("ddp"))
+    check_launch(trainer("ddp_spawn"))
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "sweep", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "node1", "SLURM_JOB_ID": "1"}  # fmt: skip
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    check_launch(trainer("ddp"))  # SLURM started the ranks (hydra/launcher=slurm): nothing is re-run
+
+
+def test_fsdp_builds_its_strategy_and_refuses_cpu_clearly(make_config) -> None:
+    cfg = make_config("trainer=fsdp")
+    assert isinstance(instantiate(cfg.trainer.strategy), FSDPStrategy)
+    with pytest.raises(InstantiationException, match="requires a GPU accelerator"):
+        instantiate(make_config("trainer=fsdp", "trainer.accelerator=cpu").trainer)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed")
+def test_deepspeed_without_deepspeed_installed_stops_with_an_install_hint(make_config) -> None:
+    with pytest.raises(InstantiationException, match="pip install -U deepspeed"):
+        # accelerator=cpu: on a machine without GPUs Lightning would stop at the accelerator first
+        instantiate(make_config("trainer=deepspeed", "trainer.accelerator=cpu").trainer)
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
+    """Per-rank batch 4 on 2 ranks vs batch 8 in one process, same seed: each rank takes every other pair of
+    one (seed, epoch) order, so every step's global batch is the same pairs and averaged gradients agree.
+    The SFT warm start and the sampled pairs are computed once, by rank 0, and read by rank 1; validation
+    metrics are reduced over both ranks' pairs (each rank holds one of the two validation pairs); only
+    rank 0 evaluates and writes summary.json and the W&B run."""
+    cache = tmp_path / "cache"
+    common = [
+        "debug=default",
+        "data=sampled",
+        "trainer.max_steps=-1",
+        "trainer.max_epochs=2",
+        "optim.lr=2e-3",
+        "optim.warmup_ratio=0",
+        f"paths.cache_dir={cache}",
+    ]
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    output = run_cli(
+        [*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "batch_size=4", "logger=wandb",
+         f"hydra.run.dir={ddp_dir}"],
+        cwd=tmp_path,
+        env={"WANDB_MODE": ""},
+    )  # fmt: skip
+    assert "Starting with 2 processes" in output and "distributed_backend=gloo" in output
+    run_cli([*common, "batch_size=8", "logger=none", f"hydra.run.dir={single_dir}"], cwd=tmp_path)
+
+    rank0_log, rank1_log = (ddp_dir / "train.log").read_text(), (ddp_dir / "train_ddp_process_1.log").read_text()
+    for stage in ("sft", "samples"):
+        assert f"cache write: {stage}" in rank0_log and f"cache hit: {stage}" in rank1_log
+    assert "cache write" not in rank1_log
+    assert "rank 1 of 2: training done" in rank1_log
+    assert len(list((ddp_dir / "wandb").glob("offline-run-*"))) == 1
+
+    ddp = json.loads((ddp_dir / "summary.json").read_text())
+    single = json.loads((single_dir / "summary.json").read_text())
+    assert ddp["status"] == single["status"] == "completed"
+    assert ddp["metrics"].keys() == single["metrics"].keys()
+    assert ddp["metrics"]["train/steps"] == single["metrics"]["train/steps"] == 6  # 22 pairs: 3 steps of 8, twice
+    assert ddp["metrics"]["val/loss"] != pytest.approx(0.6931, abs=1e-3)  # the policy moved
+    for key, value in single["metrics"].items():
+        assert ddp["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-5), key

@@ -1,0 +1,114 @@
+"""Crash and resume: atomic checkpoint writes, ``ckpt_path`` resolution, and a run killed by a real signal
+that, resumed, ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from bmc.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+from bmc.pipeline import run
+from tests.conftest import ROOT, THREADS, run_cli
+
+# three epochs of six steps on the debug sizes, checkpoints after every epoch's validation
+RESUMABLE = [
+    "debug=default",
+    "callbacks=default",
+    "trainer.max_steps=-1",
+    "trainer.max_epochs=3",
+    "optim.lr=2e-3",
+    "optim.warmup_ratio=0",
+]
+
+
+def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_checkpoint_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "weights": torch.arange(4.0)}, path)
+
+    def dies_midway(obj: object, handle: object) -> None:
+        handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "weights": torch.zeros(4)}, path)
+    monkeypatch.undo()
+
+    survivor = io.load_checkpoint(path)
+    assert survivor["step"] == 1 and torch.equal(survivor["weights"], torch.arange(4.0))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no staging file left behind
+    io.save_checkpoint({"step": 2}, path)
+    assert io.load_checkpoint(path)["step"] == 2
+
+
+def test_the_trainer_writes_checkpoints_through_the_atomic_io(make_config) -> None:
+    trainer = instantiate(make_config().trainer)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_ckpt_path_last_is_the_runs_own_last_checkpoint_and_a_missing_one_is_an_error(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    assert resolve_ckpt_path(None, checkpoints) is None
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=last: no checkpoint at .*last\.ckpt.*hydra\.run\.dir="):
+        resolve_ckpt_path("last", checkpoints)
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*nope\.ckpt: no checkpoint"):
+        resolve_ckpt_path(str(tmp_path / "nope.ckpt"), checkpoints)
+    checkpoints.mkdir()
+    (checkpoints / "last.ckpt").write_bytes(b"x")
+    assert resolve_ckpt_path("last", checkpoints) == str(checkpoints / "last.ckpt")
+    assert resolve_ckpt_path(str(checkpoints / "last.ckpt"), tmp_path / "elsewhere") == str(checkpoints / "last.ckpt")
+
+
+def test_resuming_a_run_without_checkpoints_fails_before_the_data_stages(make_config) -> None:
+    cfg = make_config(*RESUMABLE, "ckpt_path=last")
+    with pytest.raises(FileNotFoundError, match="ckpt_path=last: no checkpoint"):
+        run(cfg)
+    assert not Path(cfg.paths.cache_dir).exists()  # no SFT, no sampling: the error comes first
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert summary["status"] == "failed" and "ckpt_path=last" in summary["error"]
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_final_metrics(tmp_path: Path, shared_cache: Path) -> None:
+    args = [*RESUMABLE, "logger=none", f"paths.cache_dir={shared_cache}"]
+    reference = run_cli([*args, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path)
+    assert "cache hit: sft" in reference or "cache write: sft" in reference
+    expected = json.loads((tmp_path / "uninterrupted" / "summary.json").read_text())["metrics"]
+
+    run_dir = tmp_path / "killed"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    env = {**os.environ, **THREADS, "WANDB_SILENT": "true"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not last.exists() and proc.poll() is None:
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run_dir / "summary.json").exists()
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)
+    assert killed_at["global_step"] < expected["train/steps"] and killed_at["best_metrics"]
+
+    run_cli([*args, f"hydra.run.dir={run_dir}", "ckpt_path=last"], cwd=tmp_path)
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["status"] == "completed"
+    assert resumed["metrics"].keys() == expected.keys()
+    for key, value in expected.items():
+        assert resumed["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
