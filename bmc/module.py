@@ -59,6 +59,16 @@ class _CausalLMModule(pl.LightningModule):
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(self.optim["warmup_ratio"] * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        """The loss of a batch, logging its metrics under ``<stage>/``."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._batch_started = time.perf_counter()
 
@@ -96,11 +106,21 @@ class SFTModule(_CausalLMModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
+class RewardModule(_CausalLMModule):
+    """A scalar reward model trained with the Bradley-Terry loss ``-log sigmoid(r(x, y_w) - r(x, y_l))``
+    (Ouyang et al., 2022) on preference batches (chosen rows, then rejected rows); logs pairwise accuracy."""
+
+    best_metrics = {"val/loss": "min", "val/accuracy": "max"}
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        rewards = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        n_pairs = rewards.shape[0] // 2
+        margins = rewards[:n_pairs] - rewards[n_pairs:]
+        loss = -torch.nn.functional.logsigmoid(margins).mean()
+        metrics = {"loss": loss, "accuracy": (margins > 0).float().mean(), "margin": margins.mean()}
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, batch_size=n_pairs, prog_bar=stage == "val")
+        return loss
 
 
 class PreferenceModule(_CausalLMModule):
@@ -216,9 +236,3 @@ class PreferenceModule(_CausalLMModule):
             sync_dist=stage != "train",  # validation metrics are means over all ranks' pairs
         )
         return loss
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")

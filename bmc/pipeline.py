@@ -19,9 +19,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from bmc.cache import cached_dir
+from bmc.cache import cache_key, cached_dir
 from bmc.checkpointing import resolve_ckpt_path
 from bmc.data.datamodule import PreferenceDataModule, SFTDataModule
 from bmc.data.hf_prefs import render_pairs
@@ -30,7 +35,7 @@ from bmc.data.tokenize import Truncation
 from bmc.distributed import check_launch, is_global_zero
 from bmc.evaluate import evaluate_generations
 from bmc.models import PretrainedLM, add_lora, frozen_copy
-from bmc.module import PreferenceModule, SFTModule, build_objective, needs_reference
+from bmc.module import PreferenceModule, RewardModule, SFTModule, build_objective, needs_reference
 from bmc.summary import results_table, write_summary
 from bmc.synthesis.pipeline import SynthesisContext, build_pairs
 
@@ -64,6 +69,31 @@ def _evaluate(task_data: TaskData, model: Any, tokenizer: Any, cfg: DictConfig) 
     )
 
 
+def _stage_trainer(cfg: DictConfig, folder: Path, max_steps: int, **overrides: Any) -> pl.Trainer:
+    """The Trainer of a cached training stage (SFT, reward model): ``max_steps`` steps, no validation, no
+    logger or checkpoints unless ``overrides`` say otherwise. One process: the ranks of a multi-process run
+    wait on the cache lock while the first builds the stage."""
+    settings = dict(
+        strategy="auto",
+        devices=1,
+        num_nodes=1,
+        max_steps=max_steps,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=None,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(folder),
+    )
+    return instantiate(cfg.trainer, **{**settings, **overrides})
+
+
+def _stage_trainer_key(cfg: DictConfig) -> dict[str, Any]:
+    # the trainer settings that change what a stage learns (not its output folder, which differs per run)
+    return {k: cfg.trainer.get(k) for k in ("accelerator", "precision", "gradient_clip_val", "accumulate_grad_batches")}
+
+
 def warm_start(cfg: DictConfig, task_data: TaskData, source: Any) -> Path:
     """The SFT checkpoint (model + tokenizer, loadable with ``from_pretrained``), trained once per
     (model, task, SFT settings) and reused by every later run and sweep job. Its greedy evaluation is
@@ -76,10 +106,7 @@ def warm_start(cfg: DictConfig, task_data: TaskData, source: Any) -> Path:
         "sft": _container(cfg.sft),
         "truncation": _container(cfg.truncation),
         "eval": _container(cfg.eval),
-        # the trainer settings that change what SFT learns (not its output folder, which differs per run)
-        "trainer": {
-            k: cfg.trainer.get(k) for k in ("accelerator", "precision", "gradient_clip_val", "accumulate_grad_batches")
-        },
+        "trainer": _stage_trainer_key(cfg),
     }
 
     def build(folder: Path) -> None:
@@ -95,21 +122,7 @@ def warm_start(cfg: DictConfig, task_data: TaskData, source: Any) -> Path:
                 batch_size=cfg.sft.batch_size,
                 seed=cfg.sft.seed,
             )
-            # one process: the ranks of a multi-process run wait on the cache lock while the first builds this
-            trainer = instantiate(
-                cfg.trainer,
-                strategy="auto",
-                devices=1,
-                num_nodes=1,
-                max_steps=cfg.sft.steps,
-                max_epochs=-1,
-                logger=False,
-                enable_checkpointing=False,
-                callbacks=None,
-                limit_val_batches=0,
-                num_sanity_val_steps=0,
-                default_root_dir=str(folder),
-            )
+            trainer = _stage_trainer(cfg, folder, cfg.sft.steps)
             trainer.fit(SFTModule(trained, dict(cfg.sft.optim)), datamodule=data)
         model = trained.merge_and_unload() if trained is not model else model
         model.save_pretrained(folder)
@@ -117,6 +130,57 @@ def warm_start(cfg: DictConfig, task_data: TaskData, source: Any) -> Path:
         (folder / "sft_eval.json").write_text(json.dumps(_evaluate(task_data, model, tokenizer, cfg)))
 
     return cached_dir(cfg.paths.cache_dir, "sft", payload, build)
+
+
+def train_reward_model(cfg: DictConfig, task_data: TaskData, sft_dir: Path, options: dict[str, Any]) -> Path:
+    """A scalar reward model for ``judge=tiny_rm``: the SFT checkpoint with a one-output score head, trained
+    with the Bradley-Terry loss on the task's ``reward_pairs`` (prompts disjoint from the preference and
+    evaluation prompts). Cached; its pairwise accuracy on held-out reward pairs is stored as ``rm_eval.json``."""
+    if not task_data.reward_pairs:
+        raise ValueError(f"judge.train needs a task with reward pairs (a built-in task); {task_data.name} has none")
+    payload = {
+        "sft": str(sft_dir),
+        "pairs": cache_key(task_data.reward_pairs),
+        "train": options,
+        "truncation": _container(cfg.truncation),
+        "trainer": _stage_trainer_key(cfg),
+    }
+
+    def build(folder: Path) -> None:
+        pl.seed_everything(options["seed"], workers=True)
+        tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            sft_dir, num_labels=1, pad_token_id=tokenizer.pad_token_id
+        )
+        train, val = split_pairs(task_data.reward_pairs, options["val_fraction"], options["seed"])
+        data = PreferenceDataModule(
+            train=train,
+            val=val,
+            tokenizer=tokenizer,
+            truncation=_truncation(cfg),
+            batch_size=options["batch_size"],
+            seed=options["seed"],
+        )
+        module = RewardModule(model, dict(options["optim"]))
+        trainer = _stage_trainer(cfg, folder, options["steps"], limit_val_batches=1.0)
+        trainer.fit(module, datamodule=data)
+        accuracy = trainer.validate(module, datamodule=data, verbose=False)[0]["val/accuracy"]
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "rm_eval.json").write_text(json.dumps({"accuracy": accuracy, "val_pairs": len(val)}))
+
+    return cached_dir(cfg.paths.cache_dir, "reward_model", payload, build)
+
+
+def _judge_config(cfg: DictConfig, task_data: TaskData, sft_dir: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    """``cfg.judge`` with a ``train`` block replaced by the ``path`` of the reward model it trains, and that
+    model's held-out accuracy for the data report."""
+    judge = _container(cfg.judge)
+    if not judge.get("train"):
+        return judge, {}
+    path = train_reward_model(cfg, task_data, sft_dir, judge.pop("train"))
+    judge["path"] = str(path)
+    return judge, {"reward_model_accuracy": json.loads((path / "rm_eval.json").read_text())["accuracy"]}
 
 
 def _loggers(cfg: DictConfig) -> list[Logger]:
@@ -161,6 +225,7 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
     sft_metrics = {f"eval/sft_{k}": v for k, v in json.loads(sft_eval.read_text()).items()} if sft_eval.exists() else {}
     policy, tokenizer = source.load(sft_dir)
     task_data.pairs = render_pairs(task_data.pairs, tokenizer if getattr(source, "use_chat_template", False) else None)
+    judge_cfg, judge_report = _judge_config(cfg, task_data, sft_dir)
     context = SynthesisContext(
         _container(cfg.data),
         task_data,
@@ -168,10 +233,11 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         tokenizer,
         cfg.paths.cache_dir,
         model_key=str(sft_dir),
-        judge_cfg=_container(cfg.judge),
+        judge_cfg=judge_cfg,
         editor_cfg=_container(cfg.editor),
     )
     pairs, report = build_pairs(context)
+    report.update(judge_report)
     log.info("data report: %s", json.dumps(report))
     if len(pairs) < 2:
         raise ValueError(

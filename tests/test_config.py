@@ -107,6 +107,22 @@ def test_methods_select_loss_data_and_weighting(method: str, expected: tuple, tm
     assert (cfg.loss.name, cfg.data.name, cfg.token_weighting.name) == expected
 
 
+def test_ipr_and_rm_score_methods_pick_their_judges(tmp_path: Path) -> None:
+    ipr = compose_config(["method=ipr"], tmp_path / "run", tmp_path / "cache")
+    assert (ipr.loss.name, ipr.data.pairs, ipr.judge.kind) == ("dpo", "ipr", "verifier")
+    rm = compose_config(["method=rm_score"], tmp_path / "run", tmp_path / "cache")
+    assert (rm.loss.name, rm.data.pairs, rm.judge.kind, rm.judge.path) == ("dpo", "rm_score", "reward_model", None)
+    assert rm.judge.train.steps > 0  # judge=tiny_rm trains its reward model
+    # both sample the same completions, so they rank the same candidates
+    assert ipr.data.sampler == rm.data.sampler
+
+
+def test_bridging_preset_uses_the_varied_wording_task(tmp_path: Path) -> None:
+    cfg = compose_config(["experiment=bridging", "method=dpo_bmc"], tmp_path / "run", tmp_path / "cache")
+    assert cfg.task.name == "math_styles" and cfg.task.generator.gold_styles == 4
+    assert cfg.sft.steps == 1600 and cfg.data.name == "pseudo_winning"
+
+
 @pytest.mark.parametrize(
     "override,node,target",
     [

@@ -145,3 +145,45 @@ def _cached_samples(cache: Path) -> list[dict]:
     from datasets import load_from_disk
 
     return [row for folder in (cache / "samples").glob("*/data") for row in load_from_disk(str(folder)).to_list()]
+
+
+def test_reward_module_bradley_terry_loss_by_hand() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from bmc.module import RewardModule
+
+    class FixedScores(torch.nn.Module):
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+            # rows: chosen 1, chosen 2, rejected 1, rejected 2 -> margins 1.0 and -1.0
+            return SimpleNamespace(logits=torch.tensor([[1.0], [0.5], [0.0], [1.5]]))
+
+    module = RewardModule(FixedScores(), {"lr": 1e-3})
+    batch = {"input_ids": torch.zeros(4, 3, dtype=torch.long), "attention_mask": torch.ones(4, 3)}
+    loss = module._step(batch, "val")
+    # -log sigmoid(1) = 0.31326169, -log sigmoid(-1) = 1.31326169
+    assert loss.item() == pytest.approx((0.31326169 + 1.31326169) / 2, abs=1e-6)
+
+
+def test_tiny_rm_is_trained_once_and_ranks_the_samples(make_config, shared_cache: Path) -> None:
+    from bmc.pipeline import prepare_data
+    from bmc.synthesis.judges import RewardModelJudge
+
+    cfg = make_config(*LEARNED, "method=rm_score", "judge.train.steps=20", "judge.train.batch_size=8")
+    cfg.paths.cache_dir = str(shared_cache)
+    data = prepare_data(cfg)
+    (rm_dir,) = [p for p in (shared_cache / "reward_model").iterdir() if p.is_dir()]
+    evaluation = json.loads((rm_dir / "rm_eval.json").read_text())
+    assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["val_pairs"] > 0
+    assert data.report["reward_model_accuracy"] == evaluation["accuracy"]
+    assert data.report["judge_calls"] == data.report["prompts_in"] * 5
+    # the trained checkpoint is an ordinary reward model: the pairs are its max/min over the cached samples
+    judge = RewardModelJudge(path=str(rm_dir))
+    pair = data.pairs[0]
+    samples = next(s for s in _cached_samples(shared_cache) if s["prompt"] == pair["prompt"])
+    scores = judge.score([pair["prompt"]] * len(samples["completions"]), samples["completions"])
+    assert pair["chosen"] == samples["completions"][scores.index(max(scores))]
+    again = prepare_data(cfg)  # cache hit: the same reward model, the same pairs
+    assert again.pairs == data.pairs
+    assert len([p for p in (shared_cache / "reward_model").iterdir() if p.is_dir()]) == 1

@@ -16,6 +16,8 @@ class TaskData:
 
     ``pairs`` are the task's given preference pairs (``data=original``); ``eval_examples`` are held-out
     prompts scored by ``verifier`` after training (empty for datasets without a verifier).
+    ``reward_pairs`` are pairs on prompts disjoint from ``pairs`` for training a reward model
+    (:mod:`bmc.reward_model`); built-in tasks make them from the SFT split.
     """
 
     name: str
@@ -25,6 +27,7 @@ class TaskData:
     eval_examples: list[Example] = field(default_factory=list)
     verifier: Task | None = None
     pref_examples: list[Example] = field(default_factory=list)
+    reward_pairs: list[dict[str, str]] = field(default_factory=list)
 
     def corpus(self) -> list[str]:
         """Text a locally trained tokenizer learns from: SFT prompts and responses."""
@@ -39,6 +42,7 @@ def builtin_task(name: str, generator: Task, sizes: dict[str, int], seed: int = 
     evaluation = generator.examples("eval", sizes["eval"], seed=seed)
     rng = random.Random(seed)
     pairs = [{"prompt": e.prompt, "chosen": e.gold, "rejected": generator.corrupt(e, rng)} for e in pref]
+    reward_pairs = [{"prompt": e.prompt, "chosen": e.gold, "rejected": generator.corrupt(e, rng)} for e in train]
     sft_val = [{"prompt": e.prompt, "response": e.gold} for e in pref[: sizes.get("sft_val", 128)]]
     return TaskData(
         name=name,
@@ -48,6 +52,7 @@ def builtin_task(name: str, generator: Task, sizes: dict[str, int], seed: int = 
         eval_examples=evaluation,
         verifier=generator,
         pref_examples=pref,
+        reward_pairs=reward_pairs,
     )
 
 
