@@ -213,6 +213,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             train=train_pairs,
             val=val_pairs,
             masks=_container(cfg.data.masks),
+            length_grouping=cfg.length_grouping,
             tokenizer=tokenizer,
             truncation=_truncation(cfg),
             batch_size=cfg.batch_size,

@@ -7,13 +7,13 @@ LightningModule runs a single concatenated forward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from datasets import Dataset
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from bmc.data.tokenize import Truncation, encode_responses, encode_texts
@@ -58,6 +58,40 @@ def pad_sequences(
     return batch
 
 
+class LengthGroupedSampler(Sampler[int]):
+    """A shuffled order in which consecutive ``batch_size`` indices have similar lengths, so batches carry
+    little padding: shuffle, cut into groups of ``group_batches`` batches, sort each group by length, cut it into
+    batches and shuffle the batches. Deterministic for a (seed, epoch); Lightning calls :meth:`set_epoch`.
+
+    Every batch but the last is full, as with plain shuffling.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_batches: int = 64) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group = batch_size * group_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        batches = []
+        for start in range(0, len(order), self.group):
+            group = sorted(order[start : start + self.group], key=self.lengths.__getitem__, reverse=True)
+            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        last = batches[-1:]  # the only batch that may be short stays last
+        shuffled = [batches[i] for i in torch.randperm(len(batches) - len(last), generator=generator).tolist()]
+        for batch in shuffled + last:
+            yield from batch
+
+
 class _TokenizedDataModule(pl.LightningDataModule):
     """Shared loader plumbing: subclasses fill ``self.datasets[split]`` and define ``collate``."""
 
@@ -83,12 +117,13 @@ class _TokenizedDataModule(pl.LightningDataModule):
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             generator=generator,
@@ -137,16 +172,33 @@ class PreferenceDataModule(_TokenizedDataModule):
 
     ``masks`` configures the BMC diff masks between chosen and rejected response tokens
     (``alignment``: levenshtein | difflib, ``exclude_stopwords``); they depend only on the data, so they
-    are computed here once, never per training step. When :func:`bmc.reference.attach_reference_logps` has
+    are computed here once, never per training step. ``length_grouping`` batches pairs of similar length
+    together (:class:`LengthGroupedSampler`) to cut padding. When :func:`bmc.reference.attach_reference_logps` has
     added the cached reference log-probs to the datasets, batches carry them as ``ref_token_logps``.
     """
 
     def __init__(
-        self, train: list[dict[str, str]], val: list[dict[str, str]], masks: dict[str, Any] | None = None, **kwargs: Any
+        self,
+        train: list[dict[str, str]],
+        val: list[dict[str, str]],
+        masks: dict[str, Any] | None = None,
+        length_grouping: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.rows = {"train": train, "val": val}
         self.masks = {"alignment": "levenshtein", "exclude_stopwords": True, **(masks or {})}
+        self.length_grouping = length_grouping
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.length_grouping:
+            return super().train_dataloader()
+        dataset = self.datasets["train"]
+        lengths = [
+            len(p) + max(len(c), len(r))
+            for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])
+        ]
+        return self._loader("train", True, self.batch_size, LengthGroupedSampler(lengths, self.batch_size, self.seed))
 
     def setup(self, stage: str | None = None) -> None:
         stopwords = stopword_token_ids(self.tokenizer) if self.masks["exclude_stopwords"] else frozenset()
