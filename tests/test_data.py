@@ -46,6 +46,23 @@ def test_token_logps_equals_log_softmax_gather() -> None:
     assert torch.allclose(token_logps(logits, labels, chunk_rows=2).double(), expected, atol=1e-5)
 
 
+def test_token_logps_gradient_and_bf16_match_the_plain_computation() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6, 50, dtype=torch.double)
+    labels = torch.randint(0, 50, (4, 6))
+    weights = torch.randn(4, 6, dtype=torch.double)
+    plain = logits.clone().requires_grad_(True)
+    (torch.log_softmax(plain, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1) * weights).sum().backward()
+    fast = logits.float().requires_grad_(True)
+    out = token_logps(fast, labels)
+    assert out.dtype == torch.float32
+    (out * weights.float()).sum().backward()
+    assert torch.allclose(fast.grad.double(), plain.grad, atol=1e-5)
+    low = token_logps(logits.bfloat16(), labels, chunk_rows=3)  # bf16 logits, float32 result
+    expected = torch.log_softmax(logits.bfloat16().double(), -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    assert low.dtype == torch.float32 and torch.allclose(low.double(), expected, atol=1e-5)
+
+
 class _FixedLogits(torch.nn.Module):
     def __init__(self, logits: torch.Tensor) -> None:
         super().__init__()
