@@ -55,6 +55,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--workdir", default=None, help="checkpoints, pairs, caches (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-args", default="", help="extra train.py overrides for ours, e.g. 'length_grouping=false'"
+    )
     parser.add_argument("--impls", default=None, help="comma-separated subset of ours_dpo,ours_bmc,trl,bare")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -99,7 +102,7 @@ class Bench:
                 "task=hf_prefs", f"task.path={pairs}", "task.sizes.sft_val=1",
                 "model=hf", f"model.path={checkpoint}", "model.use_chat_template=false",
                 "sft.enabled=false", "eval.enabled=false", "logger=none", "callbacks=none",
-                "+callbacks.clock._target_=bmc.bench.clock.LightningStepClock",
+                "+callbacks.clock._target_=bmc.bench.lightning_clock.LightningStepClock",
                 f"+callbacks.clock.path={out}", f"+callbacks.clock.warmup={self.args.warmup}",
                 f"loss={OURS[impl]}", f"reference.precompute={mode == 'precomputed'}",
                 f"batch_size={self.args.batch_size}", f"optim.lr={LR}", f"data.val_fraction={VAL_FRACTION}",
@@ -111,6 +114,7 @@ class Bench:
                 command.append(f"loss.beta={BETA}")
             if self.args.device == "gpu":
                 command.append("trainer=gpu")
+            command += self.args.train_args.split()
         else:
             spec = {
                 "impl": impl, "mode": mode, "checkpoint": str(checkpoint), "pairs": str(pairs), "steps": steps,

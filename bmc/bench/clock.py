@@ -1,5 +1,8 @@
 """One timer for every implementation: the steady state of a training loop, from the end of its
-``warmup``-th optimizer step to the end of its last, and the process's peak resident memory."""
+``warmup``-th optimizer step to the end of its last, and the process's peak resident memory.
+
+Lightning is not imported here, so that the TRL and bare-loop processes do not carry it in their memory.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
 
@@ -47,17 +49,3 @@ class StepClock:
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.result()))
-
-
-class LightningStepClock(pl.Callback):
-    """:class:`StepClock` as a Lightning callback, so ``train.py`` itself is what gets timed:
-    ``+callbacks.clock._target_=bmc.bench.clock.LightningStepClock +callbacks.clock.path=...``."""
-
-    def __init__(self, path: str, warmup: int = 2) -> None:
-        self.clock = StepClock(path, warmup)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        self.clock.tick()
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.clock.write()

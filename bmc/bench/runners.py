@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from bmc.bench.clock import StepClock
-from bmc.data.datamodule import pad_sequences
 from bmc.data.sources import split_pairs
-from bmc.data.tokenize import encode_responses, encode_texts
+from bmc.data.tokenize import encode_responses, encode_texts, pad_sequences
 from bmc.models import frozen_copy, load_causal_lm
 
 #: the pipeline's split (data.val_fraction and the task seed of hf_prefs), so every implementation trains on
