@@ -63,6 +63,7 @@ def run_trl(spec: dict[str, Any], clock: StepClock) -> None:
         dataloader_num_workers=0,
         use_cpu=not on_gpu,
         bf16=on_gpu,
+        gradient_checkpointing=False,  # TRL's default is True; train.py and the bare loop keep activations too
         disable_tqdm=True,
         seed=spec["seed"],
     )
