@@ -155,6 +155,8 @@ class PreferenceModule(_CausalLMModule):
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         n_pairs = batch["input_ids"].shape[0] // 2
+        # the reference forward first: its activations are freed before the policy's are kept for backward
+        ref_tokens = self._reference_token_logps(batch) if self.needs_reference else None
         policy_tokens, mask = response_token_logps(self.policy, batch)
         diff_mask = batch["diff_mask"][:, 1:] & mask
         lengths = mask.sum(-1).float()
@@ -163,8 +165,7 @@ class PreferenceModule(_CausalLMModule):
         score = weighted_score(policy_tokens, weights, mask)
 
         ref_raw = ref_score = None
-        if self.needs_reference:
-            ref_tokens = self._reference_token_logps(batch)
+        if ref_tokens is not None:
             ref_raw = ref_tokens.sum(-1)
             confidence = ref_tokens if self.weighting.ref_weights == "own" else policy_tokens.detach()
             ref_score = weighted_score(ref_tokens, self.weighting.weights(confidence, diff_mask), mask)
