@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -176,25 +177,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp(prefix="bmc-levers-"))
-    info = write_workload(folder, 1200, [args.size])
-    checkpoint = Path(info["checkpoints"][args.size]["path"])
-    _, tokenizer = load_causal_lm(checkpoint)
-    dm = PreferenceDataModule(
-        train=make_pairs(1200),
-        val=make_pairs(8, 1),
-        tokenizer=tokenizer,
-        truncation=Truncation(256, 160),
-        batch_size=32,
-    )
-    dm.setup()
-    report: dict[str, Any] = {
-        "logprobs (64 rows x 100 x 512 vocab)": logprob_variants(64, 100, 512, args.repeats),
-        "logprobs (16 rows x 100 x 32000 vocab)": logprob_variants(16, 100, 32000, max(3, args.repeats // 4)),
-        "batching": batching(dm, checkpoint, 32, args.repeats),
-        "tokenization (4000 pairs)": tokenization(dm, 4000),
-    }
-    if not args.skip_compile:
-        report["torch.compile"] = compiled(checkpoint, dm, 32, args.repeats)
+    try:
+        info = write_workload(folder, 1200, [args.size])
+        checkpoint = Path(info["checkpoints"][args.size]["path"])
+        _, tokenizer = load_causal_lm(checkpoint)
+        dm = PreferenceDataModule(
+            train=make_pairs(1200),
+            val=make_pairs(8, 1),
+            tokenizer=tokenizer,
+            truncation=Truncation(256, 160),
+            batch_size=32,
+        )
+        dm.setup()
+        report: dict[str, Any] = {
+            "logprobs (64 rows x 100 x 512 vocab)": logprob_variants(64, 100, 512, args.repeats),
+            "logprobs (16 rows x 100 x 32000 vocab)": logprob_variants(16, 100, 32000, max(3, args.repeats // 4)),
+            "batching": batching(dm, checkpoint, 32, args.repeats),
+            "tokenization (4000 pairs)": tokenization(dm, 4000),
+        }
+        if not args.skip_compile:
+            report["torch.compile"] = compiled(checkpoint, dm, 32, args.repeats)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
     return report
