@@ -7,17 +7,22 @@ from transformers import PreTrainedModel
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
-    """``log softmax(logits)[labels]`` computed as the gathered logit minus a logsumexp.
+    """``log softmax(logits)[labels]`` per token, in float32.
 
-    Works on ``chunk_rows`` rows at a time in float32, so a bf16 model never materialises a float32 copy
-    of the whole (batch, length, vocabulary) tensor, and no full log-softmax is ever built.
+    With gradients: one log-softmax over the vocabulary and a gather, which on CPU runs forward + backward
+    several times faster than the gathered logit minus a logsumexp, chunked or not (docs/performance.md).
+    Without gradients (reference log-probs), ``chunk_rows`` rows at a time, so a bf16 model never
+    materialises a float32 copy of the whole (batch, length, vocabulary) tensor.
     """
-    pieces = []
-    for start in range(0, logits.shape[0], chunk_rows):
-        chunk = logits[start : start + chunk_rows].float()
-        target = chunk.gather(-1, labels[start : start + chunk_rows].unsqueeze(-1)).squeeze(-1)
-        pieces.append(target - torch.logsumexp(chunk, dim=-1))
-    return torch.cat(pieces)
+
+    def gather(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(rows, -1, dtype=torch.float32).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return gather(logits, labels)
+    return torch.cat(
+        [gather(logits[s : s + chunk_rows], labels[s : s + chunk_rows]) for s in range(0, logits.shape[0], chunk_rows)]
+    )
 
 
 def response_token_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -128,8 +128,10 @@ class PreferenceModule(_CausalLMModule):
     selected by name from the registry, with optional BMC token weighting and a regularizer.
 
     The reference model is frozen (eval mode, no gradients), never in the optimizer and never saved in
-    checkpoints; reference-free losses do not get one at all. With LoRA policies ``reference`` may be
-    ``None`` for a reference-based loss: the adapter-disabled policy is then the reference.
+    checkpoints; reference-free losses do not get one at all. Batches that carry precomputed per-token
+    reference log-probs (``ref_token_logps``, see ``bmc.reference``) need no reference model. With LoRA
+    policies ``reference`` may be ``None`` for a reference-based loss: the adapter-disabled policy is then the
+    reference.
     """
 
     best_metrics = {"val/loss": "min", "val/rewards/accuracies": "max", "val/rewards/margins": "max"}
@@ -168,8 +170,15 @@ class PreferenceModule(_CausalLMModule):
 
     @torch.no_grad()
     def _reference_token_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "ref_token_logps" in batch:  # precomputed once before training (bmc.reference)
+            return batch["ref_token_logps"]
         if self.reference is not None:
             return response_token_logps(self.reference, batch)[0]
+        if not hasattr(self.policy, "disable_adapter"):
+            raise RuntimeError(
+                "no reference log-probs: the batch has no ref_token_logps and the module has no reference model "
+                "(pass one, use a LoRA policy, or attach precomputed ones with bmc.reference.attach_reference_logps)"
+            )
         with self.policy.disable_adapter():
             return response_token_logps(self.policy, batch)[0]
 
@@ -181,6 +190,8 @@ class PreferenceModule(_CausalLMModule):
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         n_pairs = batch["input_ids"].shape[0] // 2
+        # the reference forward first: its activations are freed before the policy's are kept for backward
+        ref_tokens = self._reference_token_logps(batch) if self.needs_reference else None
         policy_tokens, mask = response_token_logps(self.policy, batch)
         diff_mask = batch["diff_mask"][:, 1:] & mask
         lengths = mask.sum(-1).float()
@@ -189,8 +200,7 @@ class PreferenceModule(_CausalLMModule):
         score = weighted_score(policy_tokens, weights, mask)
 
         ref_raw = ref_score = None
-        if self.needs_reference:
-            ref_tokens = self._reference_token_logps(batch)
+        if ref_tokens is not None:
             ref_raw = ref_tokens.sum(-1)
             confidence = ref_tokens if self.weighting.ref_weights == "own" else policy_tokens.detach()
             ref_score = weighted_score(ref_tokens, self.weighting.weights(confidence, diff_mask), mask)

@@ -36,6 +36,7 @@ from bmc.distributed import check_launch, is_global_zero
 from bmc.evaluate import evaluate_generations
 from bmc.models import PretrainedLM, add_lora, frozen_copy
 from bmc.module import PreferenceModule, RewardModule, SFTModule, build_objective, needs_reference
+from bmc.reference import accelerator_device, attach_reference_logps, checkpoint_fingerprint
 from bmc.summary import results_table, write_summary
 from bmc.synthesis.pipeline import SynthesisContext, build_pairs
 
@@ -277,9 +278,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         policy, tokenizer = data.policy, data.tokenizer
         pl.seed_everything(cfg.seed, workers=True)
         reference = None
-        if getattr(data.source, "lora", None):
-            policy = add_lora(policy, data.source.lora)  # the reference is the adapter-disabled policy
-        elif needs_reference(_container(cfg.loss), _container(cfg.regularizer)):
+        lora = getattr(data.source, "lora", None)
+        if lora:
+            policy = add_lora(policy, lora)  # in-step, the reference is the adapter-disabled policy
+        reference_based = needs_reference(_container(cfg.loss), _container(cfg.regularizer))
+        precompute = reference_based and cfg.reference.precompute
+        if reference_based and not precompute and not lora:
             reference = frozen_copy(policy)
 
         pairs = data.pairs
@@ -288,11 +292,23 @@ def run(cfg: DictConfig) -> dict[str, float]:
             train=train_pairs,
             val=val_pairs,
             masks=_container(cfg.data.masks),
+            length_grouping=cfg.length_grouping,
             tokenizer=tokenizer,
             truncation=_truncation(cfg),
             batch_size=cfg.batch_size,
             seed=cfg.seed,
         )
+        if precompute:  # the policy still holds the reference (SFT) weights: no copy is built
+            datamodule.setup("fit")
+            attach_reference_logps(
+                datamodule,
+                policy,
+                cfg.paths.cache_dir,
+                model_key={"checkpoint": checkpoint_fingerprint(data.sft_dir), "spec": data.source.spec()},
+                precision=str(cfg.trainer.precision),
+                device=accelerator_device(cfg.trainer.accelerator),
+                batch_size=cfg.reference.batch_size,
+            )
         module = PreferenceModule(
             policy,
             reference,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from bmc.data.datamodule import PreferenceDataModule, pad_sequences
+from bmc.data.datamodule import EpochSampler, PreferenceDataModule, pad_sequences
 from bmc.data.sources import split_pairs
 from bmc.data.tokenize import Truncation
 from bmc.logprobs import response_token_logps, token_logps
@@ -43,6 +44,23 @@ def test_token_logps_equals_log_softmax_gather() -> None:
     labels = torch.randint(0, 11, (5, 7))
     expected = torch.log_softmax(logits.double(), -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(token_logps(logits, labels, chunk_rows=2).double(), expected, atol=1e-5)
+
+
+def test_token_logps_gradient_and_bf16_match_the_plain_computation() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6, 50, dtype=torch.double)
+    labels = torch.randint(0, 50, (4, 6))
+    weights = torch.randn(4, 6, dtype=torch.double)
+    plain = logits.clone().requires_grad_(True)
+    (torch.log_softmax(plain, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1) * weights).sum().backward()
+    fast = logits.float().requires_grad_(True)
+    out = token_logps(fast, labels)
+    assert out.dtype == torch.float32
+    (out * weights.float()).sum().backward()
+    assert torch.allclose(fast.grad.double(), plain.grad, atol=1e-5)
+    low = token_logps(logits.bfloat16(), labels, chunk_rows=3)  # bf16 logits, float32 result
+    expected = torch.log_softmax(logits.bfloat16().double(), -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    assert low.dtype == torch.float32 and torch.allclose(low.double(), expected, atol=1e-5)
 
 
 class _FixedLogits(torch.nn.Module):
@@ -97,3 +115,51 @@ def test_split_pairs_is_disjoint_and_seeded() -> None:
     assert len(val) == 5 and len(train) == 15
     assert not {p["prompt"] for p in train} & {p["prompt"] for p in val}
     assert split_pairs(pairs, 0.25, seed=3) == (train, val)
+
+
+def test_length_grouped_sampler_is_a_seeded_permutation_of_similar_length_batches() -> None:
+    lengths = [random.Random(i).randint(5, 100) for i in range(1000)]
+    sampler = EpochSampler(lengths, batch_size=32, lengths=lengths, seed=3, group_batches=8)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000)) and len(sampler) == 1000
+    assert order == list(EpochSampler(lengths, batch_size=32, lengths=lengths, seed=3, group_batches=8))
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # a new order every epoch
+    batches = [order[i : i + 32] for i in range(0, 1000, 32)]
+
+    def padding(batches: list[list[int]]) -> int:
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+    shuffled = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
+    assert padding(batches) < 0.2 * padding([shuffled[i : i + 32] for i in range(0, 1000, 32)])
+    maxima = [max(lengths[i] for i in b) for b in batches[:-1]]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)  # batches come in a random order
+    assert len(batches[-1]) == 1000 % 32 and all(len(b) == 32 for b in batches[:-1])
+
+    # two ranks with half the batch each: together they draw exactly the single process's batches
+    ranks = [
+        list(EpochSampler(lengths, batch_size=16, lengths=lengths, world_size=2, rank=r, seed=3, group_batches=8))
+        for r in (0, 1)
+    ]
+    assert len(ranks[0]) == len(ranks[1]) == 500
+    for k, batch in enumerate(batches[:-1]):
+        assert sorted(ranks[0][16 * k : 16 * k + 16] + ranks[1][16 * k : 16 * k + 16]) == sorted(batch)
+
+
+def test_preference_datamodule_groups_train_batches_by_length() -> None:
+    text = ["Q: 1+1?\nAnswer: The answer is 2."] * 20
+    tokenizer = train_bpe_tokenizer(text, vocab_size=300)
+    pairs = [{"prompt": "Q:" + " x" * (i % 7), "chosen": " y" * (1 + i % 5), "rejected": " z"} for i in range(40)]
+    dm = PreferenceDataModule(
+        train=pairs, val=pairs[:2], tokenizer=tokenizer, truncation=Truncation(64, 32), batch_size=8,
+        length_grouping=True,
+    )  # fmt: skip
+    dm.setup()
+    batches = list(dm.train_dataloader())
+    assert sum(b["input_ids"].shape[0] for b in batches) == 2 * 40
+    plain = PreferenceDataModule(
+        train=pairs, val=pairs[:2], tokenizer=tokenizer, truncation=Truncation(64, 32), batch_size=8
+    )
+    plain.setup()
+    cells = sum(b["input_ids"].numel() for b in batches)
+    assert cells < sum(b["input_ids"].numel() for b in plain.train_dataloader())

@@ -18,13 +18,15 @@ def test_every_loss_trains_a_few_steps(loss: str, make_config, monkeypatch) -> N
     import bmc.pipeline
 
     loaded: list[str] = []
-    original = bmc.pipeline.frozen_copy
-    monkeypatch.setattr(bmc.pipeline, "frozen_copy", lambda m: loaded.append("reference") or original(m))
+    for name in ("frozen_copy", "attach_reference_logps"):
+        original = getattr(bmc.pipeline, name)
+        monkeypatch.setattr(bmc.pipeline, name, lambda *a, f=original, n=name, **k: loaded.append(n) or f(*a, **k))
     cfg = make_config("debug=default", f"loss={loss}", "eval.enabled=false")
     metrics = run(cfg)
     assert math.isfinite(metrics["val/loss"]) and metrics["train/steps"] == 6
     reference_free = is_reference_free(cfg.loss.name, **{k: v for k, v in cfg.loss.items() if k != "name"})
-    assert bool(loaded) != reference_free  # reference-free losses never build a reference model
+    # reference-free losses never use a reference; the others get precomputed log-probs, not a model copy
+    assert loaded == ([] if reference_free else ["attach_reference_logps"])
     if loss == "bmc":
         assert cfg.token_weighting.name == "bmc"
         assert 0 < metrics["val/bmc/marked_fraction"] < 1 and metrics["val/bmc/mean_weight_marked"] >= 2

@@ -8,7 +8,7 @@ LightningModule runs a single concatenated forward.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
 import pytorch_lightning as pl
@@ -17,37 +17,53 @@ from datasets import Dataset
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
-from bmc.data.tokenize import Truncation, encode_responses, encode_texts
+from bmc.data.tokenize import Truncation, encode_responses, encode_texts, pad_sequences
 from bmc.losses.masks import diff_masks, stopword_token_ids
+from bmc.reference import REF_COLUMNS
 
 log = logging.getLogger(__name__)
 
 
-def pad_sequences(
-    prompts: Sequence[list[int]],
-    responses: Sequence[list[int]],
-    pad_id: int,
-    response_marks: Sequence[list[int]] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Right-pad prompt+response rows into ``input_ids``, ``attention_mask``, ``response_mask`` and,
-    when ``response_marks`` are given, ``diff_mask`` (the BMC marks, zero on prompt and padding)."""
-    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
-    n = len(prompts)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    response_mask = torch.zeros((n, width), dtype=torch.bool)
-    diff_mask = torch.zeros((n, width), dtype=torch.bool) if response_marks is not None else None
-    for i, (prompt, response) in enumerate(zip(prompts, responses)):
-        start, end = len(prompt), len(prompt) + len(response)
-        input_ids[i, :end] = torch.tensor(prompt + response)
-        attention_mask[i, :end] = 1
-        response_mask[i, start:end] = True
-        if diff_mask is not None:
-            diff_mask[i, start:end] = torch.tensor(response_marks[i], dtype=torch.bool)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
-    if diff_mask is not None:
-        batch["diff_mask"] = diff_mask
-    return batch
+class EpochSampler(DistributedSampler):
+    """The training order of the preference stage: a function of (seed, epoch) only (Lightning calls
+    :meth:`set_epoch`), so a run resumed from a checkpoint sees the batches an uninterrupted run would.
+
+    Rank ``r`` of ``world_size`` takes positions r, r + world_size, ... of that one order, so the ranks'
+    batches together are the batch one process draws with ``batch_size * world_size``. With ``lengths``, the
+    order groups pairs of similar length to cut padding: shuffle, cut into groups of ``group_batches`` global
+    batches, sort each group by length, cut it into global batches and shuffle those (the only batch that
+    may be short stays last). As a ``DistributedSampler``, Lightning never wraps it in a second one.
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        batch_size: int,
+        lengths: Sequence[int] | None = None,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        group_batches: int = 64,
+    ) -> None:
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        self.lengths = None if lengths is None else list(lengths)
+        self.global_batch = batch_size * world_size
+        self.group = self.global_batch * group_batches
+
+    def __iter__(self) -> Iterator[int]:
+        if self.lengths is None:
+            return super().__iter__()
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        batches = []
+        for start in range(0, len(order), self.group):
+            group = sorted(order[start : start + self.group], key=self.lengths.__getitem__, reverse=True)
+            batches += [group[i : i + self.global_batch] for i in range(0, len(group), self.global_batch)]
+        last = batches[-1:]
+        shuffled = [batches[i] for i in torch.randperm(len(batches) - len(last), generator=generator).tolist()]
+        order = [index for batch in shuffled + last for index in batch]
+        order += order[: self.total_size - len(order)]  # as DistributedSampler: every rank gets as many
+        return iter(order[self.rank : self.total_size : self.num_replicas])
 
 
 class _TokenizedDataModule(pl.LightningDataModule):
@@ -80,7 +96,7 @@ class _TokenizedDataModule(pl.LightningDataModule):
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
             sampler=sampler,
             collate_fn=self.collate,
             num_workers=self.num_workers,
@@ -130,15 +146,23 @@ class PreferenceDataModule(_TokenizedDataModule):
 
     ``masks`` configures the BMC diff masks between chosen and rejected response tokens
     (``alignment``: levenshtein | difflib, ``exclude_stopwords``); they depend only on the data, so they
-    are computed here once, never per training step.
+    are computed here once, never per training step. ``length_grouping`` batches pairs of similar length
+    together (:class:`EpochSampler`) to cut padding. When :func:`bmc.reference.attach_reference_logps` has
+    added the cached reference log-probs to the datasets, batches carry them as ``ref_token_logps``.
     """
 
     def __init__(
-        self, train: list[dict[str, str]], val: list[dict[str, str]], masks: dict[str, Any] | None = None, **kwargs: Any
+        self,
+        train: list[dict[str, str]],
+        val: list[dict[str, str]],
+        masks: dict[str, Any] | None = None,
+        length_grouping: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.rows = {"train": train, "val": val}
         self.masks = {"alignment": "levenshtein", "exclude_stopwords": True, **(masks or {})}
+        self.length_grouping = length_grouping
 
     def setup(self, stage: str | None = None) -> None:
         stopwords = stopword_token_ids(self.tokenizer) if self.masks["exclude_stopwords"] else frozenset()
@@ -174,16 +198,18 @@ class PreferenceDataModule(_TokenizedDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", False, self.batch_size, sampler=self._epoch_shuffle())
-
-    def _epoch_shuffle(self) -> DistributedSampler:
-        """An order that is a function of (seed, epoch) only (Lightning calls ``set_epoch``), so a run resumed
-        from a checkpoint sees the batches an uninterrupted run would. Each rank of a multi-process run takes
-        every ``world_size``-th pair of that one order: the ranks' batches together are the batch one process
-        draws with ``batch_size * world_size``. (The SFT warm start keeps its seeded shuffle: it runs in one
-        process, is never resumed, and its cached checkpoints stay what this code trains.)"""
+        # (The SFT warm start keeps its seeded shuffle: it runs in one process, is never resumed, and its
+        # cached checkpoints stay what this code trains.)
+        dataset = self.datasets["train"]
+        lengths = None
+        if self.length_grouping:
+            lengths = [
+                len(p) + max(len(c), len(r))
+                for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])
+            ]
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
-        return DistributedSampler(self.datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        sampler = EpochSampler(dataset, self.batch_size, lengths, world_size=world, rank=rank, seed=self.seed)
+        return self._loader("train", False, self.batch_size, sampler=sampler)
 
     def _encode(self, batch: dict[str, list], stopwords: frozenset[int]) -> dict[str, list]:
         out: dict[str, list] = {
@@ -211,4 +237,7 @@ class PreferenceDataModule(_TokenizedDataModule):
         prompts = [r["prompt_ids"] for r in rows] * 2
         responses = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
         marks = [r["chosen_marks"] for r in rows] + [r["rejected_marks"] for r in rows]
-        return pad_sequences(prompts, responses, self.tokenizer.pad_token_id, marks)
+        ref_logps = None
+        if REF_COLUMNS[0] in rows[0]:
+            ref_logps = [r[REF_COLUMNS[0]] for r in rows] + [r[REF_COLUMNS[1]] for r in rows]
+        return pad_sequences(prompts, responses, self.tokenizer.pad_token_id, marks, ref_logps)

@@ -1,4 +1,4 @@
-"""Tokenization and the truncation rule shared by SFT and preference data.
+"""Tokenization, the truncation rule shared by SFT and preference data, and padding rows into a batch.
 
 Prompt and response are tokenized separately and concatenated, so the prompt/response boundary is exact
 and the response's log-probability never includes prompt tokens. Every response ends with EOS, so the
@@ -14,8 +14,10 @@ rule cannot silently turn a response into an empty one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 
@@ -48,3 +50,40 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[l
 
 def encode_responses(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     return [ids + [tokenizer.eos_token_id] for ids in encode_texts(tokenizer, texts)]
+
+
+def pad_sequences(
+    prompts: Sequence[list[int]],
+    responses: Sequence[list[int]],
+    pad_id: int,
+    response_marks: Sequence[list[int]] | None = None,
+    response_ref_logps: Sequence[list[float]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Right-pad prompt+response rows into ``input_ids``, ``attention_mask``, ``response_mask`` and,
+    when ``response_marks`` are given, ``diff_mask`` (the BMC marks, zero on prompt and padding).
+
+    ``response_ref_logps`` (one value per response token) become ``ref_token_logps``, laid out like the
+    output of :func:`bmc.logprobs.response_token_logps`: (N, T-1), position t scoring token t+1, zero elsewhere.
+    """
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    n = len(prompts)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    response_mask = torch.zeros((n, width), dtype=torch.bool)
+    diff_mask = torch.zeros((n, width), dtype=torch.bool) if response_marks is not None else None
+    ref_logps = torch.zeros((n, width - 1)) if response_ref_logps is not None else None
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        start, end = len(prompt), len(prompt) + len(response)
+        input_ids[i, :end] = torch.tensor(prompt + response)
+        attention_mask[i, :end] = 1
+        response_mask[i, start:end] = True
+        if diff_mask is not None:
+            diff_mask[i, start:end] = torch.tensor(response_marks[i], dtype=torch.bool)
+        if ref_logps is not None:
+            ref_logps[i, start - 1 : end - 1] = torch.tensor(response_ref_logps[i])
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+    if diff_mask is not None:
+        batch["diff_mask"] = diff_mask
+    if ref_logps is not None:
+        batch["ref_token_logps"] = ref_logps
+    return batch

@@ -1,0 +1,157 @@
+"""Per-token reference log-probs, computed once before training and cached on disk.
+
+The reference of the preference stage is the SFT model, and the policy is that same model until its first
+optimizer step; so the reference log-probs of every pair are computed with the policy itself before training
+(no second copy of the model is ever built), stored under ``<cache>/ref_logps/<key>``, and handed to the module
+in each batch as ``ref_token_logps``. The key holds the model checkpoint, the tokenizer, the exact token ids of
+every pair after truncation, the truncation settings and the precision, so runs and sweep jobs that share them
+share one entry; a run with a cache hit runs no reference forward at all.
+
+Values are stored per response token (chosen and rejected separately), not as sequence sums, because BMC
+token weighting needs the reference's per-token confidence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, Features, Sequence, Value, concatenate_datasets, load_from_disk
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from bmc.cache import cached_dir
+from bmc.logprobs import response_token_logps
+
+#: dataset columns holding the reference log-probs of each response token
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+_ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+_FEATURES = Features({name: Sequence(Value("float32")) for name in REF_COLUMNS})
+_AUTOCAST = {"bf16": torch.bfloat16, "16": torch.float16}
+
+
+def token_ids_hash(dataset: Dataset) -> str:
+    """A hash of the prompt/chosen/rejected token ids of every row, in order (data, tokenizer and truncation)."""
+    return hashlib.sha256(json.dumps(dataset.select_columns(list(_ID_COLUMNS)).to_dict()).encode()).hexdigest()[:16]
+
+
+def checkpoint_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint folder's files (name, size, mtime), so that a checkpoint rewritten in place is a new key;
+    a hub id, which is not a local folder, is identified by its name alone."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return {"path": str(path)}
+    files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+    return {"path": str(folder.resolve()), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Lightning's mixed precisions run the forward under autocast, so the cached values must too."""
+    dtype = next((d for prefix, d in _AUTOCAST.items() if str(precision).startswith(prefix)), None)
+    if dtype is None or "mixed" not in str(precision):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def accelerator_device(accelerator: str) -> torch.device:
+    """The device a Lightning ``accelerator`` setting trains on (the first one), for work done before ``fit``."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if accelerator in ("mps", "auto") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def compute_reference_logps(
+    model: PreTrainedModel,
+    dataset: Dataset,
+    collate: Any,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "32-true",
+    desc: str = "reference log-probs",
+) -> Dataset:
+    """Per-token log-probs of each row's chosen and rejected response under ``model`` (in eval mode), as a
+    dataset with one row per input row and the columns :data:`REF_COLUMNS`.
+
+    Rows are batched in order of length, so little compute goes into padding.
+    """
+    was_training = model.training
+    model.eval()
+    original_device = next(model.parameters()).device
+    model.to(device)
+    rows = dataset.to_list()
+    order = sorted(
+        range(len(rows)),
+        key=lambda i: len(rows[i]["prompt_ids"]) + max(len(rows[i]["chosen_ids"]), len(rows[i]["rejected_ids"])),
+    )
+    values: dict[str, list[list[float]]] = {name: [[] for _ in rows] for name in REF_COLUMNS}
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+            indices = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in indices]).items()}
+            with _autocast(device, precision):
+                logps, mask = response_token_logps(model, batch)
+            logps, mask = logps.float().cpu(), mask.cpu()
+            for row, index in enumerate(indices):
+                values[REF_COLUMNS[0]][index] = logps[row][mask[row]].tolist()
+                values[REF_COLUMNS[1]][index] = logps[row + len(indices)][mask[row + len(indices)]].tolist()
+    finally:
+        model.to(original_device)
+        model.train(was_training)
+    return Dataset.from_dict(values, features=_FEATURES)
+
+
+def attach_reference_logps(
+    datamodule: Any,
+    model: PreTrainedModel,
+    cache_dir: str | os.PathLike,
+    model_key: dict[str, Any],
+    precision: str = "32-true",
+    device: torch.device | None = None,
+    batch_size: int = 64,
+) -> Path:
+    """Add the cached (or, on a miss, freshly computed) reference log-probs to every split of a set-up
+    ``PreferenceDataModule``; returns the cache folder.
+
+    ``model`` must still hold the reference weights (the policy before training). ``model_key`` identifies
+    it (checkpoint and spec); the tokenizer, token ids and truncation are added here.
+    """
+    tokenizer = datamodule.tokenizer
+    payload = {
+        "model": model_key,
+        "tokenizer": {"name": tokenizer.name_or_path, "size": len(tokenizer), "class": type(tokenizer).__name__},
+        "data": {split: token_ids_hash(ds) for split, ds in sorted(datamodule.datasets.items())},
+        "truncation": {
+            "max_length": datamodule.truncation.max_length,
+            "max_prompt_length": datamodule.truncation.max_prompt_length,
+        },
+        "precision": str(precision),
+    }
+
+    def build(folder: Path) -> None:
+        for split, dataset in datamodule.datasets.items():
+            compute_reference_logps(
+                model,
+                dataset,
+                datamodule.collate,
+                batch_size,
+                device or torch.device("cpu"),
+                precision,
+                desc=f"reference log-probs/{split}",
+            ).save_to_disk(str(folder / split))
+
+    folder = cached_dir(cache_dir, "ref_logps", payload, build)
+    for split, dataset in datamodule.datasets.items():
+        refs = load_from_disk(str(folder / split))
+        if len(refs) != len(dataset):
+            raise ValueError(f"{folder / split}: {len(refs)} rows of reference log-probs for {len(dataset)} pairs")
+        kept = dataset.remove_columns([c for c in REF_COLUMNS if c in dataset.column_names])
+        datamodule.datasets[split] = concatenate_datasets([kept, refs], axis=1)
+    return folder

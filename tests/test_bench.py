@@ -1,0 +1,79 @@
+"""`python -m bmc.bench --smoke` produces a well-formed report (the real benchmark is `make bench`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bmc.bench.__main__ import format_table, main
+from bmc.bench.clock import StepClock
+from bmc.bench.workload import make_pairs
+
+
+def test_step_clock_times_from_the_end_of_warmup(tmp_path: Path, monkeypatch) -> None:
+    times = iter([10.0, 11.0, 11.5, 13.0])
+    monkeypatch.setattr("bmc.bench.clock.time.perf_counter", lambda: next(times))
+    clock = StepClock(tmp_path / "clock.json", warmup=1)
+    with pytest.raises(RuntimeError, match="warmup"):
+        clock.result()
+    for _ in range(4):
+        clock.tick()
+    clock.write()
+    result = json.loads((tmp_path / "clock.json").read_text())
+    assert result["steps"] == 4 and result["timed_steps"] == 3 and result["seconds"] == 3.0
+    assert result["peak_rss_mb"] > 0
+    with pytest.raises(ValueError, match="warmup"):
+        StepClock(tmp_path / "x.json", warmup=0)
+
+
+def test_workload_pairs_are_deterministic_and_differ_in_a_few_words() -> None:
+    pairs = make_pairs(50, seed=1)
+    assert pairs == make_pairs(50, seed=1) and pairs != make_pairs(50, seed=2)
+    for pair in pairs:
+        chosen, rejected = pair["chosen"].split(), pair["rejected"].split()
+        assert pair["prompt"].endswith("\nAnswer:") and len(chosen) == len(rejected)
+        assert 0 < sum(a != b for a, b in zip(chosen, rejected)) < len(chosen)
+
+
+def test_smoke_benchmark_writes_a_well_formed_report(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    # one mode keeps the test short; the in-step mode of the comparison loop is checked below
+    report = main(["--smoke", "--modes", "precomputed", "--out", str(out), "--workdir", str(tmp_path / "work")])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    expected = ["ours_dpo", "ours_bmc", "bare"] + (["trl"] if importlib.util.find_spec("trl") else [])
+    assert sorted(report["settings"]["implementations"]) == sorted(expected)
+    assert report["machine"]["threads"] == 1 and report["machine"]["torch"]
+    size = report["sizes"]["smoke"]
+    assert size["parameters"] > 0 and size["steps"] >= 3 and 60 < size["tokens_per_pair"] < 400
+
+    for mode in ("precomputed",):
+        cell = report["results"]["smoke"][mode]
+        assert sorted(cell["implementations"]) == sorted(expected)
+        for row in cell["implementations"].values():
+            assert row["pairs_per_s"] > 0 and row["peak_rss_mb"] > 50 and len(row["repeats"]) == 1
+            assert math.isclose(row["tokens_per_s"], row["pairs_per_s"] * size["tokens_per_pair"])
+        ratios = cell["ratios"]
+        rows = cell["implementations"]
+        assert math.isclose(ratios["ours_dpo/bare"], rows["ours_dpo"]["pairs_per_s"] / rows["bare"]["pairs_per_s"])
+        assert math.isclose(
+            ratios["bmc_step/dpo_step"], rows["ours_dpo"]["pairs_per_s"] / rows["ours_bmc"]["pairs_per_s"]
+        )
+        assert ("ours_dpo/trl" in ratios) == ("trl" in expected)
+    walls = report["results"]["smoke"]["train_py_wall_s"]
+    assert set(walls) == {"reference_cache_miss", "reference_cache_hit"} and all(v > 0 for v in walls.values())
+
+    targets = {(t["mode"], t["ratio"]) for t in report["targets"]}
+    assert ("precomputed", "ours_dpo/bare") in targets and ("precomputed", "bmc_step/dpo_step") in targets
+    assert all(isinstance(t["met"], bool) and t["value"] > 0 for t in report["targets"])
+    table = format_table(report)
+    assert all(f"| {name} |" in table for name in expected) and "reference cache miss" in table
+
+
+def test_smoke_benchmark_runs_the_reference_in_the_step(tmp_path: Path) -> None:
+    report = main(["--smoke", "--modes", "in_step", "--impls", "bare", "--out", str(tmp_path / "b.json")])
+    row = report["results"]["smoke"]["in_step"]["implementations"]["bare"]
+    assert row["pairs_per_s"] > 0 and "train_py_wall_s" not in report["results"]["smoke"]

@@ -1,0 +1,122 @@
+"""Precomputed reference log-probs: equal to a fresh reference forward, cached by the right key, and a run
+with a cache hit never builds or runs a reference model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import bmc.pipeline
+import bmc.reference
+from bmc.data.datamodule import PreferenceDataModule
+from bmc.data.tokenize import Truncation
+from bmc.logprobs import response_token_logps
+from bmc.models import TinyLlama
+from bmc.module import PreferenceModule
+from bmc.pipeline import run
+from bmc.reference import attach_reference_logps
+
+PAIRS = [
+    {"prompt": f"Q: what is {i} plus {i * 3}?\nAnswer:", "chosen": f" It is {4 * i}." + " ok" * (i % 4),
+     "rejected": f" It is {4 * i + 1}, I think" + " so" * (i % 3)}
+    for i in range(12)
+]  # fmt: skip
+
+
+TRUNCATION = Truncation(64, 32)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[torch.nn.Module, object]:
+    torch.manual_seed(0)
+    texts = [p[k] for p in PAIRS for k in ("prompt", "chosen", "rejected")]
+    return TinyLlama(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300).build(texts)
+
+
+def _datamodule(tokenizer, pairs=PAIRS, truncation=TRUNCATION) -> PreferenceDataModule:
+    dm = PreferenceDataModule(train=pairs[:9], val=pairs[9:], tokenizer=tokenizer, truncation=truncation, batch_size=4)
+    dm.setup()
+    return dm
+
+
+def test_cached_reference_logps_equal_a_fresh_reference_forward(tiny, tmp_path: Path, monkeypatch) -> None:
+    model, tokenizer = tiny
+    dm = _datamodule(tokenizer)
+    folder = attach_reference_logps(dm, model, tmp_path, model_key={"name": "tiny"}, batch_size=3)
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        for batch in loader:
+            fresh, mask = response_token_logps(model.eval(), batch)
+            cached = batch["ref_token_logps"]
+            assert cached.shape == fresh.shape == mask.shape
+            assert torch.allclose(cached, fresh, atol=1e-5), (cached - fresh).abs().max()
+            assert cached[~mask].abs().sum() == 0 and (cached[mask] < 0).all()
+
+    calls: list[str] = []
+    original = bmc.reference.compute_reference_logps
+    monkeypatch.setattr(
+        bmc.reference, "compute_reference_logps", lambda *a, **k: calls.append("x") or original(*a, **k)
+    )
+    again = _datamodule(tokenizer)
+    assert attach_reference_logps(again, model, tmp_path, model_key={"name": "tiny"}) == folder
+    assert calls == []  # a cache hit computes nothing
+    for split in ("train", "val"):
+        assert again.datasets[split]["ref_chosen_logps"] == dm.datasets[split]["ref_chosen_logps"]
+        assert [len(r) for r in again.datasets[split]["ref_rejected_logps"]] == [
+            len(r) for r in again.datasets[split]["rejected_ids"]
+        ]
+
+
+def test_reference_cache_key_changes_with_model_data_and_truncation(tiny, tmp_path: Path) -> None:
+    model, tokenizer = tiny
+
+    def folder(key: str = "a", pairs=PAIRS, truncation=TRUNCATION) -> Path:
+        return attach_reference_logps(_datamodule(tokenizer, pairs, truncation), model, tmp_path, model_key={"m": key})
+
+    base = folder()
+    assert folder() == base
+    edited = [dict(PAIRS[0], rejected=" It is 7.")] + PAIRS[1:]
+    variants = {folder("b"), folder(pairs=edited), folder(truncation=Truncation(16, 8))}
+    assert base not in variants and len(variants) == 3
+    payload = json.loads((base / "cache_payload.json").read_text())
+    assert set(payload) == {"model", "tokenizer", "data", "truncation", "precision"}
+
+
+def test_module_without_reference_or_cached_logps_fails_clearly(tiny) -> None:
+    model, tokenizer = tiny
+    module = PreferenceModule(
+        model, None, loss={"name": "dpo", "beta": 0.1}, token_weighting={"name": "uniform"},
+        regularizer={"name": "none"}, optim={},
+    )  # fmt: skip
+    batch = next(iter(_datamodule(tokenizer).val_dataloader()))
+    with pytest.raises(RuntimeError, match="ref_token_logps"):
+        module.token_rewards(batch)
+
+
+def test_a_cache_hit_run_builds_no_reference_and_matches_the_in_step_reference(make_config, monkeypatch) -> None:
+    calls: list[str] = []
+    for target, name in ((bmc.pipeline, "frozen_copy"), (bmc.reference, "compute_reference_logps")):
+        original = getattr(target, name)
+        monkeypatch.setattr(target, name, lambda *a, f=original, n=name, **k: calls.append(n) or f(*a, **k))
+    overrides = ["debug=default", "loss=bmc", "eval.enabled=false", "callbacks=default"]
+
+    def run_and_read(*extra: str) -> tuple[dict[str, float], dict]:
+        cfg = make_config(*overrides, *extra)
+        metrics = run(cfg)
+        return metrics, json.loads((Path(cfg.paths.output_dir) / "token_rewards.json").read_text())
+
+    first, _ = run_and_read()
+    assert calls == ["compute_reference_logps"] * 2  # train and val, with the policy: no model copy
+    calls.clear()
+    cached, cached_rewards = run_and_read()
+    assert calls == []  # cache hit: no reference model, no reference forward
+    in_step, in_step_rewards = run_and_read("reference.precompute=false")
+    assert calls == ["frozen_copy"]
+    for key in ("val/loss", "val/rewards/margins", "val/bmc/mean_weight_marked"):
+        assert math.isclose(cached[key], first[key], rel_tol=0, abs_tol=1e-7), key
+        assert math.isclose(cached[key], in_step[key], rel_tol=1e-4, abs_tol=1e-6), key
+    for a, b in zip(cached_rewards["examples"], in_step_rewards["examples"]):  # TokenRewardLogger uses the cache
+        assert a["tokens"] == b["tokens"] and a["rewards"] == pytest.approx(b["rewards"], abs=1e-4)
