@@ -101,7 +101,7 @@ class Bench:
                 sys.executable, str(ROOT / "train.py"),
                 "task=hf_prefs", f"task.path={pairs}", "task.sizes.sft_val=1",
                 "model=hf", f"model.path={checkpoint}", "model.use_chat_template=false",
-                "sft.enabled=false", "eval.enabled=false", "logger=none", "callbacks=none",
+                "sft.enabled=false", "eval.enabled=false", "logger=none", "callbacks=minimal",
                 "+callbacks.clock._target_=bmc.bench.lightning_clock.LightningStepClock",
                 f"+callbacks.clock.path={out}", f"+callbacks.clock.warmup={self.args.warmup}",
                 f"loss={OURS[impl]}", f"reference.precompute={mode == 'precomputed'}",
