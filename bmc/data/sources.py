@@ -17,7 +17,7 @@ class TaskData:
     ``pairs`` are the task's given preference pairs (``data=original``); ``eval_examples`` are held-out
     prompts scored by ``verifier`` after training (empty for datasets without a verifier).
     ``reward_pairs`` are pairs on prompts disjoint from ``pairs`` for training a reward model
-    (:mod:`bmc.reward_model`); built-in tasks make them from the SFT split.
+    (:func:`bmc.pipeline.train_reward_model`); built-in tasks make them from the SFT split.
     """
 
     name: str
