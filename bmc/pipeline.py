@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from bmc.cache import cache_key, cached_dir
+from bmc.callbacks import StopAtAccuracy
 from bmc.checkpointing import resolve_ckpt_path
 from bmc.data.datamodule import PreferenceDataModule, SFTDataModule
 from bmc.data.hf_prefs import render_pairs
@@ -95,6 +96,30 @@ def _stage_trainer_key(cfg: DictConfig) -> dict[str, Any]:
     return {k: cfg.trainer.get(k) for k in ("accelerator", "precision", "gradient_clip_val", "accumulate_grad_batches")}
 
 
+def _sft_stopper(cfg: DictConfig, task_data: TaskData, tokenizer: Any) -> StopAtAccuracy | None:
+    """The callback that ends SFT at ``sft.target_accuracy`` on the SFT validation prompts (tasks with a
+    verifier), or None when no target is set or the task cannot be scored."""
+    target = cfg.sft.get("target_accuracy")
+    if target is None:
+        return None
+    if task_data.verifier is None or not task_data.sft_val_examples:
+        log.info(
+            "sft.target_accuracy=%s ignored: task %s has no verifier; SFT runs %d steps",
+            target,
+            task_data.name,
+            cfg.sft.steps,
+        )
+        return None
+    return StopAtAccuracy(
+        task_data.verifier,
+        task_data.sft_val_examples,
+        tokenizer,
+        target=target,
+        check_every=cfg.sft.check_every,
+        batch_size=cfg.eval.batch_size,
+    )
+
+
 def warm_start(cfg: DictConfig, task_data: TaskData, source: Any) -> Path:
     """The SFT checkpoint (model + tokenizer, loadable with ``from_pretrained``), trained once per
     (model, task, SFT settings) and reused by every later run and sweep job. Its greedy evaluation is
@@ -123,12 +148,26 @@ def warm_start(cfg: DictConfig, task_data: TaskData, source: Any) -> Path:
                 batch_size=cfg.sft.batch_size,
                 seed=cfg.sft.seed,
             )
-            trainer = _stage_trainer(cfg, folder, cfg.sft.steps)
+            stopper = _sft_stopper(cfg, task_data, tokenizer)
+            trainer = _stage_trainer(cfg, folder, cfg.sft.steps, callbacks=[stopper] if stopper else None)
             trainer.fit(SFTModule(trained, dict(cfg.sft.optim)), datamodule=data)
+            stage = {"steps": trainer.global_step}
+            if stopper:
+                stage["stop_accuracy"] = stopper.history[-1][1] if stopper.history else 0.0
+                if not stopper.reached:
+                    log.warning(
+                        "SFT ran all %d steps without reaching sft.target_accuracy=%s (last check: %s); "
+                        "raise sft.steps or lower the target",
+                        cfg.sft.steps,
+                        cfg.sft.target_accuracy,
+                        stopper.history[-1] if stopper.history else "none",
+                    )
+        else:
+            stage = {"steps": 0}
         model = trained.merge_and_unload() if trained is not model else model
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        (folder / "sft_eval.json").write_text(json.dumps(_evaluate(task_data, model, tokenizer, cfg)))
+        (folder / "sft_eval.json").write_text(json.dumps({**_evaluate(task_data, model, tokenizer, cfg), **stage}))
 
     return cached_dir(cfg.paths.cache_dir, "sft", payload, build)
 

@@ -120,7 +120,7 @@ def test_ipr_and_rm_score_methods_pick_their_judges(tmp_path: Path) -> None:
 def test_bridging_preset_uses_the_varied_wording_task(tmp_path: Path) -> None:
     cfg = compose_config(["experiment=bridging", "method=dpo_bmc"], tmp_path / "run", tmp_path / "cache")
     assert cfg.task.name == "math_styles" and cfg.task.generator.gold_styles == 4
-    assert cfg.sft.steps == 1600 and cfg.data.name == "pseudo_winning"
+    assert cfg.data.name == "pseudo_winning" and cfg.sft.target_accuracy == 0.75
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,8 @@ class TaskData:
     prompts scored by ``verifier`` after training (empty for datasets without a verifier).
     ``reward_pairs`` are pairs on prompts disjoint from ``pairs`` for training a reward model
     (:func:`bmc.pipeline.train_reward_model`); built-in tasks make them from the SFT split.
+    ``sft_val_examples`` are the verifier-scored examples behind ``sft_val``, on which the SFT stage may stop at
+    a target accuracy (``sft.target_accuracy``).
     """
 
     name: str
@@ -28,6 +30,7 @@ class TaskData:
     verifier: Task | None = None
     pref_examples: list[Example] = field(default_factory=list)
     reward_pairs: list[dict[str, str]] = field(default_factory=list)
+    sft_val_examples: list[Example] = field(default_factory=list)
 
     def corpus(self) -> list[str]:
         """Text a locally trained tokenizer learns from: SFT prompts and responses."""
@@ -43,16 +46,17 @@ def builtin_task(name: str, generator: Task, sizes: dict[str, int], seed: int = 
     rng = random.Random(seed)
     pairs = [{"prompt": e.prompt, "chosen": e.gold, "rejected": generator.corrupt(e, rng)} for e in pref]
     reward_pairs = [{"prompt": e.prompt, "chosen": e.gold, "rejected": generator.corrupt(e, rng)} for e in train]
-    sft_val = [{"prompt": e.prompt, "response": e.gold} for e in pref[: sizes.get("sft_val", 128)]]
+    sft_val_examples = pref[: sizes.get("sft_val", 128)]
     return TaskData(
         name=name,
         sft_train=[{"prompt": e.prompt, "response": e.gold} for e in train],
-        sft_val=sft_val,
+        sft_val=[{"prompt": e.prompt, "response": e.gold} for e in sft_val_examples],
         pairs=pairs,
         eval_examples=evaluation,
         verifier=generator,
         pref_examples=pref,
         reward_pairs=reward_pairs,
+        sft_val_examples=sft_val_examples,
     )
 
 
