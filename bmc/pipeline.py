@@ -152,16 +152,16 @@ def warm_start(cfg: DictConfig, task_data: TaskData, source: Any) -> Path:
             trainer = _stage_trainer(cfg, folder, cfg.sft.steps, callbacks=[stopper] if stopper else None)
             trainer.fit(SFTModule(trained, dict(cfg.sft.optim)), datamodule=data)
             stage = {"steps": trainer.global_step}
-            if stopper:
-                stage["stop_accuracy"] = stopper.history[-1][1] if stopper.history else 0.0
-                if not stopper.reached:
-                    log.warning(
-                        "SFT ran all %d steps without reaching sft.target_accuracy=%s (last check: %s); "
-                        "raise sft.steps or lower the target",
-                        cfg.sft.steps,
-                        cfg.sft.target_accuracy,
-                        stopper.history[-1] if stopper.history else "none",
-                    )
+            if stopper and stopper.history:
+                stage["stop_accuracy"] = stopper.history[-1][1]
+            if stopper and not stopper.reached:
+                log.warning(
+                    "SFT ran all %d steps without reaching sft.target_accuracy=%s (checks as (step, accuracy): "
+                    "%s); raise sft.steps or lower the target",
+                    cfg.sft.steps,
+                    cfg.sft.target_accuracy,
+                    stopper.history[-3:],
+                )
         else:
             stage = {"steps": 0}
         model = trained.merge_and_unload() if trained is not model else model
