@@ -89,7 +89,8 @@ def test_experiment_presets_are_multiruns_over_methods_and_seeds(tmp_path: Path)
     hydra_cfg = OmegaConf.load(CONF / "experiment" / "paper_main.yaml").hydra
     assert hydra_cfg.mode == "MULTIRUN"
     params = hydra_cfg.sweeper.params
-    assert params.method.split(",") == ["sft", "dpo", "ipo", "simpo", "rdpo", "orpo", "dpo_bc", "dpo_mc", "dpo_bmc"]
+    methods = ["sft", "sft_chosen", "dpo", "ipo", "simpo", "rdpo", "orpo", "dpo_bc", "dpo_mc", "dpo_bmc"]
+    assert params.method.split(",") == methods
     assert params.task.split(",") == ["math", "qa", "instruct"] and params.seed == "0,1,2"
 
 
@@ -97,6 +98,7 @@ def test_experiment_presets_are_multiruns_over_methods_and_seeds(tmp_path: Path)
     "method,expected",
     [
         ("dpo", ("dpo", "sampled", "uniform")),
+        ("sft_chosen", ("sft", "sampled", "uniform")),
         ("dpo_bc", ("dpo", "pseudo_winning", "uniform")),
         ("dpo_mc", ("dpo", "sampled", "bmc")),
         ("dpo_bmc", ("dpo", "pseudo_winning", "bmc")),

@@ -220,6 +220,10 @@ def test_delta_sweep_plot_and_paper_names(tmp_path: Path) -> None:
     for (data, loss, weighting), name in names.items():
         config = {"data": {"name": data}, "loss": {"name": loss}, "token_weighting": {"name": weighting}}
         assert paper_name(RunRecord("r", "completed", config, {})) == name
+    # method=sft evaluates the warm start (max_steps 0); method=sft_chosen trains it on the chosen responses
+    sft = {"data": {"name": "sampled"}, "loss": {"name": "sft"}, "token_weighting": {"name": "uniform"}}
+    assert paper_name(RunRecord("r", "completed", {**sft, "trainer": {"max_steps": 0}}, {})) == "SFT"
+    assert paper_name(RunRecord("r", "completed", {**sft, "trainer": {"max_steps": -1}}, {})) == "SFT+chosen"
 
 
 def fake_wandb_runs() -> list[SimpleNamespace]:

@@ -218,11 +218,13 @@ def paper_name(record: RunRecord) -> str | None:
 
     for the DPO loss (``loss=bmc`` is DPO with ``token_weighting=bmc``) and no regularizer. IPO, SimPO,
     R-DPO and ORPO get their name on original/sampled data with uniform weighting and ``<name>-BMC`` with
-    both BMC phases; ``loss=sft`` is SFT. Any other setting has no paper name.
+    both BMC phases. ``loss=sft`` with no preference steps (``method=sft``) is SFT, the warm start as is;
+    trained (``method=sft_chosen``) it is SFT+chosen, the control that continues SFT on the chosen responses.
+    Any other setting has no paper name.
     """
     loss = record.get("loss.name")
     if loss == "sft":
-        return "SFT"
+        return "SFT" if record.get("trainer.max_steps", 0) == 0 else "SFT+chosen"
     data = record.get("data.name")
     weighting = record.get("token_weighting.name", "uniform")
     if loss not in _LOSS_NAMES or record.get("regularizer.name", "none") != "none":
