@@ -107,7 +107,10 @@ class StopAtAccuracy(pl.Callback):
         # with gradient accumulation several batches end at the same optimizer step: check it once
         if step % self.check_every or (self.history and self.history[-1][0] == step):
             return
-        metrics = evaluate_generations(self.task, self.examples, pl_module.policy, self.tokenizer, self.batch_size)
+        # no progress bar: a check every few steps would print one line each into non-terminal logs
+        metrics = evaluate_generations(
+            self.task, self.examples, pl_module.policy, self.tokenizer, self.batch_size, progress=False
+        )
         self.history.append((step, metrics["accuracy"]))
         if metrics["accuracy"] >= self.target:
             log.info("stopping at step %d: accuracy %.3f >= target %.3f", step, metrics["accuracy"], self.target)

@@ -23,6 +23,7 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     desc: str = "generate",
+    progress: bool = True,
 ) -> list[tuple[str, bool]]:
     """Complete each prompt; returns (text, truncated) where truncated means no EOS within the budget.
 
@@ -34,7 +35,7 @@ def generate(
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     results: list[tuple[str, bool]] = []
     encoded = encode_texts(tokenizer, list(prompts))
-    for start in tqdm(range(0, len(encoded), batch_size), desc=desc, leave=False):
+    for start in tqdm(range(0, len(encoded), batch_size), desc=desc, leave=False, disable=not progress):
         rows = encoded[start : start + batch_size]
         width = max(len(r) for r in rows)
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
@@ -70,6 +71,7 @@ def evaluate_generations(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     batch_size: int = 64,
+    progress: bool = True,
 ) -> dict[str, float]:
     """Greedy accuracy (score == 1), mean verifier score, and the fraction of truncated generations."""
     outputs = generate(
@@ -79,6 +81,7 @@ def evaluate_generations(
         generation_budget(tokenizer, examples),
         batch_size=batch_size,
         desc="evaluate",
+        progress=progress,
     )
     scores = [task.score(example, text) for example, (text, _) in zip(examples, outputs)]
     n = max(len(scores), 1)

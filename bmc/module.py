@@ -43,7 +43,7 @@ def cosine_with_warmup(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup from 0 over ``warmup_steps``, then cosine decay to 0 at ``total_steps``: the schedule of
     ``transformers.get_cosine_schedule_with_warmup``, which is not imported because its module pulls in the
-    Trainer utilities (and ``peft``), about 25 MB of resident memory in every run."""
+    Trainer utilities and ``peft``: 7 MB more resident memory in every run (docs/performance.md)."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:

@@ -67,8 +67,8 @@ def test_stop_at_accuracy_rejects_a_target_it_cannot_reach() -> None:
 class _ConstantVerifier:
     """Scores every response the same, so the stopping check's outcome is known in advance."""
 
-    def __init__(self, generator, score: float) -> None:
-        self.generator, self.value = generator, score
+    def __init__(self, score: float) -> None:
+        self.value = score
 
     def score(self, example, response: str) -> float:
         return self.value
@@ -84,7 +84,7 @@ def test_sft_stops_at_the_target_accuracy_and_records_its_steps(
 
     cfg = make_config("debug=default", "sft.steps=30", "sft.target_accuracy=0.5", "sft.check_every=10")
     task_data, source = instantiate(cfg.task), instantiate(cfg.model)
-    task_data.verifier = _ConstantVerifier(task_data.verifier, score)
+    task_data.verifier = _ConstantVerifier(score)
     with caplog.at_level(logging.WARNING, logger="bmc.pipeline"):
         folder = warm_start(cfg, task_data, source)
     stage = json.loads((Path(folder) / "sft_eval.json").read_text())
