@@ -21,23 +21,43 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, Features, Sequence, Value, concatenate_datasets, load_from_disk
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from bmc.cache import cached_dir
+from bmc.data.columns import ColumnDataset
 from bmc.logprobs import response_token_logps
 
 #: dataset columns holding the reference log-probs of each response token
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 _ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
-_FEATURES = Features({name: Sequence(Value("float32")) for name in REF_COLUMNS})
 _AUTOCAST = {"bf16": torch.bfloat16, "16": torch.float16}
+#: part of the cache key, so that entries in an earlier file format are never read as this one
+_FILE_FORMAT = "safetensors-flat-v1"
 
 
-def token_ids_hash(dataset: Dataset) -> str:
+def token_ids_hash(dataset: ColumnDataset) -> str:
     """A hash of the prompt/chosen/rejected token ids of every row, in order (data, tokenizer and truncation)."""
-    return hashlib.sha256(json.dumps(dataset.select_columns(list(_ID_COLUMNS)).to_dict()).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps({name: dataset[name] for name in _ID_COLUMNS}).encode()).hexdigest()[:16]
+
+
+def save_logps(columns: dict[str, list[torch.Tensor]], path: Path) -> None:
+    """Each column's rows concatenated into one float32 tensor, with the row lengths beside it."""
+    tensors = {}
+    for name, rows in columns.items():
+        tensors[name] = torch.cat(rows) if rows else torch.zeros(0)
+        tensors[f"{name}.lengths"] = torch.tensor([len(row) for row in rows], dtype=torch.int64)
+    save_file(tensors, str(path))
+
+
+def load_logps(path: Path) -> dict[str, list[list[float]]]:
+    """The columns :func:`save_logps` wrote, one list of floats per row."""
+    tensors = load_file(str(path))
+    return {
+        name: [row.tolist() for row in tensors[name].split(tensors[f"{name}.lengths"].tolist())]
+        for name in REF_COLUMNS
+    }
 
 
 def checkpoint_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
@@ -70,15 +90,15 @@ def accelerator_device(accelerator: str) -> torch.device:
 @torch.no_grad()
 def compute_reference_logps(
     model: PreTrainedModel,
-    dataset: Dataset,
+    dataset: ColumnDataset,
     collate: Any,
     batch_size: int,
     device: torch.device,
     precision: str = "32-true",
     desc: str = "reference log-probs",
-) -> Dataset:
-    """Per-token log-probs of each row's chosen and rejected response under ``model`` (in eval mode), as a
-    dataset with one row per input row and the columns :data:`REF_COLUMNS`.
+) -> dict[str, list[torch.Tensor]]:
+    """Per-token log-probs of each row's chosen and rejected response under ``model`` (in eval mode): for each
+    of the columns :data:`REF_COLUMNS`, one float32 tensor per input row.
 
     Rows are batched in order of length, so little compute goes into padding.
     """
@@ -86,12 +106,12 @@ def compute_reference_logps(
     model.eval()
     original_device = next(model.parameters()).device
     model.to(device)
-    rows = dataset.to_list()
+    rows = dataset.rows()
     order = sorted(
         range(len(rows)),
         key=lambda i: len(rows[i]["prompt_ids"]) + max(len(rows[i]["chosen_ids"]), len(rows[i]["rejected_ids"])),
     )
-    values: dict[str, list[list[float]]] = {name: [[] for _ in rows] for name in REF_COLUMNS}
+    values: dict[str, list[torch.Tensor]] = {name: [torch.zeros(0)] * len(rows) for name in REF_COLUMNS}
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
             indices = order[start : start + batch_size]
@@ -100,12 +120,12 @@ def compute_reference_logps(
                 logps, mask = response_token_logps(model, batch)
             logps, mask = logps.float().cpu(), mask.cpu()
             for row, index in enumerate(indices):
-                values[REF_COLUMNS[0]][index] = logps[row][mask[row]].tolist()
-                values[REF_COLUMNS[1]][index] = logps[row + len(indices)][mask[row + len(indices)]].tolist()
+                values[REF_COLUMNS[0]][index] = logps[row][mask[row]]
+                values[REF_COLUMNS[1]][index] = logps[row + len(indices)][mask[row + len(indices)]]
     finally:
         model.to(original_device)
         model.train(was_training)
-    return Dataset.from_dict(values, features=_FEATURES)
+    return values
 
 
 def attach_reference_logps(
@@ -133,11 +153,12 @@ def attach_reference_logps(
             "max_prompt_length": datamodule.truncation.max_prompt_length,
         },
         "precision": str(precision),
+        "format": _FILE_FORMAT,
     }
 
     def build(folder: Path) -> None:
         for split, dataset in datamodule.datasets.items():
-            compute_reference_logps(
+            logps = compute_reference_logps(
                 model,
                 dataset,
                 datamodule.collate,
@@ -145,13 +166,15 @@ def attach_reference_logps(
                 device or torch.device("cpu"),
                 precision,
                 desc=f"reference log-probs/{split}",
-            ).save_to_disk(str(folder / split))
+            )
+            save_logps(logps, folder / f"{split}.safetensors")
 
     folder = cached_dir(cache_dir, "ref_logps", payload, build)
     for split, dataset in datamodule.datasets.items():
-        refs = load_from_disk(str(folder / split))
-        if len(refs) != len(dataset):
-            raise ValueError(f"{folder / split}: {len(refs)} rows of reference log-probs for {len(dataset)} pairs")
-        kept = dataset.remove_columns([c for c in REF_COLUMNS if c in dataset.column_names])
-        datamodule.datasets[split] = concatenate_datasets([kept, refs], axis=1)
+        path = folder / f"{split}.safetensors"
+        refs = load_logps(path)
+        rows = {len(column) for column in refs.values()}
+        if rows != {len(dataset)}:
+            raise ValueError(f"{path}: {sorted(rows)} rows of reference log-probs for {len(dataset)} pairs")
+        datamodule.datasets[split] = dataset.with_columns(refs)
     return folder

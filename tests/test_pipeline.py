@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,3 +214,25 @@ def test_sft_cache_is_shared_across_run_seeds_and_keyed_on_what_changes_sft(make
     for change in ("trainer.gradient_clip_val=0.5", "sft.steps=5", "model.hidden_size=64"):
         assert warm_start(make_config(*FAST, change), task_data, source if "model" not in change else
                           instantiate(make_config(*FAST, change).model)) != first, change  # fmt: skip
+
+
+def test_a_training_run_never_imports_datasets(tmp_path: Path) -> None:
+    """``datasets`` (with pyarrow and pandas, about 80 MB resident) is for loading hub and local datasets only:
+    the DataModules and the sampling and reference-log-prob caches do without it, on a cache miss and a hit."""
+    import subprocess
+
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from tests.conftest import compose_config; "
+        "from bmc.pipeline import run; "
+        f"cfg = compose_config({FAST!r} + sys.argv[4:], sys.argv[2], sys.argv[3]); run(cfg); "
+        "print('heavy:', sorted({'datasets', 'pyarrow', 'pandas'} & set(sys.modules)))"
+    )
+    root = str(Path(__file__).parents[1])
+    for attempt in ("miss", "hit"):
+        proc = subprocess.run(
+            [sys.executable, "-c", script, root, str(tmp_path / attempt), str(tmp_path / "cache"), "data=sampled",
+             "loss=bmc"],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "heavy: []" in proc.stdout, (attempt, proc.stdout[-500:])

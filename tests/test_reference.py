@@ -82,7 +82,7 @@ def test_reference_cache_key_changes_with_model_data_and_truncation(tiny, tmp_pa
     variants = {folder("b"), folder(pairs=edited), folder(truncation=Truncation(16, 8))}
     assert base not in variants and len(variants) == 3
     payload = json.loads((base / "cache_payload.json").read_text())
-    assert set(payload) == {"model", "tokenizer", "data", "truncation", "precision"}
+    assert set(payload) == {"model", "tokenizer", "data", "truncation", "precision", "format"}
 
 
 def test_module_without_reference_or_cached_logps_fails_clearly(tiny) -> None:

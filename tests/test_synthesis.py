@@ -124,9 +124,7 @@ def test_rm_score_pairs_are_max_and_min_of_the_reward_model(make_config, shared_
     assert data.report["judge_calls"] == data.report["prompts_in"] * 5
     judge = RewardModelJudge(path=str(tmp_path / "rm"))
     pair = data.pairs[0]
-    samples = next(
-        s for s in _cached_samples(shared_cache) if s["prompt"] == pair["prompt"] and len(s["completions"]) == 5
-    )
+    samples = _cached_samples_of(shared_cache, pair)
     scores = judge.score([pair["prompt"]] * 5, samples["completions"])
     assert pair["chosen"] == samples["completions"][scores.index(max(scores))]
     assert pair["rejected"] == samples["completions"][scores.index(min(scores))]
@@ -141,10 +139,19 @@ def test_rm_score_pairs_are_max_and_min_of_the_reward_model(make_config, shared_
     assert ipr_data.report["ipr_rm_agreement"] * ipr_data.report["prompts_in"] >= same  # identical texts agree
 
 
-def _cached_samples(cache: Path) -> list[dict]:
-    from datasets import load_from_disk
+def _cached_samples_of(cache: Path, pair: dict) -> dict:
+    """The cached samples a pair was built from.
 
-    return [row for folder in (cache / "samples").glob("*/data") for row in load_from_disk(str(folder)).to_list()]
+    The session cache holds samples from other tests' models too, often for the same prompts, so the row
+    is the one whose completions hold both of the pair's texts.
+    """
+    from bmc.synthesis.store import RESULTS_FILE, read_results
+
+    rows = [row for file in (cache / "samples").glob(f"*/{RESULTS_FILE}") for row in read_results(file.parent)]
+    (row,) = [
+        r for r in rows if r["prompt"] == pair["prompt"] and {pair["chosen"], pair["rejected"]} <= set(r["completions"])
+    ]
+    return row
 
 
 def test_reward_module_bradley_terry_loss_by_hand() -> None:
@@ -181,7 +188,7 @@ def test_tiny_rm_is_trained_once_and_ranks_the_samples(make_config, shared_cache
     # the trained checkpoint is an ordinary reward model: the pairs are its max/min over the cached samples
     judge = RewardModelJudge(path=str(rm_dir))
     pair = data.pairs[0]
-    samples = next(s for s in _cached_samples(shared_cache) if s["prompt"] == pair["prompt"])
+    samples = _cached_samples_of(shared_cache, pair)
     scores = judge.score([pair["prompt"]] * len(samples["completions"]), samples["completions"])
     assert pair["chosen"] == samples["completions"][scores.index(max(scores))]
     again = prepare_data(cfg)  # cache hit: the same reward model, the same pairs

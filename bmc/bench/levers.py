@@ -3,7 +3,7 @@
 
 Levers: per-token log-probs (full log-softmax + gather vs gathered logit - logsumexp, chunked or not), padding
 with random vs length-grouped batches, ``torch.compile`` of the policy, the cost of collating a batch, and
-tokenization with one or two processes.
+tokenization into in-memory columns vs a ``datasets`` map with one or two processes.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,22 +149,28 @@ def compiled(checkpoint: Path, dm: PreferenceDataModule, batch_size: int, steps:
 
 
 def tokenization(dm: PreferenceDataModule, n_pairs: int) -> dict[str, float]:
-    """The preference data map (tokenize + truncate + BMC diff masks) with one and two ``datasets`` processes."""
+    """The preference data map (tokenize + truncate + BMC diff masks): the DataModule's in-memory columns vs a
+    ``datasets`` map with one and two processes."""
     from datasets import Dataset
 
+    from bmc.data.columns import ColumnDataset
     from bmc.losses.masks import stopword_token_ids
 
-    rows = Dataset.from_list(make_pairs(n_pairs, seed=1))
-    kwargs = {
-        "batched": True,
-        "fn_kwargs": {"stopwords": stopword_token_ids(dm.tokenizer)},
-        "load_from_cache_file": False,
+    pairs = make_pairs(n_pairs, seed=1)
+    rows = Dataset.from_list(pairs)
+    stopwords = stopword_token_ids(dm.tokenizer)
+    kwargs = {"batched": True, "fn_kwargs": {"stopwords": stopwords}, "load_from_cache_file": False}
+    candidates = {
+        "columns s": lambda: ColumnDataset.from_rows(pairs, partial(dm._encode, stopwords=stopwords), desc="tokenize"),
+        "datasets num_proc=1 s": lambda: rows.map(dm._encode, **kwargs),
+        "datasets num_proc=2 s": lambda: rows.map(dm._encode, num_proc=2, **kwargs),
     }
-    out = {}
-    for num_proc in (1, 2, 1, 2):
-        started = time.perf_counter()
-        rows.map(dm._encode, num_proc=None if num_proc == 1 else num_proc, **kwargs)
-        out.setdefault(f"num_proc={num_proc} s", []).append(time.perf_counter() - started)
+    out: dict[str, list[float]] = {}
+    for _ in range(2):
+        for name, build in candidates.items():
+            started = time.perf_counter()
+            build()
+            out.setdefault(name, []).append(time.perf_counter() - started)
     return {k: min(v) for k, v in out.items()}
 
 

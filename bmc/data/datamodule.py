@@ -1,22 +1,23 @@
 """LightningDataModules for SFT examples and preference pairs.
 
-Pairs are tokenized once in ``setup`` (a ``datasets`` map), diff masks for BMC token weighting are
-computed there too, and each batch stacks chosen then rejected sequences into one padded tensor so the
-LightningModule runs a single concatenated forward.
+Pairs are tokenized once in ``setup`` (into a :class:`~bmc.data.columns.ColumnDataset`), diff masks for
+BMC token weighting are computed there too, and each batch stacks chosen then rejected sequences into one
+padded tensor so the LightningModule runs a single concatenated forward.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence, Sized
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from datasets import Dataset
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
+from bmc.data.columns import ColumnDataset
 from bmc.data.tokenize import Truncation, encode_responses, encode_texts, pad_sequences
 from bmc.losses.masks import diff_masks, stopword_token_ids
 from bmc.reference import REF_COLUMNS
@@ -85,7 +86,7 @@ class _TokenizedDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self.datasets: dict[str, Dataset] = {}
+        self.datasets: dict[str, ColumnDataset] = {}
         self.truncated_rows: dict[str, int] = {}
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -121,9 +122,7 @@ class SFTDataModule(_TokenizedDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split, rows in self.rows.items():
             if split not in self.datasets:
-                self.datasets[split] = Dataset.from_list(rows).map(
-                    self._encode, batched=True, remove_columns=["prompt", "response"], desc=f"tokenize sft/{split}"
-                )
+                self.datasets[split] = ColumnDataset.from_rows(rows, self._encode, desc=f"tokenize sft/{split}")
 
     def _encode(self, batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"prompt_ids": [], "response_ids": []}
@@ -169,12 +168,8 @@ class PreferenceDataModule(_TokenizedDataModule):
         for split, rows in self.rows.items():
             if split in self.datasets:
                 continue
-            self.datasets[split] = Dataset.from_list(rows).map(
-                self._encode,
-                batched=True,
-                fn_kwargs={"stopwords": stopwords},
-                remove_columns=list(rows[0].keys()),
-                desc=f"tokenize pairs/{split}",
+            self.datasets[split] = ColumnDataset.from_rows(
+                rows, partial(self._encode, stopwords=stopwords), desc=f"tokenize pairs/{split}"
             )
             self._report_truncation(split)
 

@@ -1,8 +1,8 @@
 """Resumable, cached per-item stages (sampling, judging, editing).
 
 Finished items are appended to a JSONL journal as each batch completes, so a killed run resumes where it
-stopped and loses nothing; when every item is done the results become a ``datasets`` dataset in the
-stage's cache folder (keyed by its inputs and config, see :mod:`bmc.cache`) and the journal is removed.
+stopped and loses nothing; when every item is done the results, in item order, become ``results.jsonl`` in
+the stage's cache folder (keyed by its inputs and config, see :mod:`bmc.cache`) and the journal is removed.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, load_from_disk
 from tqdm.auto import tqdm
 
 from bmc.cache import cache_key, cached_dir
 
 log = logging.getLogger(__name__)
+
+#: part of the cache key, so that entries in an earlier file format are never read as this one
+_FILE_FORMAT = "jsonl-v1"
+RESULTS_FILE = "results.jsonl"
 
 
 def _read_journal(path: Path) -> dict[int, dict[str, Any]]:
@@ -49,7 +52,7 @@ def resumable_map(
     ``process`` returns one JSON-serialisable dict per item. ``first_index`` lets it seed randomness per
     batch, so a resumed run produces exactly what an uninterrupted one would.
     """
-    key_payload = {"payload": payload, "items": cache_key(items)}
+    key_payload = {"payload": payload, "items": cache_key(items), "format": _FILE_FORMAT}
     journal = Path(root) / stage / f"{cache_key(key_payload)}.journal.jsonl"
 
     def build(folder: Path) -> None:
@@ -73,8 +76,15 @@ def resumable_map(
                 os.fsync(out.fileno())
                 bar.update(len(results))
         done = _read_journal(journal)
-        Dataset.from_list([done[i] for i in range(len(items))]).save_to_disk(str(folder / "data"))
+        with (folder / RESULTS_FILE).open("w") as out:
+            out.writelines(json.dumps(done[i]) + "\n" for i in range(len(items)))
 
     folder = cached_dir(root, stage, key_payload, build)
     journal.unlink(missing_ok=True)
-    return load_from_disk(str(folder / "data")).to_list()
+    return read_results(folder)
+
+
+def read_results(folder: Path) -> list[dict[str, Any]]:
+    """The results of a finished stage, in item order."""
+    with (folder / RESULTS_FILE).open() as f:
+        return [json.loads(line) for line in f]
