@@ -217,8 +217,8 @@ def test_sft_cache_is_shared_across_run_seeds_and_keyed_on_what_changes_sft(make
 
 
 def test_a_training_run_never_imports_datasets(tmp_path: Path) -> None:
-    """``datasets`` (with pyarrow and pandas, about 80 MB resident) is for loading hub and local datasets only:
-    the DataModules and the sampling and reference-log-prob caches do without it, on a cache miss and a hit."""
+    """``datasets`` (with pyarrow and pandas, about 80 MB resident) is for loading hub datasets and non-JSON files
+    only: the DataModules, the JSON reader and the sampling and reference-log-prob caches do without it."""
     import subprocess
 
     script = (
@@ -227,12 +227,18 @@ def test_a_training_run_never_imports_datasets(tmp_path: Path) -> None:
         f"cfg = compose_config({FAST!r} + sys.argv[4:], sys.argv[2], sys.argv[3]); run(cfg); "
         "print('heavy:', sorted({'datasets', 'pyarrow', 'pandas'} & set(sys.modules)))"
     )
-    root = str(Path(__file__).parents[1])
-    for attempt in ("miss", "hit"):
+
+    def heavy_imports(name: str, *overrides: str) -> str:
         proc = subprocess.run(
-            [sys.executable, "-c", script, root, str(tmp_path / attempt), str(tmp_path / "cache"), "data=sampled",
-             "loss=bmc"],
+            [sys.executable, "-c", script, str(Path(__file__).parents[1]), str(tmp_path / name),
+             str(tmp_path / "cache"), *overrides],
             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "heavy: []" in proc.stdout, (attempt, proc.stdout[-500:])
+        return proc.stdout.rsplit("heavy:", 1)[-1].strip()
+
+    for cache in ("miss", "hit"):
+        assert heavy_imports(cache, "data=sampled", "loss=bmc") == "[]", cache
+    jsonl = _write_jsonl(tmp_path / "prefs.jsonl", _standard_rows(30))
+    columns = ["task.columns.prompt=question", "task.columns.chosen=good", "task.columns.rejected=bad"]
+    assert heavy_imports("jsonl", "task=hf_prefs", f"task.path={jsonl}", *columns, "task.sizes.sft_val=4") == "[]"

@@ -80,8 +80,6 @@ def _json_rows(local: Path) -> list[tuple[int, Any]]:
 
 def _load_rows(path: str, split: str, data_files: Any = None) -> list[tuple[int, dict[str, Any]]]:
     """(row number, row) pairs of a local file, a dataset folder or a hub dataset."""
-    from datasets import load_dataset
-
     local = Path(path)
     if local.is_file():
         builder = _BUILDERS.get(local.suffix)
@@ -99,6 +97,8 @@ def _load_rows(path: str, split: str, data_files: Any = None) -> list[tuple[int,
         loader = {"path": builder, "data_files": str(local), "split": "train"}
     else:
         loader = {"path": path, "data_files": data_files, "split": split}
+    from datasets import load_dataset  # here, not at the top: JSON files never need it (about 80 MB resident)
+
     try:
         dataset = load_dataset(**loader)
     except Exception as error:  # pyarrow/pandas/hub errors: say which file, keep the cause for debugging
