@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from transformers import PreTrainedModel
 
-from bmc.logprobs import response_token_logps
+from bmc.logprobs import response_token_logps, shared_prompt_token_logps
 from bmc.losses import (
     Regularizer,
     SequenceLogps,
@@ -149,7 +149,15 @@ class PreferenceModule(_CausalLMModule):
     reference log-probs (``ref_token_logps``, see ``bmc.reference``) need no reference model. With LoRA
     policies ``reference`` may be ``None`` for a reference-based loss: the adapter-disabled policy is then the
     reference.
+
+    With ``share_prompt`` each pair's prompt goes through the model once (:func:`shared_prompt_token_logps`),
+    for the policy and an in-step reference alike; the first training batch is also scored the plain way, and
+    a model whose log-probs differ (one that ignores ``position_ids`` or a 4D attention mask) stops the run.
     """
+
+    #: the largest per-token log-prob difference between shared-prompt and plain scoring that the first-batch
+    #: check accepts: rounding in bf16 stays far below it, a model that ignores the packing goes far above
+    SHARE_PROMPT_TOLERANCE = 0.05
 
     best_metrics = {"val/loss": "min", "val/rewards/accuracies": "max", "val/rewards/margins": "max"}
 
@@ -161,8 +169,11 @@ class PreferenceModule(_CausalLMModule):
         token_weighting: dict[str, Any],
         regularizer: dict[str, Any],
         optim: dict[str, Any],
+        share_prompt: bool = False,
     ) -> None:
         super().__init__(policy, optim)
+        self.share_prompt = share_prompt
+        self._share_prompt_checked = False
         self.loss_name = loss["name"]
         self.loss_fn, self.weighting, self.regularizer = build_objective(loss, token_weighting, regularizer)
         self.weighting_name, self.regularizer_name = token_weighting["name"], regularizer["name"]
@@ -190,14 +201,39 @@ class PreferenceModule(_CausalLMModule):
         if "ref_token_logps" in batch:  # precomputed once before training (bmc.reference)
             return batch["ref_token_logps"]
         if self.reference is not None:
-            return response_token_logps(self.reference, batch)[0]
+            return self._token_logps(self.reference, batch)[0]
         if not hasattr(self.policy, "disable_adapter"):
             raise RuntimeError(
                 "no reference log-probs: the batch has no ref_token_logps and the module has no reference model "
                 "(pass one, use a LoRA policy, or attach precomputed ones with bmc.reference.attach_reference_logps)"
             )
         with self.policy.disable_adapter():
-            return response_token_logps(self.policy, batch)[0]
+            return self._token_logps(self.policy, batch)[0]
+
+    def _token_logps(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.share_prompt:
+            return response_token_logps(model, batch)
+        if not self._share_prompt_checked:
+            self._check_shared_prompt(model, batch)
+        return shared_prompt_token_logps(model, batch)
+
+    @torch.no_grad()
+    def _check_shared_prompt(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> None:
+        was_training = model.training
+        model.eval()  # dropout would make the two scorings differ for no fault of the packing
+        try:
+            plain, mask = response_token_logps(model, batch)
+            shared, _ = shared_prompt_token_logps(model, batch)
+        finally:
+            model.train(was_training)
+        gap = float((plain - shared)[mask].abs().max()) if mask.any() else 0.0
+        if gap > self.SHARE_PROMPT_TOLERANCE:
+            raise RuntimeError(
+                f"share_prompt=true: {type(model).__name__} scores a pair differently when its prompt is shared "
+                f"(largest per-token log-prob gap {gap:.3g}); it does not honour position_ids or a 4D attention "
+                "mask. Run with share_prompt=false."
+            )
+        self._share_prompt_checked = True
 
     @torch.no_grad()
     def token_rewards(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +245,7 @@ class PreferenceModule(_CausalLMModule):
         n_pairs = batch["input_ids"].shape[0] // 2
         # the reference forward first: its activations are freed before the policy's are kept for backward
         ref_tokens = self._reference_token_logps(batch) if self.needs_reference else None
-        policy_tokens, mask = response_token_logps(self.policy, batch)
+        policy_tokens, mask = self._token_logps(self.policy, batch)
         diff_mask = batch["diff_mask"][:, 1:] & mask
         lengths = mask.sum(-1).float()
         raw = policy_tokens.sum(-1)

@@ -355,6 +355,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             token_weighting=_container(cfg.token_weighting),
             regularizer=_container(cfg.regularizer),
             optim=_container(cfg.optim),
+            share_prompt=cfg.share_prompt,
         )
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)

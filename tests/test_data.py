@@ -186,3 +186,90 @@ def test_column_dataset_rows_columns_and_batched_encoding() -> None:
     assert wider.rows(["extra"]) == [{"extra": c} for c in "vwxyz"]
     with pytest.raises(ValueError, match="columns of different lengths"):
         ds.with_columns({"short": [1, 2]})
+
+
+def _pair_batch(tokenizer) -> dict[str, torch.Tensor]:
+    """Pairs with prompts of different lengths, a one-token response and responses of unequal length."""
+    pairs = [
+        {"prompt": "Q: 1+1?\nAnswer:", "chosen": " The answer is 2.", "rejected": " It is 3, I think."},
+        {"prompt": "Q: what is 12 plus 30?\nAnswer:", "chosen": " 42", "rejected": " The answer is 43."},
+        {"prompt": "Q:", "chosen": " The answer is 7 and it is 7.", "rejected": "."},
+    ]
+    dm = PreferenceDataModule(
+        train=pairs, val=pairs, tokenizer=tokenizer, truncation=Truncation(64, 32), batch_size=3, length_grouping=False
+    )
+    dm.setup()
+    return next(iter(dm.val_dataloader()))
+
+
+def test_shared_prompt_log_probs_and_gradients_equal_the_plain_ones() -> None:
+    from bmc.logprobs import shared_prompt_token_logps
+    from bmc.models import TinyLlama
+
+    torch.manual_seed(0)
+    texts = ["Q: what is 12 plus 30?\nAnswer: The answer is 42, I think.", "It is 7."] * 10
+    model, tokenizer = TinyLlama(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, vocab_size=300).build(
+        texts
+    )
+    batch = _pair_batch(tokenizer)
+    plain, mask = response_token_logps(model, batch)
+    shared, shared_mask = shared_prompt_token_logps(model, batch)
+    assert torch.equal(mask, shared_mask) and shared[~mask].abs().sum() == 0
+    assert torch.allclose(shared, plain, atol=1e-5), (shared - plain).abs().max()
+    weights = torch.randn_like(plain)
+    params = [p for p in model.parameters() if p.requires_grad]
+    plain_grads = torch.autograd.grad((plain * weights).sum(), params)
+    shared_grads = torch.autograd.grad((shared_prompt_token_logps(model, batch)[0] * weights).sum(), params)
+    for expected, got in zip(plain_grads, shared_grads):
+        assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+    mixed = {k: v.clone() for k, v in batch.items()}
+    mixed["input_ids"][3, 0] = mixed["input_ids"][3, 0] + 1  # the first rejected row's prompt differs
+    with pytest.raises(ValueError, match="same non-empty prompt"):
+        shared_prompt_token_logps(model, mixed)
+
+
+def test_module_with_shared_prompts_gives_the_plain_loss_and_refuses_a_model_that_ignores_them() -> None:
+    import copy
+
+    from bmc.models import TinyLlama
+    from bmc.module import PreferenceModule
+
+    torch.manual_seed(0)
+    texts = ["Q: what is 12 plus 30?\nAnswer: The answer is 42, I think.", "It is 7."] * 10
+    model, tokenizer = TinyLlama(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, vocab_size=300).build(
+        texts
+    )
+    batch = _pair_batch(tokenizer)
+    objective = {"loss": {"name": "dpo", "beta": 0.1}, "token_weighting": {"name": "bmc", "delta": 2.5},
+                 "regularizer": {"name": "none"}, "optim": {}}  # fmt: skip
+    reference = copy.deepcopy(model)
+    losses = {}
+    for share in (False, True):
+        module = PreferenceModule(model, reference, share_prompt=share, **objective)
+        module.log_dict = lambda *args, **kwargs: None
+        losses[share] = module._step(batch, "train")
+    assert torch.allclose(losses[True], losses[False], atol=1e-6)
+
+    sharp = copy.deepcopy(model)  # a random tiny model barely looks at its context: make attention count
+    for layer in sharp.model.layers:
+        layer.self_attn.v_proj.weight.data *= 10
+        layer.self_attn.o_proj.weight.data *= 30
+    sharp.lm_head.weight.data *= 20
+
+    class IgnoresPositions(torch.nn.Module):  # e.g. an architecture that rebuilds its own mask and positions
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = sharp
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> SimpleNamespace:
+            mask = attention_mask if attention_mask.dim() == 2 else None
+            return self.inner(input_ids=input_ids, attention_mask=mask)
+
+    batch["ref_token_logps"] = torch.zeros(batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
+    sharp_module = PreferenceModule(sharp, None, share_prompt=True, **objective)
+    sharp_module.log_dict = lambda *args, **kwargs: None
+    sharp_module._step(batch, "train")  # the same weights, packed properly: the check passes
+    module = PreferenceModule(IgnoresPositions(), None, share_prompt=True, **objective)
+    with pytest.raises(RuntimeError, match="share_prompt=false"):
+        module._step(batch, "train")
