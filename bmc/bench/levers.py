@@ -2,8 +2,9 @@
 (docs/performance.md). Each comparison is interleaved and repeated in one process; medians are printed.
 
 Levers: per-token log-probs (full log-softmax + gather vs gathered logit - logsumexp, chunked or not), padding
-with random vs length-grouped batches, ``torch.compile`` of the policy, the cost of collating a batch, and
-tokenization into in-memory columns vs a ``datasets`` map with one or two processes.
+with random vs length-grouped batches, ``torch.compile`` of the policy, the cost of collating a batch, sharing
+the prompt between chosen and rejected, and tokenization into in-memory columns vs a ``datasets`` map with one
+or two processes.
 """
 
 from __future__ import annotations
@@ -87,13 +88,18 @@ def _dpo_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: d
     optimizer.zero_grad(set_to_none=True)
 
 
-def batching(dm: PreferenceDataModule, checkpoint: Path, batch_size: int, steps: int) -> dict[str, Any]:
-    """Padding and step time of random vs length-grouped batches of the same pairs."""
+def _pair_lengths(dm: PreferenceDataModule) -> list[int]:
     dataset = dm.datasets["train"]
-    lengths = [
+    return [
         len(p) + max(len(c), len(r))
         for p, c, r in zip(*(dataset[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")))
     ]
+
+
+def batching(dm: PreferenceDataModule, checkpoint: Path, batch_size: int, steps: int) -> dict[str, Any]:
+    """Padding and step time of random vs length-grouped batches of the same pairs."""
+    dataset = dm.datasets["train"]
+    lengths = _pair_lengths(dm)
     random_order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
     grouped_order = list(EpochSampler(lengths, batch_size, lengths=lengths, seed=0))
     out: dict[str, Any] = {}
@@ -148,6 +154,34 @@ def compiled(checkpoint: Path, dm: PreferenceDataModule, batch_size: int, steps:
     return {"eager step s": times["eager"], "compiled step s": times["compiled"], "first compiled step s": compile_s}
 
 
+def prompt_sharing(dm: PreferenceDataModule, checkpoint: Path, batch_size: int, steps: int) -> dict[str, float]:
+    """Forward + backward of the policy's per-token log-probs on length-grouped batches: two rows per pair
+    (``response_token_logps``) vs one row with the prompt shared (``shared_prompt_token_logps``)."""
+    from bmc.logprobs import response_token_logps, shared_prompt_token_logps
+
+    dataset = dm.datasets["train"]
+    lengths = _pair_lengths(dm)
+    order = list(EpochSampler(lengths, batch_size, lengths=lengths, seed=0))
+    starts = range(0, min(steps * batch_size, len(order) - batch_size + 1), batch_size)
+    batches = [dm.collate([dataset[i] for i in order[s : s + batch_size]]) for s in starts]
+    model, _ = load_causal_lm(checkpoint)
+    model.train()
+    cursor: dict[str, int] = {}
+
+    def step(name: str, score: Callable) -> Callable[[], None]:
+        def run() -> None:  # each variant walks the same batches in the same order
+            logps, _ = score(model, batches[cursor.setdefault(name, 0) % len(batches)])
+            logps.sum().backward()
+            model.zero_grad(set_to_none=True)
+            cursor[name] += 1
+
+        return run
+
+    variants = {"two rows": response_token_logps, "shared prompt": shared_prompt_token_logps}
+    times = _race({name: step(name, score) for name, score in variants.items()}, steps)
+    return {f"{name} step s": t for name, t in times.items()}
+
+
 def tokenization(dm: PreferenceDataModule, n_pairs: int) -> dict[str, float]:
     """The preference data map (tokenize + truncate + BMC diff masks): the DataModule's in-memory columns vs a
     ``datasets`` map with one and two processes."""
@@ -200,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "logprobs (64 rows x 100 x 512 vocab)": logprob_variants(64, 100, 512, args.repeats),
             "logprobs (16 rows x 100 x 32000 vocab)": logprob_variants(16, 100, 32000, max(3, args.repeats // 4)),
             "batching": batching(dm, checkpoint, 32, args.repeats),
+            "prompt sharing": prompt_sharing(dm, checkpoint, 32, args.repeats),
             "tokenization (4000 pairs)": tokenization(dm, 4000),
         }
         if not args.skip_compile:
