@@ -151,7 +151,7 @@ class PreferenceModule(_CausalLMModule):
     reference.
 
     With ``share_prompt`` each pair's prompt goes through the model once (:func:`shared_prompt_token_logps`),
-    for the policy and an in-step reference alike; the first training batch is also scored the plain way, and
+    for the policy and an in-step reference alike; each model's first batch is also scored the plain way, and
     a model whose log-probs differ (one that ignores ``position_ids`` or a 4D attention mask) stops the run.
     """
 
@@ -173,7 +173,7 @@ class PreferenceModule(_CausalLMModule):
     ) -> None:
         super().__init__(policy, optim)
         self.share_prompt = share_prompt
-        self._share_prompt_checked = False
+        self._share_prompt_checked: set[int] = set()  # ids of the models (policy, reference) checked so far
         self.loss_name = loss["name"]
         self.loss_fn, self.weighting, self.regularizer = build_objective(loss, token_weighting, regularizer)
         self.weighting_name, self.regularizer_name = token_weighting["name"], regularizer["name"]
@@ -213,7 +213,7 @@ class PreferenceModule(_CausalLMModule):
     def _token_logps(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.share_prompt:
             return response_token_logps(model, batch)
-        if not self._share_prompt_checked:
+        if id(model) not in self._share_prompt_checked:
             self._check_shared_prompt(model, batch)
         return shared_prompt_token_logps(model, batch)
 
@@ -233,7 +233,7 @@ class PreferenceModule(_CausalLMModule):
                 f"(largest per-token log-prob gap {gap:.3g}); it does not honour position_ids or a 4D attention "
                 "mask. Run with share_prompt=false."
             )
-        self._share_prompt_checked = True
+        self._share_prompt_checked.add(id(model))
 
     @torch.no_grad()
     def token_rewards(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
