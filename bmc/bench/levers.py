@@ -88,18 +88,10 @@ def _dpo_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: d
     optimizer.zero_grad(set_to_none=True)
 
 
-def _pair_lengths(dm: PreferenceDataModule) -> list[int]:
-    dataset = dm.datasets["train"]
-    return [
-        len(p) + max(len(c), len(r))
-        for p, c, r in zip(*(dataset[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")))
-    ]
-
-
 def batching(dm: PreferenceDataModule, checkpoint: Path, batch_size: int, steps: int) -> dict[str, Any]:
     """Padding and step time of random vs length-grouped batches of the same pairs."""
     dataset = dm.datasets["train"]
-    lengths = _pair_lengths(dm)
+    lengths = dm.pair_lengths("train")
     random_order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
     grouped_order = list(EpochSampler(lengths, batch_size, lengths=lengths, seed=0))
     out: dict[str, Any] = {}
@@ -160,7 +152,7 @@ def prompt_sharing(dm: PreferenceDataModule, checkpoint: Path, batch_size: int, 
     from bmc.logprobs import response_token_logps, shared_prompt_token_logps
 
     dataset = dm.datasets["train"]
-    lengths = _pair_lengths(dm)
+    lengths = dm.pair_lengths("train")
     order = list(EpochSampler(lengths, batch_size, lengths=lengths, seed=0))
     starts = range(0, min(steps * batch_size, len(order) - batch_size + 1), batch_size)
     batches = [dm.collate([dataset[i] for i in order[s : s + batch_size]]) for s in starts]

@@ -196,15 +196,18 @@ class PreferenceDataModule(_TokenizedDataModule):
         # (The SFT warm start keeps its seeded shuffle: it runs in one process, is never resumed, and its
         # cached checkpoints stay what this code trains.)
         dataset = self.datasets["train"]
-        lengths = None
-        if self.length_grouping:
-            lengths = [
-                len(p) + max(len(c), len(r))
-                for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])
-            ]
+        lengths = self.pair_lengths("train") if self.length_grouping else None
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         sampler = EpochSampler(dataset, self.batch_size, lengths, world_size=world, rank=rank, seed=self.seed)
         return self._loader("train", False, self.batch_size, sampler=sampler)
+
+    def pair_lengths(self, split: str) -> list[int]:
+        """Each pair's row length in a batch: its prompt plus the longer of its two responses, in tokens."""
+        dataset = self.datasets[split]
+        return [
+            len(p) + max(len(c), len(r))
+            for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])
+        ]
 
     def _encode(self, batch: dict[str, list], stopwords: frozenset[int]) -> dict[str, list]:
         out: dict[str, list] = {
