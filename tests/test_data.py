@@ -202,8 +202,7 @@ def _pair_batch(tokenizer) -> dict[str, torch.Tensor]:
     return next(iter(dm.val_dataloader()))
 
 
-def test_shared_prompt_log_probs_and_gradients_equal_the_plain_ones() -> None:
-    from bmc.logprobs import shared_prompt_token_logps
+def _tiny_model_and_pair_batch() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     from bmc.models import TinyLlama
 
     torch.manual_seed(0)
@@ -211,7 +210,13 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_plain_ones() -> None:
     model, tokenizer = TinyLlama(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, vocab_size=300).build(
         texts
     )
-    batch = _pair_batch(tokenizer)
+    return model, _pair_batch(tokenizer)
+
+
+def test_shared_prompt_log_probs_and_gradients_equal_the_plain_ones() -> None:
+    from bmc.logprobs import shared_prompt_token_logps
+
+    model, batch = _tiny_model_and_pair_batch()
     plain, mask = response_token_logps(model, batch)
     shared, shared_mask = shared_prompt_token_logps(model, batch)
     assert torch.equal(mask, shared_mask) and shared[~mask].abs().sum() == 0
@@ -232,15 +237,9 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_plain_ones() -> None:
 def test_module_with_shared_prompts_gives_the_plain_loss_and_refuses_a_model_that_ignores_them() -> None:
     import copy
 
-    from bmc.models import TinyLlama
     from bmc.module import PreferenceModule
 
-    torch.manual_seed(0)
-    texts = ["Q: what is 12 plus 30?\nAnswer: The answer is 42, I think.", "It is 7."] * 10
-    model, tokenizer = TinyLlama(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, vocab_size=300).build(
-        texts
-    )
-    batch = _pair_batch(tokenizer)
+    model, batch = _tiny_model_and_pair_batch()
     objective = {"loss": {"name": "dpo", "beta": 0.1}, "token_weighting": {"name": "bmc", "delta": 2.5},
                  "regularizer": {"name": "none"}, "optim": {}}  # fmt: skip
     reference = copy.deepcopy(model)
