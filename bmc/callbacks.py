@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 from transformers import PreTrainedTokenizerBase
 
-from bmc.evaluate import evaluate_generations
+from bmc.generation import evaluate_generations
 from bmc.tasks import Example, Task
 
 log = logging.getLogger(__name__)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import WandbLogger
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, WandbLogger
 
 
 def wandb_mode() -> str:
@@ -49,3 +52,23 @@ def wandb_logger(
         mode=wandb_mode(),
         **kwargs,
     )
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    """The loggers of ``cfg.logger`` (none for ``logger=none``), each given the resolved config."""
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return loggers
+
+
+def finish_wandb(loggers: list[Logger], summary_path: Path, failed: bool) -> None:
+    """Attach ``summary.json`` to the W&B run and end it, also on failure, so that the next multirun job
+    starts a separate run."""
+    if not any(isinstance(lg, WandbLogger) for lg in loggers):
+        return
+    import wandb
+
+    if wandb.run is not None:
+        shutil.copy(summary_path, Path(wandb.run.dir) / summary_path.name)
+        wandb.finish(exit_code=1 if failed else 0)

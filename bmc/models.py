@@ -1,8 +1,9 @@
 """Model sources: a tiny Llama built from config, or any causal LM checkpoint (local path or hub id).
 
-Both are selected by ``conf/model/*.yaml`` through ``_target_`` and give the pipeline the same two calls:
-``build(texts)`` for the starting policy and tokenizer, and ``load(path)`` to reload a checkpoint that the
-pipeline saved (the SFT warm start).
+Both are selected by ``conf/model/*.yaml`` through ``_target_`` and give the stages the same calls:
+``tokenizer(texts)`` for the tokenizer alone (data stages that need no model), ``build(texts)`` for the
+starting policy and tokenizer, ``load(path)`` to reload a checkpoint that a stage saved (the SFT warm start),
+and ``chat_template()``: the tokenizer whose chat template renders conversational prompts, or None.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import (
@@ -41,15 +42,42 @@ def load_causal_lm(
     revision: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer with ``from_pretrained`` (remote code only when asked for)."""
+    tokenizer = load_tokenizer(path, trust_remote_code, revision)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "revision": revision}
-    tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_torch_dtype(dtype), **kwargs)
+    return model, tokenizer
+
+
+def load_tokenizer(
+    path: str | Path, trust_remote_code: bool = False, revision: str | None = None
+) -> PreTrainedTokenizerBase:
+    """A checkpoint's tokenizer with ``from_pretrained``, with a pad token (remote code only when asked for)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, revision=revision)
     if tokenizer.pad_token is None:
         # Causal LMs often ship without a pad token; padding positions are masked out everywhere.
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return tokenizer
+
+
+class ModelSource(Protocol):
+    """Where the starting policy comes from (``conf/model/*.yaml``): :class:`TinyLlama` or :class:`PretrainedLM`."""
+
+    def spec(self) -> dict[str, Any]:
+        """What identifies the source in cache keys."""
+
+    def tokenizer(self, texts: Sequence[str]) -> PreTrainedTokenizerBase:
+        """The tokenizer alone (trained on ``texts`` where the source trains its own)."""
+
+    def chat_template(self) -> PreTrainedTokenizerBase | None:
+        """The tokenizer whose chat template renders conversational prompts, or None for plain lines."""
+
+    def build(self, texts: Sequence[str]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """The untrained starting policy and its tokenizer."""
+
+    def load(self, path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """A checkpoint a stage saved, with its tokenizer."""
 
 
 @dataclass
@@ -68,8 +96,14 @@ class TinyLlama:
     def spec(self) -> dict[str, Any]:
         return {"kind": "tiny", **asdict(self)}
 
+    def tokenizer(self, texts: Sequence[str]) -> PreTrainedTokenizerBase:
+        return train_bpe_tokenizer(texts, vocab_size=self.vocab_size)
+
+    def chat_template(self) -> PreTrainedTokenizerBase | None:
+        return None  # a locally trained tokenizer has no chat template: messages render as `role: content` lines
+
     def build(self, texts: Sequence[str]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        tokenizer = train_bpe_tokenizer(texts, vocab_size=self.vocab_size)
+        tokenizer = self.tokenizer(texts)
         config = LlamaConfig(
             vocab_size=len(tokenizer),
             hidden_size=self.hidden_size,
@@ -108,6 +142,13 @@ class PretrainedLM:
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "pretrained", **asdict(self)}
+
+    def tokenizer(self, texts: Sequence[str] = ()) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.path, self.trust_remote_code, self.revision)
+
+    def chat_template(self) -> PreTrainedTokenizerBase | None:
+        tokenizer = self.tokenizer() if self.use_chat_template else None
+        return tokenizer if tokenizer is not None and getattr(tokenizer, "chat_template", None) else None
 
     def build(self, texts: Sequence[str]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         return self.load(self.path)

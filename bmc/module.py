@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from bmc.losses import (
     weighting_stats,
 )
 from bmc.losses.registry import LossFn
+from bmc.schedule import cosine_with_warmup
 
 
 def build_objective(
@@ -36,22 +36,6 @@ def needs_reference(loss: dict[str, Any], regularizer: dict[str, Any]) -> bool:
     """A reference model is needed by reference-based losses and by every likelihood regularizer."""
     hparams = {k: v for k, v in loss.items() if k != "name"}
     return not is_reference_free(loss["name"], **hparams) or regularizer["name"] != "none"
-
-
-def cosine_with_warmup(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from 0 over ``warmup_steps``, then cosine decay to 0 at ``total_steps``: the schedule of
-    ``transformers.get_cosine_schedule_with_warmup``, which is not imported because its module pulls in the
-    Trainer utilities and ``peft``: 7 MB more resident memory in every run (docs/performance.md)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class _CausalLMModule(pl.LightningModule):

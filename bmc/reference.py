@@ -26,12 +26,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from bmc.cache import cached_dir
-from bmc.data.columns import ColumnDataset
+from bmc.data.columns import ID_COLUMNS, REF_COLUMNS, ColumnDataset
 from bmc.logprobs import response_token_logps
 
-#: dataset columns holding the reference log-probs of each response token
-REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
-_ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 _AUTOCAST = {"bf16": torch.bfloat16, "16": torch.float16}
 #: part of the cache key, so that entries in an earlier file format are never read as this one
 _FILE_FORMAT = "safetensors-flat-v1"
@@ -39,7 +36,7 @@ _FILE_FORMAT = "safetensors-flat-v1"
 
 def token_ids_hash(dataset: ColumnDataset) -> str:
     """A hash of the prompt/chosen/rejected token ids of every row, in order (data, tokenizer and truncation)."""
-    return hashlib.sha256(json.dumps({name: dataset[name] for name in _ID_COLUMNS}).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps({name: dataset[name] for name in ID_COLUMNS}).encode()).hexdigest()[:16]
 
 
 def save_logps(columns: dict[str, list[torch.Tensor]], path: Path) -> None:

@@ -3,19 +3,45 @@
     python -m bmc.synthesize data=pseudo_winning task=math
     python -m bmc.synthesize data=ipr judge=llm judge.backend.base_url=http://127.0.0.1:8000/v1
 
-Uses the same config as ``train.py``; every stage is cached, so a later training run reuses the result.
-The report is also written to ``data_report.json`` in the Hydra run folder.
+Uses the same config as ``train.py`` and the same stages (task, warm start, judge, pairs), each cached, so a
+later training run reuses the result. Only what the data config needs is built: ``data=original`` (no
+sampling) trains and loads no model. The report is also written to ``data_report.json`` in the Hydra run folder.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bmc.pipeline import prepare_data
+from bmc.data.sources import TaskData
+from bmc.stages.pairs import PreferencePairs, needs_policy_model, preference_pairs
+from bmc.stages.reward_model import judge_setup
+from bmc.stages.task import load_task
+from bmc.stages.warm_start import StartingPolicy, tokenizer_only, warm_start
+
+
+@dataclass
+class PreparedData:
+    """The data stages' products: the task data, the starting policy they used and the preference pairs."""
+
+    task_data: TaskData
+    policy: StartingPolicy
+    pairs: list[dict[str, str]]
+    report: dict
+
+
+def prepare_data(cfg: DictConfig) -> PreparedData:
+    """Task -> warm start (only where the data stages sample from the policy) -> judge -> preference pairs."""
+    source = instantiate(cfg.model)
+    task_data = load_task(cfg, source)
+    policy = warm_start(cfg, task_data, source) if needs_policy_model(cfg) else tokenizer_only(task_data, source)
+    data: PreferencePairs = preference_pairs(cfg, task_data, policy, judge_setup(cfg, task_data, policy))
+    return PreparedData(task_data, policy, data.pairs, data.report)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -131,6 +131,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process_on_the_same_global_batch(t
     common = [
         "debug=default",
         "data=sampled",
+        "data.sampler.backend=hf",  # sample from the policy (the debug preset draws from the task instead)
         "trainer.max_steps=-1",
         "trainer.max_epochs=2",
         "optim.lr=2e-3",

@@ -10,9 +10,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from bmc.synthesis.editors import LLMEditor, TaskEditor, build_editor, extract_revision
-from bmc.synthesis.testing import FakeChatServer
 from bmc.tasks import TASKS
 from tests.conftest import compose_config
+from tests.fake_chat_server import FakeChatServer
 
 # ------------------------------------------------------------------ task editor
 

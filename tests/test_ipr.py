@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from bmc.synthesis.ipr import compare, rank, rm_pairs
-from bmc.synthesis.judges import Judge
+from bmc.synthesis.ipr import rank, rm_pairs
+from bmc.synthesis.judges import Judge, compare
 
 
 class OrderJudge(Judge):

@@ -12,10 +12,10 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from bmc.synthesis.ipr import rank, rm_pairs
 from bmc.synthesis.judges import LLMJudge, RewardModelJudge, VerifierJudge, build_judge, parse_verdict
-from bmc.synthesis.testing import FakeChatServer
 from bmc.tasks import MathTask
 from bmc.tokenizer import train_bpe_tokenizer
 from tests.conftest import CONF
+from tests.fake_chat_server import FakeChatServer
 
 # ------------------------------------------------------------------ verifier
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bmc.evaluate import generate
+from bmc.generation import generate
 from bmc.synthesis.chat import ChatError, LocalChat, OpenAIChat, build_chat_backend, render_messages
-from bmc.synthesis.testing import FakeChatServer
 from bmc.tokenizer import train_bpe_tokenizer
+from tests.fake_chat_server import FakeChatServer
 
 SECRET = "sk-test-Q7f3SECRETkey"
 KEY_ENV = "BMC_TEST_API_KEY"

@@ -205,15 +205,15 @@ def test_a_failing_single_run_exits_non_zero(tmp_path: Path, shared_cache: Path)
 def test_sft_cache_is_shared_across_run_seeds_and_keyed_on_what_changes_sft(make_config) -> None:
     from hydra.utils import instantiate
 
-    from bmc.pipeline import warm_start
+    from bmc.stages.warm_start import warm_start
 
     cfg = make_config(*FAST)
     task_data, source = instantiate(cfg.task), instantiate(cfg.model)
-    first = warm_start(cfg, task_data, source)
-    assert warm_start(make_config(*FAST, "seed=3", "optim.lr=1e-3"), task_data, source) == first
-    for change in ("trainer.gradient_clip_val=0.5", "sft.steps=5", "model.hidden_size=64"):
+    first = warm_start(cfg, task_data, source).checkpoint
+    assert warm_start(make_config(*FAST, "seed=3", "optim.lr=1e-3"), task_data, source).checkpoint == first
+    for change in ("trainer.gradient_clip_val=0.5", "sft.steps=3", "model.hidden_size=64"):
         assert warm_start(make_config(*FAST, change), task_data, source if "model" not in change else
-                          instantiate(make_config(*FAST, change).model)) != first, change  # fmt: skip
+                          instantiate(make_config(*FAST, change).model)).checkpoint != first, change  # fmt: skip
 
 
 def test_a_training_run_never_imports_datasets(tmp_path: Path) -> None:

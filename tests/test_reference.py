@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import bmc.pipeline
 import bmc.reference
+import bmc.stages.preference
 from bmc.data.datamodule import PreferenceDataModule
 from bmc.data.tokenize import Truncation
 from bmc.logprobs import response_token_logps
@@ -98,7 +98,7 @@ def test_module_without_reference_or_cached_logps_fails_clearly(tiny) -> None:
 
 def test_a_cache_hit_run_builds_no_reference_and_matches_the_in_step_reference(make_config, monkeypatch) -> None:
     calls: list[str] = []
-    for target, name in ((bmc.pipeline, "frozen_copy"), (bmc.reference, "compute_reference_logps")):
+    for target, name in ((bmc.stages.preference, "frozen_copy"), (bmc.reference, "compute_reference_logps")):
         original = getattr(target, name)
         monkeypatch.setattr(target, name, lambda *a, f=original, n=name, **k: calls.append(n) or f(*a, **k))
     overrides = ["debug=default", "loss=bmc", "eval.enabled=false", "callbacks=default"]

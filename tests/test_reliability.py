@@ -140,7 +140,7 @@ def _summary_metrics(run_dir: Path) -> dict[str, float]:
 def test_same_config_and_seed_give_the_same_summary_metrics(tmp_path: Path) -> None:
     # fresh caches: both runs redo the SFT warm start (initialization and training), the sampling of
     # completions, the preference training and the evaluation; the second in its own process
-    overrides = [*FAST, "data=sampled"]
+    overrides = [*FAST, "data=sampled", "data.sampler.backend=hf"]
     run(compose_config(overrides, tmp_path / "a", tmp_path / "cache_a"))
     first = _summary_metrics(tmp_path / "a")
     run_cli([*overrides, f"paths.cache_dir={tmp_path / 'cache_b'}", f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)

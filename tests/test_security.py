@@ -18,8 +18,8 @@ from bmc.data.sources import TaskData
 from bmc.pipeline import run
 from bmc.synthesis.judges import build_judge
 from bmc.synthesis.pipeline import SynthesisContext, bridge
-from bmc.synthesis.testing import FakeChatServer
 from tests.conftest import compose_config, run_cli
+from tests.fake_chat_server import FakeChatServer
 
 FAST = ["debug=default"]
 PLANTED_KEY = "sk-planted-3b1f9c0e-do-not-leak"
@@ -48,10 +48,10 @@ def test_remote_code_is_off_unless_asked_for(tmp_path: Path, monkeypatch: pytest
 def test_sft_checkpoints_are_safetensors(make_config) -> None:
     from hydra.utils import instantiate
 
-    from bmc.pipeline import warm_start
+    from bmc.stages.warm_start import warm_start
 
     cfg = make_config(*FAST)
-    folder = warm_start(cfg, instantiate(cfg.task), instantiate(cfg.model))
+    folder = warm_start(cfg, instantiate(cfg.task), instantiate(cfg.model)).checkpoint
     assert (folder / "model.safetensors").exists()
     assert not [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bmc.callbacks import StopAtAccuracy
-from bmc.module import cosine_with_warmup
+from bmc.schedule import cosine_with_warmup
 
 
 @pytest.mark.parametrize("warmup,total", [(0, 10), (3, 20), (10, 10), (5, 7)])
@@ -80,13 +80,15 @@ def test_sft_stops_at_the_target_accuracy_and_records_its_steps(
 ) -> None:
     from hydra.utils import instantiate
 
-    from bmc.pipeline import warm_start
+    from bmc.stages.warm_start import warm_start
 
-    cfg = make_config("debug=default", "sft.steps=30", "sft.target_accuracy=0.5", "sft.check_every=10")
+    cfg = make_config(
+        "debug=default", "stage_max_steps=null", "sft.steps=30", "sft.target_accuracy=0.5", "sft.check_every=10"
+    )
     task_data, source = instantiate(cfg.task), instantiate(cfg.model)
     task_data.verifier = _ConstantVerifier(score)
-    with caplog.at_level(logging.WARNING, logger="bmc.pipeline"):
-        folder = warm_start(cfg, task_data, source)
+    with caplog.at_level(logging.WARNING, logger="bmc.stages.warm_start"):
+        folder = warm_start(cfg, task_data, source).checkpoint
     stage = json.loads((Path(folder) / "sft_eval.json").read_text())
     assert stage["steps"] == expected_steps and stage["stop_accuracy"] == score
     assert ("without reaching sft.target_accuracy=0.5" in caplog.text) == (score < 0.5)

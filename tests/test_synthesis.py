@@ -60,7 +60,9 @@ LEARNED = [
     "debug=default",
     "task.sizes.train=2000",
     "task.sizes.pref=48",
+    "stage_max_steps=null",  # the debug preset caps every training stage at 4 steps
     "sft.steps=150",
+    "data.sampler.backend=hf",  # sample from the learned policy, not the debug preset's task generator
     "sft.batch_size=64",
     "task.generator.max_operand=20",
     "task.generator.min_operand=1",
@@ -84,7 +86,7 @@ def test_bmc_on_pseudo_winning_pairs_end_to_end(make_config, shared_cache: Path,
 
 
 def test_ipr_pairs_use_cached_samples_and_count_judge_calls(make_config, shared_cache: Path) -> None:
-    from bmc.pipeline import prepare_data
+    from bmc.synthesize import prepare_data
 
     cfg = make_config(*LEARNED, "data=ipr", "data.sampler.n=4")
     cfg.paths.cache_dir = str(shared_cache)
@@ -104,8 +106,8 @@ def test_rm_score_pairs_are_max_and_min_of_the_reward_model(make_config, shared_
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from bmc.pipeline import prepare_data
     from bmc.synthesis.judges import RewardModelJudge
+    from bmc.synthesize import prepare_data
     from bmc.tokenizer import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer([" 12+3=15; 15-4=11. The answer is 11."] * 8, vocab_size=300)
@@ -174,8 +176,8 @@ def test_reward_module_bradley_terry_loss_by_hand() -> None:
 
 
 def test_tiny_rm_is_trained_once_and_ranks_the_samples(make_config, shared_cache: Path) -> None:
-    from bmc.pipeline import prepare_data
     from bmc.synthesis.judges import RewardModelJudge
+    from bmc.synthesize import prepare_data
 
     cfg = make_config(*LEARNED, "method=rm_score", "judge.train.steps=20", "judge.train.batch_size=8")
     cfg.paths.cache_dir = str(shared_cache)

@@ -15,12 +15,12 @@ LOSS_PRESETS = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
 
 @pytest.mark.parametrize("loss", LOSS_PRESETS)
 def test_every_loss_trains_a_few_steps(loss: str, make_config, monkeypatch) -> None:
-    import bmc.pipeline
+    import bmc.stages.preference as stage
 
     loaded: list[str] = []
     for name in ("frozen_copy", "attach_reference_logps"):
-        original = getattr(bmc.pipeline, name)
-        monkeypatch.setattr(bmc.pipeline, name, lambda *a, f=original, n=name, **k: loaded.append(n) or f(*a, **k))
+        original = getattr(stage, name)
+        monkeypatch.setattr(stage, name, lambda *a, f=original, n=name, **k: loaded.append(n) or f(*a, **k))
     cfg = make_config("debug=default", f"loss={loss}", "eval.enabled=false")
     metrics = run(cfg)
     assert math.isfinite(metrics["val/loss"]) and metrics["train/steps"] == 6

@@ -19,7 +19,6 @@ import os
 import platform
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,14 +28,11 @@ from typing import Any
 
 import torch
 
+from bmc.bench.results import MODES, OTHERS, OURS, format_table, summarise, targets
 from bmc.bench.runners import VAL_FRACTION, train_pairs
 from bmc.bench.workload import SIZES, make_pairs, write_workload
 
 ROOT = Path(__file__).resolve().parents[2]
-MODES = ("in_step", "precomputed")
-#: implementations: this framework's train.py with two losses, TRL and the bare loop
-OURS = {"ours_dpo": "dpo", "ours_bmc": "bmc"}
-OTHERS = ("trl", "bare")
 #: the pipeline's default learning rate and DPO beta, given to every implementation
 LR, BETA = 2e-5, 0.1
 
@@ -169,63 +165,6 @@ def _tokens_per_pair(checkpoint: Path, pairs: Path) -> float:
     return count / len(rows) + 2  # EOS of each response
 
 
-def _summarise(runs: list[dict[str, Any]], sizes: list[str], modes: list[str], impls: list[str]) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    for size in sizes:
-        for mode in modes:
-            cell: dict[str, Any] = {}
-            for impl in impls:
-                mine = [r for r in runs if (r["size"], r["mode"], r["impl"]) == (size, mode, impl)]
-                if not mine:
-                    continue
-                pairs_per_s = statistics.median(r["pairs_per_s"] for r in mine)
-                cell[impl] = {
-                    "pairs_per_s": pairs_per_s,
-                    "tokens_per_s": pairs_per_s * mine[0]["tokens_per_pair"],
-                    "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in mine),
-                    "peak_gpu_mb": mine[0]["peak_gpu_mb"],
-                    "repeats": [round(r["pairs_per_s"], 2) for r in mine],
-                }
-            ratios = {}
-            for impl in OURS:
-                for other in OTHERS:
-                    if impl in cell and other in cell:
-                        ratios[f"{impl}/{other}"] = cell[impl]["pairs_per_s"] / cell[other]["pairs_per_s"]
-                if impl in cell and "trl" in cell:
-                    ratios[f"{impl}/trl peak_rss"] = cell[impl]["peak_rss_mb"] / cell["trl"]["peak_rss_mb"]
-            if "ours_dpo" in cell and "ours_bmc" in cell:  # step time of BMC over DPO
-                ratios["bmc_step/dpo_step"] = cell["ours_dpo"]["pairs_per_s"] / cell["ours_bmc"]["pairs_per_s"]
-            results.setdefault(size, {})[mode] = {"implementations": cell, "ratios": ratios}
-    return results
-
-
-def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    checks = []
-    for size, by_mode in results.items():
-        for mode in MODES:
-            ratios = by_mode.get(mode, {}).get("ratios", {})
-            for name, bound, op in (
-                ("ours_dpo/trl", 1.3, ">="),
-                ("ours_dpo/bare", 0.9, ">="),
-                ("bmc_step/dpo_step", 1.05, "<="),
-                ("ours_dpo/trl peak_rss", 1.0, "<="),
-            ):
-                if name in ratios:
-                    value = ratios[name]
-                    met = value >= bound if op == ">=" else value <= bound
-                    checks.append(
-                        {
-                            "size": size,
-                            "mode": mode,
-                            "ratio": name,
-                            "value": value,
-                            "target": f"{op} {bound}",
-                            "met": met,
-                        }
-                    )
-    return checks
-
-
 def _machine(args: argparse.Namespace) -> dict[str, Any]:
     info = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -242,43 +181,6 @@ def _machine(args: argparse.Namespace) -> dict[str, Any]:
         if importlib.util.find_spec(package):
             info[package] = __import__(package).__version__
     return info
-
-
-def format_table(report: dict[str, Any]) -> str:
-    lines = []
-    for size, by_mode in report["results"].items():
-        params = report["sizes"][size]["parameters"]
-        lines.append(
-            f"\n### {size} ({params / 1e6:.2f}M parameters, {report['sizes'][size]['steps']} steps x "
-            f"{report['settings']['batch_size']} pairs)\n"
-        )
-        lines.append("| mode | implementation | pairs/s | tokens/s | peak RSS MB | repeats (pairs/s) |")
-        lines.append("|---|---|---:|---:|---:|---|")
-        for mode in MODES:
-            if mode not in by_mode:
-                continue
-            for impl, row in by_mode[mode]["implementations"].items():
-                lines.append(
-                    f"| {mode} | {impl} | {row['pairs_per_s']:.1f} | {row['tokens_per_s']:.0f} | "
-                    f"{row['peak_rss_mb']:.0f} | {', '.join(str(v) for v in row['repeats'])} |"
-                )
-        for mode in MODES:
-            if mode in by_mode:
-                ratios = ", ".join(f"{k} = {v:.2f}" for k, v in by_mode[mode]["ratios"].items())
-                lines.append(f"\n{mode}: {ratios}")
-        if "train_py_wall_s" in by_mode:
-            wall = by_mode["train_py_wall_s"]
-            lines.append(
-                f"\ntrain.py wall time (DPO, precomputed): reference cache miss {wall['reference_cache_miss']:.1f} s, "
-                f"hit {wall['reference_cache_hit']:.1f} s"
-            )
-    lines.append("\n| size | mode | ratio | value | target | met |\n|---|---|---|---:|---|---|")
-    for check in report["targets"]:
-        lines.append(
-            f"| {check['size']} | {check['mode']} | {check['ratio']} | {check['value']:.2f} | "
-            f"{check['target']} | {'yes' if check['met'] else 'NO'} |"
-        )
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -323,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    results = _summarise(runs, sizes, modes, bench.impls)
+    results = summarise(runs, sizes, modes, bench.impls)
     for size in sizes:
         if "train_py_wall_s" in plan[size]:
             results[size]["train_py_wall_s"] = plan[size]["train_py_wall_s"]
@@ -348,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for s in sizes
         },
         "results": results,
-        "targets": _targets(results),
+        "targets": targets(results),
         "runs": runs,
         "total_seconds": time.perf_counter() - started,
     }

@@ -13,6 +13,11 @@ from typing import Any, overload
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+#: the token-id columns of a tokenized preference pair
+ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+#: the columns that hold the reference model's log-prob of each response token (:mod:`bmc.reference` fills them)
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
 
 class ColumnDataset(Dataset):
     """Equal-length named columns: ``ds[i]`` is row ``i`` as a dict, ``ds["name"]`` is a whole column."""

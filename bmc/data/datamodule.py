@@ -17,10 +17,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
-from bmc.data.columns import ColumnDataset
+from bmc.data.columns import REF_COLUMNS, ColumnDataset
 from bmc.data.tokenize import Truncation, encode_responses, encode_texts, pad_sequences
 from bmc.losses.masks import diff_masks, stopword_token_ids
-from bmc.reference import REF_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ Two row formats are understood, as in TRL:
   in a ``prompt`` column (a message list) or implicit as the messages the two conversations share.
 ``columns`` maps other column names onto ``prompt``/``chosen``/``rejected``.
 
-Conversational rows are rendered to text with a model's chat template when it has one (``render``), else
-with a plain ``role: content`` template, so a tiny model with a locally trained tokenizer can use them.
+Conversational prompts stay message lists here; :func:`bmc.data.render.render_task` turns them into text once
+(with the model's chat template when it has one), for the SFT warm start and the preference pairs alike.
 
 Input policy: a bad file or row raises :class:`DataError` naming the file, the row and the field (invalid
 UTF-8, malformed JSON, missing columns, wrong types, nulls, roles that do not alternate). Rows are numbered
@@ -25,8 +25,6 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-
-from transformers import PreTrainedTokenizerBase
 
 from bmc.data.sources import TaskData
 
@@ -159,19 +157,6 @@ def normalise_row(row: dict[str, Any], columns: dict[str, str], where: str) -> d
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def render_prompt(prompt: str | list[dict[str, str]], tokenizer: PreTrainedTokenizerBase | None = None) -> str:
-    """Text of a prompt; message lists use the tokenizer's chat template when it has one."""
-    if isinstance(prompt, str):
-        return prompt
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant:"
-
-
-def render_pairs(pairs: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase | None) -> list[dict[str, str]]:
-    return [{**p, "prompt": render_prompt(p["prompt"], tokenizer)} for p in pairs]
-
-
 def _drop_reason(pair: dict[str, Any], duplicate: bool) -> str | None:
     if isinstance(pair["prompt"], str) and not pair["prompt"].strip():
         return "empty prompt"
@@ -235,7 +220,6 @@ def hf_preferences(
     pairs = filter_pairs([(n, normalise_row(r, columns, f"{path}, row {n}")) for n, r in rows], path)
     if not pairs:
         raise DataError(f"{path}: all {len(rows)} row(s) were dropped; the warnings above say which and why")
-    rendered = render_pairs(pairs, None)
-    sft = [{"prompt": p["prompt"], "response": p["chosen"]} for p in rendered]
+    sft = [{"prompt": p["prompt"], "response": p["chosen"]} for p in pairs]
     n_val = sizes["sft_val"]
     return TaskData(name=name, sft_train=sft[n_val:] or sft, sft_val=sft[:n_val], pairs=pairs)

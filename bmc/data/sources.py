@@ -9,15 +9,21 @@ from typing import Any
 
 from bmc.tasks import Example, Task
 
+#: a prompt as a task holds it: text, or the messages of a conversation (real datasets) until rendered
+Prompt = str | list[dict[str, str]]
+
 
 @dataclass
 class TaskData:
     """Everything a run needs from a task.
 
+    Prompts may be message lists until :func:`bmc.data.render.render_task` turns them into text; every stage
+    after that reads the rendered copy.
+
     ``pairs`` are the task's given preference pairs (``data=original``); ``eval_examples`` are held-out
     prompts scored by ``verifier`` after training (empty for datasets without a verifier).
     ``reward_pairs`` are pairs on prompts disjoint from ``pairs`` for training a reward model
-    (:func:`bmc.pipeline.train_reward_model`); built-in tasks make them from the SFT split.
+    (:func:`bmc.stages.reward_model.train_reward_model`); built-in tasks make them from the SFT split.
     ``sft_val_examples`` are the verifier-scored examples behind ``sft_val``, on which the SFT stage may stop at
     a target accuracy (``sft.target_accuracy``).
     """
@@ -33,7 +39,7 @@ class TaskData:
     sft_val_examples: list[Example] = field(default_factory=list)
 
     def corpus(self) -> list[str]:
-        """Text a locally trained tokenizer learns from: SFT prompts and responses."""
+        """Text a locally trained tokenizer learns from: the rendered SFT prompts and responses."""
         return [row["prompt"] + row["response"] for row in self.sft_train]
 
 

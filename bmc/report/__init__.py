@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bmc.report.methods import assign_methods, load_sweep, paper_name
 from bmc.report.plots import (
     all_plots,
     plot_delta_sweep,
@@ -24,7 +25,7 @@ from bmc.report.plots import (
     read_metrics_csv,
     save_figures,
 )
-from bmc.report.records import RunRecord, assign_methods, latest_sweep, load_run, load_sweep, paper_name
+from bmc.report.records import RunRecord, latest_sweep, load_run
 from bmc.report.table import (
     DEFAULT_METRICS,
     Cell,

@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bmc.report.records import RunRecord, assign_methods
+from bmc.report.methods import assign_methods
+from bmc.report.records import RunRecord
 from bmc.report.table import CSV_COLUMNS, Table
 
 log = logging.getLogger("bmc.report")

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from bmc.evaluate import generate
+from bmc.generation import generate
 from bmc.models import load_causal_lm
 from bmc.synthesis._common import build_from_options
 

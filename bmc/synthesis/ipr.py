@@ -2,9 +2,10 @@
 
 IPR picks a best and a worst of N sampled completions with a judge that only ever compares two of them:
 
-- ``compare(x, a, b)`` asks the judge in both orders, v = prefer(x, a, b) − prefer(x, b, a) ∈ {−2, …, 2}
-  (each single judgment is +1/0/−1 for its first slot), so a judge that always favours one slot gives
-  v = 0: position bias cancels. sign(v) is the verdict from a's point of view.
+- ``compare(x, a, b)`` (:func:`bmc.synthesis.judges.compare`) asks the judge in both orders,
+  v = prefer(x, a, b) − prefer(x, b, a) ∈ {−2, …, 2} (each single judgment is +1/0/−1 for its first slot), so
+  a judge that always favours one slot gives v = 0: position bias cancels. sign(v) is the verdict from a's
+  point of view.
 - Best (winner-stays): the incumbent starts as completion 0 and meets completions 1..N−1 in sampling order;
   the challenger takes over only on v < 0 (a tie keeps the incumbent). N−1 comparisons.
 - Eliminated: the completions that lost a best-comparison, in the order they lost: the challenger when the
@@ -25,24 +26,10 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from bmc.synthesis._common import sign
-
-if TYPE_CHECKING:
-    from bmc.synthesis.judges import Judge
+from bmc.synthesis.judges import Judge, compare
 
 log = logging.getLogger(__name__)
-
-
-def compare(judge: Judge, prompt: str, a: str, b: str) -> int:
-    """Both-order verdict from a's point of view: +1 a better, −1 b better, 0 tie (including a split vote).
-
-    sign(prefer(x, a, b) − prefer(x, b, a)): two single judgments, asked together so that a backend that can
-    run them concurrently does.
-    """
-    first, second = judge.prefer_many(prompt, [(a, b), (b, a)])
-    return sign(first - second)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ or an LLM asked for a verdict.
 
 A single judgment ``prefer(x, first, second)`` puts ``first`` in slot A and returns +1 (A better), −1
 (B better) or 0 (tie); ``calls`` counts single judgments. Asking both orders to cancel position bias is
-:func:`bmc.synthesis.ipr.compare`'s job, which :meth:`Judge.compare` calls.
+:func:`compare`'s job (:meth:`Judge.compare`), which iterative pairwise ranking builds on.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bmc.models import _torch_dtype
-from bmc.synthesis import ipr
 from bmc.synthesis._common import (
     ExampleIndex,
     build_from_options,
@@ -52,8 +51,18 @@ class Judge(ABC):
         """The single-order verdicts of ``pairs`` (the subclass's judging, without bookkeeping)."""
 
     def compare(self, prompt: str, a: str, b: str) -> int:
-        """Both-order verdict from a's point of view (two calls): see :func:`bmc.synthesis.ipr.compare`."""
-        return ipr.compare(self, prompt, a, b)
+        """Both-order verdict from a's point of view (two calls): see :func:`compare`."""
+        return compare(self, prompt, a, b)
+
+
+def compare(judge: Judge, prompt: str, a: str, b: str) -> int:
+    """Both-order verdict from a's point of view: +1 a better, −1 b better, 0 tie (including a split vote).
+
+    sign(prefer(x, a, b) − prefer(x, b, a)): two single judgments, asked together so that a backend that can
+    run them concurrently does.
+    """
+    first, second = judge.prefer_many(prompt, [(a, b), (b, a)])
+    return sign(first - second)
 
 
 class PointwiseJudge(Judge):

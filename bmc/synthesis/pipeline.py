@@ -27,25 +27,26 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from bmc.cache import cache_key
 from bmc.data.sources import TaskData
 from bmc.data.tokenize import encode_texts
-from bmc.evaluate import generation_budget
+from bmc.generation import generation_budget
 from bmc.synthesis._common import ExampleIndex
 from bmc.synthesis.editors import build_editor
 from bmc.synthesis.ipr import rank, rm_pairs
 from bmc.synthesis.judges import build_judge
-from bmc.synthesis.sampler import sample_completions
+from bmc.synthesis.sampler import sample_completions, task_completions
 from bmc.synthesis.store import resumable_map
 
 log = logging.getLogger(__name__)
 
 
 class SynthesisContext:
-    """What the data stages share: config, task data, the SFT policy and where to cache."""
+    """What the data stages share: config, task data, the starting policy (``model`` may be None where no
+    stage samples from it) and where to cache."""
 
     def __init__(
         self,
         data_cfg: dict[str, Any],
         task_data: TaskData,
-        model: PreTrainedModel,
+        model: PreTrainedModel | None,
         tokenizer: PreTrainedTokenizerBase,
         cache_root: str | Path,
         model_key: Any,
@@ -63,18 +64,45 @@ class SynthesisContext:
 
 def _samples(ctx: SynthesisContext) -> list[dict[str, Any]]:
     sampler = dict(ctx.cfg.get("sampler") or {})
+    backend = sampler.pop("backend", "hf")
+    if backend not in SAMPLERS:
+        raise ValueError(f"data.sampler.backend must be one of {sorted(SAMPLERS)}, got {backend!r}")
     prompts = list(dict.fromkeys(p["prompt"] for p in ctx.task_data.pairs))
-    if sampler.get("max_new_tokens") is None:
-        if not ctx.task_data.pref_examples:
-            raise ValueError("data.sampler.max_new_tokens must be set for tasks without gold responses")
-        sampler["max_new_tokens"] = generation_budget(ctx.tokenizer, ctx.task_data.pref_examples)
-    samples = sample_completions(
-        ctx.model, ctx.tokenizer, prompts, cache_root=ctx.cache_root, cache_payload=ctx.model_key, **sampler
-    )
+    samples = SAMPLERS[backend](ctx, prompts, sampler)
     ctx.report["prompts_in"] = len(prompts)
     ctx.report["completions"] = sum(len(s["completions"]) for s in samples)
     ctx.report["truncated_completions"] = sum(sum(s["truncated"]) for s in samples)
     return samples
+
+
+def _policy_samples(ctx: SynthesisContext, prompts: list[str], sampler: dict[str, Any]) -> list[dict[str, Any]]:
+    """N completions per prompt from the starting policy with HF ``generate`` (cached, resumable)."""
+    if ctx.model is None:
+        raise ValueError("sampling needs the starting policy's model; this run's data stages were set up without it")
+    if sampler.get("max_new_tokens") is None:
+        if not ctx.task_data.pref_examples:
+            raise ValueError("data.sampler.max_new_tokens must be set for tasks without gold responses")
+        sampler["max_new_tokens"] = generation_budget(ctx.tokenizer, ctx.task_data.pref_examples)
+    return sample_completions(
+        ctx.model, ctx.tokenizer, prompts, cache_root=ctx.cache_root, cache_payload=ctx.model_key, **sampler
+    )
+
+
+def _task_samples(ctx: SynthesisContext, prompts: list[str], sampler: dict[str, Any]) -> list[dict[str, Any]]:
+    """N completions per prompt from the task's own generator, no model (the debug preset's sampler)."""
+    if ctx.verifier is None:
+        raise ValueError("data.sampler.backend=task needs a built-in task (task=math|qa|instruct)")
+    examples = [ctx.examples[prompt] for prompt in prompts]
+    return task_completions(ctx.verifier, examples, n=sampler.get("n", 5), seed=sampler.get("seed", 0))
+
+
+SAMPLERS = {"hf": _policy_samples, "task": _task_samples}
+
+
+def samples_from_policy(data_cfg: dict[str, Any]) -> bool:
+    """Whether the pairs of ``data_cfg`` are built from completions sampled from the starting policy."""
+    sampled = data_cfg.get("pairs", "original") in ("sampled", "ipr", "rm_score")
+    return sampled and (data_cfg.get("sampler") or {}).get("backend", "hf") == "hf"
 
 
 def sampled_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:

@@ -1,7 +1,9 @@
-"""On-policy sampling: N completions per prompt from the SFT policy, cached and resumable."""
+"""Completions to build pairs from: N per prompt sampled from the starting policy (cached and resumable), or
+drawn from a built-in task's own generator without a model (:func:`task_completions`)."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -9,8 +11,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from bmc.evaluate import generate
+from bmc.generation import generate
 from bmc.synthesis.store import resumable_map
+from bmc.tasks import Example, Task
 
 
 def sample_completions(
@@ -65,3 +68,19 @@ def sample_completions(
         "seed": seed,
     }
     return resumable_map(cache_root, "samples", payload, list(prompts), process, batch_size=prompts_per_batch)
+
+
+def task_completions(task: Task, examples: Sequence[Example], n: int = 5, seed: int = 0) -> list[dict[str, Any]]:
+    """``[{prompt, completions, truncated}]`` like :func:`sample_completions`, from the task instead of a model:
+    each prompt's gold response and ``n - 1`` of the generator's realistic errors, in a seeded order.
+
+    For runs whose model is too small to answer in the task's format at all (``debug=default``), where sampled
+    completions would give the verifier, the judges and the task editor nothing to work on.
+    """
+    samples = []
+    for example in examples:
+        rng = random.Random(f"{seed}/{example.prompt}")
+        completions = [example.gold] + [task.corrupt(example, rng) for _ in range(n - 1)]
+        rng.shuffle(completions)
+        samples.append({"prompt": example.prompt, "completions": completions, "truncated": [False] * n})
+    return samples

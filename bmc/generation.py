@@ -1,4 +1,8 @@
-"""Generation-based evaluation: greedy answers to held-out prompts, scored by the task's verifier."""
+"""Batched generation with a causal LM: on-policy sampling, the SFT stop checks and the final evaluation all
+generate through :func:`generate`, and score greedy answers with :func:`evaluate_generations`.
+
+The lowest layer that runs a model forward for text: the synthesis stages and the evaluation stage import
+it, it imports neither."""
 
 from __future__ import annotations
 

@@ -1,0 +1,109 @@
+"""The benchmark's measurements summarised: medians over repeats, the ratios between implementations, the
+targets they are held to, and the Markdown table ``python -m bmc.bench`` prints."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+MODES = ("in_step", "precomputed")
+#: implementations: this framework's train.py with two losses, TRL and the bare loop
+OURS = {"ours_dpo": "dpo", "ours_bmc": "bmc"}
+OTHERS = ("trl", "bare")
+
+
+def summarise(runs: list[dict[str, Any]], sizes: list[str], modes: list[str], impls: list[str]) -> dict[str, Any]:
+    """Per size and mode: each implementation's median pairs/s, tokens/s and peak memory, and the ratios."""
+    results: dict[str, Any] = {}
+    for size in sizes:
+        for mode in modes:
+            cell: dict[str, Any] = {}
+            for impl in impls:
+                mine = [r for r in runs if (r["size"], r["mode"], r["impl"]) == (size, mode, impl)]
+                if not mine:
+                    continue
+                pairs_per_s = statistics.median(r["pairs_per_s"] for r in mine)
+                cell[impl] = {
+                    "pairs_per_s": pairs_per_s,
+                    "tokens_per_s": pairs_per_s * mine[0]["tokens_per_pair"],
+                    "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in mine),
+                    "peak_gpu_mb": mine[0]["peak_gpu_mb"],
+                    "repeats": [round(r["pairs_per_s"], 2) for r in mine],
+                }
+            ratios = {}
+            for impl in OURS:
+                for other in OTHERS:
+                    if impl in cell and other in cell:
+                        ratios[f"{impl}/{other}"] = cell[impl]["pairs_per_s"] / cell[other]["pairs_per_s"]
+                if impl in cell and "trl" in cell:
+                    ratios[f"{impl}/trl peak_rss"] = cell[impl]["peak_rss_mb"] / cell["trl"]["peak_rss_mb"]
+            if "ours_dpo" in cell and "ours_bmc" in cell:  # step time of BMC over DPO
+                ratios["bmc_step/dpo_step"] = cell["ours_dpo"]["pairs_per_s"] / cell["ours_bmc"]["pairs_per_s"]
+            results.setdefault(size, {})[mode] = {"implementations": cell, "ratios": ratios}
+    return results
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each speed and memory target of ``docs/performance.md`` against the measured ratio."""
+    checks = []
+    for size, by_mode in results.items():
+        for mode in MODES:
+            ratios = by_mode.get(mode, {}).get("ratios", {})
+            for name, bound, op in (
+                ("ours_dpo/trl", 1.3, ">="),
+                ("ours_dpo/bare", 0.9, ">="),
+                ("bmc_step/dpo_step", 1.05, "<="),
+                ("ours_dpo/trl peak_rss", 1.0, "<="),
+            ):
+                if name in ratios:
+                    value = ratios[name]
+                    met = value >= bound if op == ">=" else value <= bound
+                    checks.append(
+                        {
+                            "size": size,
+                            "mode": mode,
+                            "ratio": name,
+                            "value": value,
+                            "target": f"{op} {bound}",
+                            "met": met,
+                        }
+                    )
+    return checks
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as Markdown tables: one per size, then the targets."""
+    lines = []
+    for size, by_mode in report["results"].items():
+        params = report["sizes"][size]["parameters"]
+        lines.append(
+            f"\n### {size} ({params / 1e6:.2f}M parameters, {report['sizes'][size]['steps']} steps x "
+            f"{report['settings']['batch_size']} pairs)\n"
+        )
+        lines.append("| mode | implementation | pairs/s | tokens/s | peak RSS MB | repeats (pairs/s) |")
+        lines.append("|---|---|---:|---:|---:|---|")
+        for mode in MODES:
+            if mode not in by_mode:
+                continue
+            for impl, row in by_mode[mode]["implementations"].items():
+                lines.append(
+                    f"| {mode} | {impl} | {row['pairs_per_s']:.1f} | {row['tokens_per_s']:.0f} | "
+                    f"{row['peak_rss_mb']:.0f} | {', '.join(str(v) for v in row['repeats'])} |"
+                )
+        for mode in MODES:
+            if mode in by_mode:
+                ratios = ", ".join(f"{k} = {v:.2f}" for k, v in by_mode[mode]["ratios"].items())
+                lines.append(f"\n{mode}: {ratios}")
+        if "train_py_wall_s" in by_mode:
+            wall = by_mode["train_py_wall_s"]
+            lines.append(
+                f"\ntrain.py wall time (DPO, precomputed): reference cache miss {wall['reference_cache_miss']:.1f} s, "
+                f"hit {wall['reference_cache_hit']:.1f} s"
+            )
+    lines.append("\n| size | mode | ratio | value | target | met |\n|---|---|---|---:|---|---|")
+    for check in report["targets"]:
+        lines.append(
+            f"| {check['size']} | {check['mode']} | {check['ratio']} | {check['value']:.2f} | "
+            f"{check['target']} | {'yes' if check['met'] else 'NO'} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""Small helpers the stages share: config nodes as plain containers, the truncation rule, the Trainer of a
+cached training stage, and verifier scoring of greedy answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from bmc.data.sources import TaskData
+from bmc.data.tokenize import Truncation
+from bmc.generation import evaluate_generations
+
+
+def container(node: DictConfig) -> Any:
+    """A config node as plain dicts and lists, interpolations resolved."""
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def truncation(cfg: DictConfig) -> Truncation:
+    """The truncation rule of ``cfg.truncation`` (raises on out-of-range lengths)."""
+    return Truncation(cfg.truncation.max_length, cfg.truncation.max_prompt_length)
+
+
+def stage_trainer(cfg: DictConfig, folder: Path, max_steps: int, **overrides: Any) -> pl.Trainer:
+    """The Trainer of a cached training stage (SFT, reward model): ``max_steps`` steps, no validation, no
+    logger or checkpoints unless ``overrides`` say otherwise. One process: the ranks of a multi-process run
+    wait on the cache lock while the first builds the stage."""
+    settings = dict(
+        strategy="auto",
+        devices=1,
+        num_nodes=1,
+        max_steps=max_steps,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=None,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(folder),
+    )
+    return instantiate(cfg.trainer, **{**settings, **overrides})
+
+
+def stage_steps(cfg: DictConfig, steps: int) -> int:
+    """A cached training stage's step budget: ``steps``, capped by ``stage_max_steps`` when a preset sets it
+    (``debug=default``: every stage in seconds)."""
+    cap = cfg.get("stage_max_steps")
+    return steps if cap is None else min(steps, cap)
+
+
+def stage_trainer_key(cfg: DictConfig) -> dict[str, Any]:
+    """The trainer settings that change what a cached stage learns (not its output folder, which differs per
+    run), for the stage's cache key."""
+    return {k: cfg.trainer.get(k) for k in ("accelerator", "precision", "gradient_clip_val", "accumulate_grad_batches")}
+
+
+def verifier_metrics(
+    cfg: DictConfig, task_data: TaskData, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, float]:
+    """Greedy accuracy, score and truncation on the task's held-out prompts (:func:`evaluate_generations`);
+    empty for tasks without a verifier or with ``eval.enabled=false``."""
+    if task_data.verifier is None or not task_data.eval_examples or not cfg.eval.enabled:
+        return {}
+    return evaluate_generations(
+        task_data.verifier, task_data.eval_examples, model, tokenizer, batch_size=cfg.eval.batch_size
+    )

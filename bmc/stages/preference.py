@@ -1,0 +1,124 @@
+"""Stage 4, preference training: the starting policy trained on the pairs with the loss, token weighting and
+regularizer of the config, by the LightningModule and DataModule of ``cfg.module`` / ``cfg.datamodule``.
+
+Reference log-probs are computed once before training with the policy itself (it still holds the starting
+weights) and cached under ``<cache>/ref_logps/<key>`` (:mod:`bmc.reference`), unless
+``reference.precompute=false`` runs a frozen reference in every step. Lightning checkpoints go to the run
+folder (``callbacks``); ``ckpt_path`` resumes from one.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger
+from transformers import PreTrainedModel
+
+from bmc.checkpointing import resolve_ckpt_path
+from bmc.data.sources import split_pairs
+from bmc.distributed import check_launch
+from bmc.models import add_lora, frozen_copy
+from bmc.module import needs_reference
+from bmc.reference import accelerator_device, attach_reference_logps, checkpoint_fingerprint
+from bmc.stages.common import container, truncation
+from bmc.stages.pairs import PreferencePairs
+from bmc.stages.warm_start import StartingPolicy
+
+log = logging.getLogger(__name__)
+# The frozen reference model is in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+
+
+@dataclass
+class TrainedPolicy:
+    """The preference stage's product: the trained ``model`` (the policy, LoRA-wrapped where trained so), the
+    final ``val/*`` and ``train/steps`` metrics, and the Trainer (its rank says who reports)."""
+
+    model: PreTrainedModel
+    metrics: dict[str, float]
+    trainer: pl.Trainer
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.trainer.is_global_zero
+
+
+def train_preference(
+    cfg: DictConfig, data: PreferencePairs, policy: StartingPolicy, loggers: list[Logger], ckpt_path: str | None
+) -> TrainedPolicy:
+    """Fit the policy on ``data`` (train/val split by ``data.val_fraction``) and validate the final weights."""
+    pl.seed_everything(cfg.seed, workers=True)
+    model, reference = _policy_and_reference(cfg, policy)
+    train_pairs, val_pairs = split_pairs(data.pairs, cfg.data.val_fraction, cfg.task.get("seed", 0))
+    # _partial_: the config's own arguments are bound, and the objects are passed as they are (not converted)
+    datamodule = instantiate(cfg.datamodule, _partial_=True)(
+        train=train_pairs,
+        val=val_pairs,
+        masks=container(cfg.data.masks),
+        tokenizer=policy.tokenizer,
+        truncation=truncation(cfg),
+    )
+    if _uses_reference(cfg) and cfg.reference.precompute:
+        # the policy still holds the reference (starting) weights: no copy is built
+        datamodule.setup("fit")
+        attach_reference_logps(
+            datamodule,
+            model,
+            cfg.paths.cache_dir,
+            model_key={"checkpoint": checkpoint_fingerprint(policy.checkpoint), "spec": policy.source.spec()},
+            precision=str(cfg.trainer.precision),
+            device=accelerator_device(cfg.trainer.accelerator),
+            batch_size=cfg.reference.batch_size,
+        )
+    module = instantiate(cfg.module, _partial_=True)(
+        policy=model,
+        reference=reference,
+        loss=container(cfg.loss),
+        token_weighting=container(cfg.token_weighting),
+        regularizer=container(cfg.regularizer),
+        optim=container(cfg.optim),
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    check_launch(trainer)
+    # weights_only: a checkpoint is tensors and plain containers, never code to unpickle
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if trainer.interrupted:  # Lightning swallows Ctrl-C; the run must not be reported as completed
+        raise KeyboardInterrupt("training was interrupted")
+    # max_steps can end training between two validations: report the metrics of the final policy
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    metrics["train/steps"] = float(trainer.global_step)
+    metrics["data/train_pairs"] = float(len(train_pairs))
+    metrics["data/truncated_pairs"] = float(sum(datamodule.truncated_rows.values()))
+    if not trainer.is_global_zero:
+        log.info("rank %d of %d: training done; rank 0 evaluates and writes summary.json",
+                 trainer.global_rank, trainer.world_size)  # fmt: skip
+    return TrainedPolicy(module.policy, metrics, trainer)
+
+
+def _uses_reference(cfg: DictConfig) -> bool:
+    return needs_reference(container(cfg.loss), container(cfg.regularizer))
+
+
+def _policy_and_reference(cfg: DictConfig, policy: StartingPolicy) -> tuple[PreTrainedModel, Any]:
+    """The model to train (with fresh LoRA adapters where the model config asks for them) and the in-step
+    reference: a frozen copy only for a reference-based loss with ``reference.precompute=false`` and no LoRA
+    (in-step, the LoRA reference is the adapter-disabled policy)."""
+    lora = getattr(policy.source, "lora", None)
+    model = add_lora(policy.model, lora) if lora else policy.model
+    in_step = _uses_reference(cfg) and not cfg.reference.precompute
+    return model, frozen_copy(model) if in_step and not lora else None
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The Lightning checkpoint ``ckpt_path`` names (``last``: this run folder's), checked before any stage runs."""
+    folder = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath") or Path(cfg.paths.output_dir) / "checkpoints"
+    return resolve_ckpt_path(cfg.get("ckpt_path"), folder)

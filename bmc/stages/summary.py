@@ -1,0 +1,102 @@
+"""The last stage, the summary: ``summary.json`` in the run folder (status, metrics, the essential config with
+the preset chosen in each config group, the data report, versions), attached to the W&B run, and the
+headline metrics printed. Written when the run ends, completed or failed, by rank 0 only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import Logger
+
+from bmc.distributed import is_global_zero
+from bmc.loggers import finish_wandb
+from bmc.stages.common import container
+from bmc.summary import results_table, write_summary
+
+#: the config nodes summary.json keeps, and the config groups whose chosen preset it records
+ESSENTIALS = ("task", "data", "judge", "editor", "loss", "token_weighting", "regularizer", "model", "optim", "sft")
+PRESET_GROUPS = (*ESSENTIALS[:-2], "method", "experiment")
+HEADLINE = (
+    "eval/accuracy",
+    "eval/score",
+    "eval/sft_accuracy",
+    "val/rewards/accuracies",
+    "val/rewards/margins",
+    "val/loss",
+)
+
+
+@dataclass
+class RunResults:
+    """What the run has produced so far. ``reports`` is False on the ranks other than 0 of a multi-process
+    run (known from the launcher's environment at first, from the Trainer after training)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    data_report: dict[str, Any] = field(default_factory=dict)
+    loggers: list[Logger] = field(default_factory=list)
+    reports: bool = field(default_factory=lambda: is_global_zero(None))
+
+    def add(self, metrics: dict[str, float]) -> None:
+        self.metrics.update(metrics)
+
+    def add_data_report(self, report: dict[str, Any]) -> None:
+        """The data stages' report, kept whole and with its numbers as ``data/*`` metrics."""
+        self.data_report = report
+        self.add({f"data/{k}": float(v) for k, v in report.items() if isinstance(v, (int, float))})
+
+
+def preset_names() -> dict[str, str]:
+    """The preset chosen in each config group (``loss=bmc`` -> ``{"loss": "bmc"}``; a group's ``name`` field
+    names what runs, which for ``loss=bmc`` is the DPO loss), when Hydra composed the config."""
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {group: str(choices[group]) for group in PRESET_GROUPS if choices.get(group) is not None}
+
+
+@contextmanager
+def summarized(cfg: DictConfig) -> Iterator[RunResults]:
+    """Collect the run's results in the block; write ``summary.json`` when it ends, ``failed`` with the error
+    if it raised (the error is raised on), else ``completed``, and print the headline table."""
+    started = time.time()
+    config = {key: container(cfg[key]) for key in ESSENTIALS}
+    config["seed"] = cfg.seed
+    config["presets"] = preset_names()
+    results = RunResults()
+
+    def write(status: str, error: str | None = None) -> Path:
+        path = write_summary(
+            cfg.paths.output_dir,
+            status=status,
+            metrics=results.metrics,
+            config=config,
+            started=started,
+            error=error,
+            extra={"data_report": results.data_report},
+        )
+        finish_wandb(results.loggers, path, failed=status == "failed")
+        return path
+
+    try:
+        yield results
+    except BaseException as error:
+        if results.reports:
+            write("failed", f"{type(error).__name__}: {error}")
+        raise
+    if not results.reports:
+        return
+    path = write("completed")
+    presets = config["presets"]
+    print(
+        f"\nResults ({cfg.task.name}, data={cfg.data.name}, loss={presets.get('loss', cfg.loss.name)}, "
+        f"token_weighting={cfg.token_weighting.name}, regularizer={cfg.regularizer.name}, seed={cfg.seed})"
+    )
+    print(results_table(results.metrics, HEADLINE))
+    print(f"summary: {path}")
