@@ -13,7 +13,6 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
@@ -108,7 +107,7 @@ def _uses_reference(cfg: DictConfig) -> bool:
     return needs_reference(container(cfg.loss), container(cfg.regularizer))
 
 
-def _policy_and_reference(cfg: DictConfig, policy: StartingPolicy) -> tuple[PreTrainedModel, Any]:
+def _policy_and_reference(cfg: DictConfig, policy: StartingPolicy) -> tuple[PreTrainedModel, PreTrainedModel | None]:
     """The model to train (with fresh LoRA adapters where the model config asks for them) and the in-step
     reference: a frozen copy only for a reference-based loss with ``reference.precompute=false`` and no LoRA
     (in-step, the LoRA reference is the adapter-disabled policy)."""

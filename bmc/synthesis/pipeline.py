@@ -101,7 +101,7 @@ SAMPLERS = {"hf": _policy_samples, "task": _task_samples}
 
 def samples_from_policy(data_cfg: dict[str, Any]) -> bool:
     """Whether the pairs of ``data_cfg`` are built from completions sampled from the starting policy."""
-    sampled = data_cfg.get("pairs", "original") in ("sampled", "ipr", "rm_score")
+    sampled = data_cfg.get("pairs", "original") in PAIR_SOURCES.keys() - {"original"}
     return sampled and (data_cfg.get("sampler") or {}).get("backend", "hf") == "hf"
 
 
