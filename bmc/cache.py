@@ -30,6 +30,17 @@ def cache_key(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def checkpoint_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a model checkpoint in cache keys: its folder's files (name, size, mtime), so that a
+    checkpoint rewritten in place (an iterative round) is a new key; a hub id, which is not a local folder, is
+    identified by its name alone."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return {"path": str(path)}
+    files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+    return {"path": str(folder.resolve()), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+
+
 @contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``lock_path``; the kernel releases it when the holder dies, so a killed

@@ -167,12 +167,14 @@ class PreferenceModule(_CausalLMModule):
         self.reward_scale = float(loss.get("beta", 1.0))
         if reference is not None:
             reference.eval().requires_grad_(False)
-        # Checkpoints hold the policy only; the reference is rebuilt from the SFT checkpoint.
+        # Checkpoints hold the policy's trainable weights only (with LoRA: the adapters); the reference and
+        # frozen weights are rebuilt from the starting checkpoint.
         self.strict_loading = False
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         state = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in state.items() if not k.startswith("reference.")}
+        frozen = {f"policy.{n}" for n, p in self.policy.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        return {k: v for k, v in state.items() if not k.startswith("reference.") and k not in frozen}
 
     def train(self, mode: bool = True) -> PreferenceModule:
         super().train(mode)

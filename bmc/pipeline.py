@@ -1,7 +1,7 @@
 """The main job, as its stages in order (one module each under :mod:`bmc.stages`):
 
 render the task's data -> warm start (SFT) -> judge (reward model) -> preference pairs -> preference training
--> evaluation -> summary.
+-> evaluation -> export -> summary.
 
 ``train.py`` only composes the Hydra config and calls :func:`run`; ``python -m bmc.synthesize`` runs the data
 stages alone.
@@ -17,6 +17,7 @@ from bmc.loggers import build_loggers
 from bmc.module import build_objective
 from bmc.stages.common import container, truncation
 from bmc.stages.evaluation import evaluate
+from bmc.stages.export import export_policy
 from bmc.stages.pairs import preference_pairs
 from bmc.stages.preference import resume_checkpoint, train_preference
 from bmc.stages.reward_model import judge_setup
@@ -45,6 +46,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if trained.is_global_zero:
             step = trained.trainer.global_step
             results.add(evaluate(cfg, task_data, trained.model, policy.tokenizer, results.loggers, step))
+            results.exported = export_policy(cfg, trained, policy.tokenizer)
     return results.metrics
 
 

@@ -57,16 +57,6 @@ def load_logps(path: Path) -> dict[str, list[list[float]]]:
     }
 
 
-def checkpoint_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint folder's files (name, size, mtime), so that a checkpoint rewritten in place is a new key;
-    a hub id, which is not a local folder, is identified by its name alone."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return {"path": str(path)}
-    files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
-    return {"path": str(folder.resolve()), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
-
-
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Lightning's mixed precisions run the forward under autocast, so the cached values must too."""
     dtype = next((d for prefix, d in _AUTOCAST.items() if str(precision).startswith(prefix)), None)

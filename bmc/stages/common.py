@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from bmc.data.sources import TaskData
 from bmc.data.tokenize import Truncation
 from bmc.generation import evaluate_generations
+from bmc.reference import accelerator_device
 
 
 def container(node: DictConfig) -> Any:
@@ -62,10 +63,11 @@ def stage_trainer_key(cfg: DictConfig) -> dict[str, Any]:
 def verifier_metrics(
     cfg: DictConfig, task_data: TaskData, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 ) -> dict[str, float]:
-    """Greedy accuracy, score and truncation on the task's held-out prompts (:func:`evaluate_generations`);
-    empty for tasks without a verifier or with ``eval.enabled=false``."""
+    """Greedy accuracy, score and truncation on the task's held-out prompts (:func:`evaluate_generations`), on
+    the training device; empty for tasks without a verifier or with ``eval.enabled=false``."""
     if task_data.verifier is None or not task_data.eval_examples or not cfg.eval.enabled:
         return {}
+    model.to(accelerator_device(cfg.trainer.accelerator))  # Lightning moves a model back to the CPU after fit
     return evaluate_generations(
         task_data.verifier, task_data.eval_examples, model, tokenizer, batch_size=cfg.eval.batch_size
     )

@@ -49,7 +49,7 @@ def preference_pairs(
         policy.model,
         policy.tokenizer,
         cfg.paths.cache_dir,
-        model_key=str(policy.checkpoint),
+        model_key=policy.fingerprint() if policy.checkpoint is not None else None,
         judge_cfg=judge.options,
         editor_cfg=container(cfg.editor),
     )

@@ -25,7 +25,7 @@ from bmc.data.sources import split_pairs
 from bmc.distributed import check_launch
 from bmc.models import add_lora, frozen_copy
 from bmc.module import needs_reference
-from bmc.reference import accelerator_device, attach_reference_logps, checkpoint_fingerprint
+from bmc.reference import accelerator_device, attach_reference_logps
 from bmc.stages.common import container, truncation
 from bmc.stages.pairs import PreferencePairs
 from bmc.stages.warm_start import StartingPolicy
@@ -71,7 +71,7 @@ def train_preference(
             datamodule,
             model,
             cfg.paths.cache_dir,
-            model_key={"checkpoint": checkpoint_fingerprint(policy.checkpoint), "spec": policy.source.spec()},
+            model_key=policy.fingerprint(),
             precision=str(cfg.trainer.precision),
             device=accelerator_device(cfg.trainer.accelerator),
             batch_size=cfg.reference.batch_size,

@@ -43,23 +43,27 @@ def judge_setup(cfg: DictConfig, task_data: TaskData, policy: StartingPolicy) ->
     train = judge.pop("train", None)
     if not train:
         return JudgeSetup(judge)
-    path = train_reward_model(cfg, task_data, policy.checkpoint, train)
+    path = train_reward_model(cfg, task_data, policy, train)
     judge["path"] = str(path)
     return JudgeSetup(judge, {"reward_model_accuracy": json.loads((path / "rm_eval.json").read_text())["accuracy"]})
 
 
-def train_reward_model(cfg: DictConfig, task_data: TaskData, sft_dir: Path, options: dict[str, Any]) -> Path:
-    """The cached reward model trained from the SFT checkpoint ``sft_dir`` with ``options`` (``judge.train``)."""
+def train_reward_model(
+    cfg: DictConfig, task_data: TaskData, policy: StartingPolicy, options: dict[str, Any]
+) -> Path:
+    """The cached reward model trained from the starting policy's checkpoint with ``options`` (``judge.train``)."""
     if not task_data.reward_pairs:
         raise ValueError(f"judge.train needs a task with reward pairs (a built-in task); {task_data.name} has none")
     options = {**options, "steps": stage_steps(cfg, options["steps"])}
     payload = {
-        "sft": str(sft_dir),
+        "sft": policy.fingerprint(),
         "pairs": cache_key(task_data.reward_pairs),
         "train": options,
         "truncation": container(cfg.truncation),
         "trainer": stage_trainer_key(cfg),
     }
+
+    sft_dir = policy.checkpoint
 
     def build(folder: Path) -> None:
         pl.seed_everything(options["seed"], workers=True)

@@ -1,6 +1,6 @@
 """The last stage, the summary: ``summary.json`` in the run folder (status, metrics, the essential config with
-the preset chosen in each config group, the data report, versions), attached to the W&B run, and the
-headline metrics printed. Written when the run ends, completed or failed, by rank 0 only."""
+the preset chosen in each config group, the data report, the exported model's folder, versions), attached to
+the W&B run, and the headline metrics printed. Written when the run ends, completed or failed, by rank 0 only."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class RunResults:
     data_report: dict[str, Any] = field(default_factory=dict)
     loggers: list[Logger] = field(default_factory=list)
     reports: bool = field(default_factory=lambda: is_global_zero(None))
+    exported: Path | None = None
 
     def add(self, metrics: dict[str, float]) -> None:
         self.metrics.update(metrics)
@@ -79,7 +80,7 @@ def summarized(cfg: DictConfig) -> Iterator[RunResults]:
             config=config,
             started=started,
             error=error,
-            extra={"data_report": results.data_report},
+            extra={"data_report": results.data_report, "model_dir": results.exported and str(results.exported)},
         )
         finish_wandb(results.loggers, path, failed=status == "failed")
         return path

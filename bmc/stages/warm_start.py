@@ -21,12 +21,13 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from bmc.cache import cache_key, cached_dir
+from bmc.cache import cache_key, cached_dir, checkpoint_fingerprint
 from bmc.callbacks import StopAtAccuracy
 from bmc.data.datamodule import SFTDataModule
 from bmc.data.sources import TaskData
 from bmc.models import ModelSource, PretrainedLM, add_lora
 from bmc.module import SFTModule
+from bmc.reference import accelerator_device
 from bmc.stages.common import container, stage_steps, stage_trainer, stage_trainer_key, truncation, verifier_metrics
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,30 @@ class StartingPolicy:
     model: PreTrainedModel | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the starting policy in the cache keys of later stages (samples, judgments of a
+        reward model trained from it, reference log-probs): the checkpoint's files, not its path alone, so a
+        checkpoint rewritten in place is a new key."""
+        return {"checkpoint": checkpoint_fingerprint(self.checkpoint), "spec": self.source.spec()}
+
 
 def warm_start(cfg: DictConfig, task_data: TaskData, source: ModelSource) -> StartingPolicy:
     """The (cached) SFT checkpoint of ``source`` on ``task_data``'s rendered SFT examples, loaded."""
-    if isinstance(source, PretrainedLM) and not cfg.sft.enabled:
+    pretrained = isinstance(source, PretrainedLM)
+    if pretrained and not cfg.sft.enabled:
         checkpoint = Path(source.path)
     else:
+        if pretrained:
+            log.warning(
+                "sft.enabled=true: the pretrained checkpoint %s is fine-tuned on the task's SFT examples (lr %s, up to "
+                "%d steps) before preference training, and that model is the policy and the reference",
+                source.path,
+                cfg.sft.optim.lr,
+                stage_steps(cfg, cfg.sft.steps),
+            )
         checkpoint = _sft_checkpoint(cfg, task_data, source)
     model, tokenizer = source.load(checkpoint)
+    model.to(accelerator_device(cfg.trainer.accelerator))  # the data stages sample on the training device
     sft_eval = checkpoint / "sft_eval.json"
     metrics = {f"eval/sft_{k}": v for k, v in json.loads(sft_eval.read_text()).items()} if sft_eval.exists() else {}
     return StartingPolicy(source, tokenizer, checkpoint, model, metrics)

@@ -1,0 +1,99 @@
+"""The export stage: ``<run folder>/model/`` loads with ``from_pretrained`` and generates what the trained policy
+generates; LoRA runs export their adapter (or a merged model) and checkpoint only trainable weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import bmc.pipeline
+from bmc.generation import generate
+from bmc.models import TinyLlama
+from bmc.pipeline import run
+
+PROMPTS = [" What is 3 plus one?", " What is 11 plus one?", " What is 7 plus one?"]
+# a learning rate that moves a tiny model in 6 steps, so the exported weights differ from the starting ones
+MOVES = ["debug=default", "optim.lr=1e-2", "optim.warmup_ratio=0", "eval.enabled=false"]
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    texts = [f" What is {i} plus one? It is {i + 1}." for i in range(40)]
+    model, tokenizer = TinyLlama(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300).build(
+        texts
+    )
+    folder = tmp_path / "start"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _run_and_capture(cfg, monkeypatch) -> torch.nn.Module:
+    """Run the job; returns the trained policy as the export stage received it."""
+    captured = {}
+    export = bmc.pipeline.export_policy
+
+    def keep(cfg, trained, tokenizer):
+        captured["model"] = trained.model
+        return export(cfg, trained, tokenizer)
+
+    monkeypatch.setattr(bmc.pipeline, "export_policy", keep)
+    run(cfg)
+    return captured["model"]
+
+
+def _greedy(model, tokenizer) -> list[tuple[str, bool]]:
+    return generate(model, tokenizer, PROMPTS, max_new_tokens=8, progress=False)
+
+
+def test_exported_policy_loads_with_from_pretrained_and_generates_the_same(make_config, tmp_path, monkeypatch):
+    cfg = make_config(*MOVES, "callbacks=default")
+    trained = _run_and_capture(cfg, monkeypatch)
+    folder = tmp_path / "run" / "model"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["model_dir"] == str(folder)
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == tokenizer.eos_token_id and generation["pad_token_id"] == tokenizer.pad_token_id
+    for name, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert _greedy(model, tokenizer) == _greedy(trained, tokenizer)
+    # the Lightning checkpoint holds the policy's weights, and no reference
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state.keys() == {f"policy.{k}" for k in trained.state_dict()}
+
+
+def test_export_which_best_writes_the_best_checkpoints_weights(make_config, tmp_path, monkeypatch):
+    run(make_config(*MOVES, "callbacks=default", "export.which=best", "trainer.max_steps=12"))  # 2 validations
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model").state_dict()
+    for name, value in exported.items():
+        assert torch.equal(best[f"policy.{name}"], value), name
+    with pytest.raises(ValueError, match="export.which=best needs a best checkpoint"):
+        run(make_config(*MOVES, "callbacks=minimal", "export.which=best"))
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_lora_exports_its_adapter_or_a_merged_model_and_checkpoints_only_the_adapter(
+    merge: bool, checkpoint: Path, make_config, tmp_path, monkeypatch
+) -> None:
+    from peft import PeftModel
+
+    cfg = make_config(*MOVES, "model=hf", f"model.path={checkpoint}", "model.lora={r: 4, lora_alpha: 8}",
+                      "callbacks=default", f"export.merge={str(merge).lower()}")  # fmt: skip
+    trained = _run_and_capture(cfg, monkeypatch)
+    folder = tmp_path / "run" / "model"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if merge:
+        assert not (folder / "adapter_config.json").exists()
+        model = AutoModelForCausalLM.from_pretrained(folder)
+    else:
+        assert (folder / "adapter_model.safetensors").is_file() and not (folder / "model.safetensors").exists()
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(checkpoint), folder)
+    assert _greedy(model, tokenizer) == _greedy(trained, tokenizer)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state and all("lora_" in key for key in state)  # the frozen base weights are not checkpointed
