@@ -79,6 +79,9 @@ class ModelSource(Protocol):
     def load(self, path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """A checkpoint a stage saved, with its tokenizer."""
 
+    def prepare_for_training(self, model: PreTrainedModel) -> PreTrainedModel:
+        """``model`` set up for a training stage (e.g. gradient checkpointing)."""
+
 
 @dataclass
 class TinyLlama:
@@ -123,6 +126,9 @@ class TinyLlama:
     def load(self, path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         return load_causal_lm(path, self.dtype, self.attn_implementation)
 
+    def prepare_for_training(self, model: PreTrainedModel) -> PreTrainedModel:
+        return model  # a toy model needs no memory savings
+
 
 @dataclass
 class PretrainedLM:
@@ -139,9 +145,23 @@ class PretrainedLM:
     revision: str | None = None
     use_chat_template: bool = True
     lora: dict[str, Any] | None = field(default=None)
+    gradient_checkpointing: bool = False
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": "pretrained", **asdict(self)}
+        # gradient checkpointing trades compute for memory and changes no result: not part of cache keys
+        return {"kind": "pretrained", **{k: v for k, v in asdict(self).items() if k != "gradient_checkpointing"}}
+
+    def prepare_for_training(self, model: PreTrainedModel) -> PreTrainedModel:
+        """``model`` with activation (gradient) checkpointing on where ``gradient_checkpointing`` asks for it:
+        each layer's activations are recomputed in the backward pass instead of kept."""
+        if self.gradient_checkpointing:
+            # non-reentrant: works with frozen inputs (LoRA) and leaves use_cache to generation; transformers 5
+            # renamed gradient checkpointing to activation checkpointing
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
 
     def tokenizer(self, texts: Sequence[str] = ()) -> PreTrainedTokenizerBase:
         return load_tokenizer(self.path, self.trust_remote_code, self.revision)

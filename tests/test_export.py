@@ -97,3 +97,15 @@ def test_lora_exports_its_adapter_or_a_merged_model_and_checkpoints_only_the_ada
     assert _greedy(model, tokenizer) == _greedy(trained, tokenizer)
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert state and all("lora_" in key for key in state)  # the frozen base weights are not checkpointed
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights(checkpoint: Path, make_config, tmp_path, monkeypatch):
+    """Activation checkpointing recomputes the forward in the backward pass: same gradients, same weights."""
+    trained = {}
+    for flag in ("false", "true"):
+        cfg = make_config(*MOVES, "model=hf", f"model.path={checkpoint}", f"model.gradient_checkpointing={flag}")
+        cfg.paths.output_dir = str(tmp_path / f"run_{flag}")
+        trained[flag] = _run_and_capture(cfg, monkeypatch)
+    assert trained["true"].is_activation_checkpointing and not trained["false"].is_activation_checkpointing
+    for name, value in trained["false"].state_dict().items():
+        assert torch.allclose(trained["true"].state_dict()[name], value, atol=1e-6), name

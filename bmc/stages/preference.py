@@ -112,7 +112,8 @@ def _policy_and_reference(cfg: DictConfig, policy: StartingPolicy) -> tuple[PreT
     reference: a frozen copy only for a reference-based loss with ``reference.precompute=false`` and no LoRA
     (in-step, the LoRA reference is the adapter-disabled policy)."""
     lora = getattr(policy.source, "lora", None)
-    model = add_lora(policy.model, lora) if lora else policy.model
+    model = policy.source.prepare_for_training(policy.model)
+    model = add_lora(model, lora) if lora else model
     in_step = _uses_reference(cfg) and not cfg.reference.precompute
     return model, frozen_copy(model) if in_step and not lora else None
 

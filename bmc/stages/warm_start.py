@@ -93,6 +93,7 @@ def _sft_checkpoint(cfg: DictConfig, task_data: TaskData, source: ModelSource) -
     def build(folder: Path) -> None:
         pl.seed_everything(cfg.sft.seed, workers=True)
         model, tokenizer = source.build(task_data.corpus())
+        model = source.prepare_for_training(model)
         trained = add_lora(model, source.lora) if getattr(source, "lora", None) else model
         stage = _fine_tune(cfg, task_data, trained, tokenizer, folder) if cfg.sft.enabled else {"steps": 0}
         model = trained.merge_and_unload() if trained is not model else model
