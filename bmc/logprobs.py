@@ -1,8 +1,15 @@
-"""Per-token log-probabilities of response tokens."""
+"""Per-token log-probabilities of response tokens.
+
+By default from the model's full logits. With ``chunk_positions`` (``logprob_chunk`` in the config; set for
+pretrained models, whose 49k-256k vocabularies make the logits the largest tensor of a step), from the decoder's
+hidden states and the LM head applied to that many positions at a time, each chunk recomputed in the backward
+pass: no (rows, length, vocabulary) tensor, nor a float32 copy of one, is ever built.
+"""
 
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 
@@ -25,20 +32,83 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 16
     )
 
 
-def response_token_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _decoder_and_head(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
+    """The decoder stack, the LM head and the final logit soft-cap (Gemma-2) of a causal LM, through a PEFT
+    wrapper (whose adapters live inside these modules)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    if getattr(config, "logit_scale", None) is not None or getattr(config, "logits_scaling", None) is not None:
+        raise ValueError(
+            f"logprob_chunk: {type(base).__name__} rescales its logits after the LM head, which the chunked head "
+            "does not reproduce; set logprob_chunk=null"
+        )
+    return getattr(base, base.base_model_prefix), base.get_output_embeddings(), config.get_text_config().to_dict().get(
+        "final_logit_softcapping"
+    )
+
+
+def _head_token_logps(
+    head: torch.nn.Module, softcap: float | None, hidden: torch.Tensor, labels: torch.Tensor, chunk_positions: int
+) -> torch.Tensor:
+    """``log softmax(head(hidden))[labels]`` in float32, ``chunk_positions`` positions at a time; with
+    gradients, each chunk's logits are recomputed in the backward pass instead of kept."""
+
+    def chunk(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = head(rows)
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return token_logps(logits, targets)
+
+    flat, targets = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    grads = torch.is_grad_enabled() and hidden.requires_grad
+    pieces = [
+        checkpoint(chunk, flat[s : s + chunk_positions], targets[s : s + chunk_positions], use_reentrant=False)
+        if grads
+        else chunk(flat[s : s + chunk_positions], targets[s : s + chunk_positions])
+        for s in range(0, flat.shape[0], chunk_positions)
+    ]
+    return torch.cat(pieces).view(labels.shape)
+
+
+def _next_token_logps(
+    model: PreTrainedModel,
+    labels: torch.Tensor,
+    chunk_positions: int | None,
+    select: tuple[torch.Tensor, torch.Tensor] | None = None,
+    **inputs: torch.Tensor,
+) -> torch.Tensor:
+    """Log-probs of ``labels`` (N, T-1) from the outputs at positions 0..T-2 of each row of ``inputs``, or at
+    the (rows, positions) of ``select`` (the shared-prompt layout), from the full logits or the chunked head."""
+    if chunk_positions is None:
+        logits = model(**inputs).logits
+        return token_logps(logits[:, :-1] if select is None else logits[select], labels)
+    decoder, head, softcap = _decoder_and_head(model)
+    hidden = decoder(**inputs).last_hidden_state
+    scored = hidden[:, :-1] if select is None else hidden[select]
+    return _head_token_logps(head, softcap, scored, labels, chunk_positions)
+
+
+def response_token_logps(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], chunk_positions: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of each next token, zero outside the response; returns (logps, mask), both (N, T-1).
 
     Position t scores token t+1, so the masks are shifted by one; prompt and padding tokens never
-    contribute.
+    contribute. ``chunk_positions``: the chunked LM head (module docstring).
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     mask = batch["response_mask"][:, 1:]
-    logps = token_logps(logits[:, :-1], batch["input_ids"][:, 1:])
+    logps = _next_token_logps(
+        model,
+        batch["input_ids"][:, 1:],
+        chunk_positions,
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+    )
     return logps.masked_fill(~mask, 0.0), mask
 
 
 def shared_prompt_token_logps(
-    model: PreTrainedModel, batch: dict[str, torch.Tensor]
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], chunk_positions: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`response_token_logps` of a preference batch (B chosen rows, then the B rejected rows of the same
     prompts), running each prompt through the model once instead of twice.
@@ -47,8 +117,9 @@ def shared_prompt_token_logps(
     where the prompt ends, and a (B, 1, L, L) attention mask keeps it from seeing the chosen response, so
     every token attends to exactly what it attends to in its own row. The logits at the prompt's last token
     predict the first token of both responses. Returns the same (2B, T-1) layout as
-    :func:`response_token_logps`. The model must honour ``position_ids`` and a 4D boolean attention mask
-    (Llama-style models in ``transformers`` do); ``PreferenceModule`` checks this on its first batch.
+    :func:`response_token_logps`. The model must honour ``position_ids`` and a 4D attention mask (boolean for
+    sdpa, additive float for eager attention, which adds it to the scores); ``PreferenceModule`` checks this on
+    its first batch.
     """
     ids, response = batch["input_ids"], batch["response_mask"]
     n_pairs, width = ids.shape[0] // 2, ids.shape[1]
@@ -75,7 +146,6 @@ def shared_prompt_token_logps(
     causal = j.T >= j  # (L, L): query >= key
     sees_chosen = in_rejected[:, :, None] & ((j >= prompt[:, None]) & (j < first_end))[:, None, :]
     allowed = (causal & real[:, None, :] & ~sees_chosen) | torch.eye(packed_width, dtype=torch.bool, device=ids.device)
-    logits = model(input_ids=packed, attention_mask=allowed[:, None], position_ids=position_ids).logits
 
     # plain position t (scoring token t+1) of a rejected row is packed position t + len(chosen), except the
     # prompt's last position, which both responses share
@@ -84,5 +154,22 @@ def shared_prompt_token_logps(
     positions = torch.cat([t.expand(n_pairs, -1).clamp(max=packed_width - 1), rejected_source])
     rows = torch.arange(n_pairs, device=ids.device).repeat(2)[:, None]
     mask = response[:, 1:]
-    logps = token_logps(logits[rows, positions], ids[:, 1:])
+    logps = _next_token_logps(
+        model,
+        ids[:, 1:],
+        chunk_positions,
+        select=(rows, positions),
+        input_ids=packed,
+        attention_mask=_attention_mask(model, allowed[:, None]),
+        position_ids=position_ids,
+    )
     return logps.masked_fill(~mask, 0.0), mask
+
+
+def _attention_mask(model: PreTrainedModel, allowed: torch.Tensor) -> torch.Tensor:
+    """A 4D mask as the model's attention takes it: boolean (sdpa, flex), or additive float for eager
+    attention, which adds the mask to the scores (a boolean would add 0 and 1)."""
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) != "eager":
+        return allowed
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)

@@ -44,9 +44,10 @@ class _CausalLMModule(pl.LightningModule):
     #: validation metrics tracked as ``<name>_best``, with the direction that counts as better
     best_metrics: dict[str, str] = {"val/loss": "min"}
 
-    def __init__(self, policy: PreTrainedModel, optim: dict[str, Any]) -> None:
+    def __init__(self, policy: PreTrainedModel, optim: dict[str, Any], logprob_chunk: int | None = None) -> None:
         super().__init__()
         self.policy = policy
+        self.logprob_chunk = logprob_chunk  # positions per LM-head chunk (bmc.logprobs); None: full logits
         self.optim = {"lr": 1e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_ratio": 0.1, **optim}
         self._best: dict[str, float] = {}
         self._batch_started = 0.0
@@ -102,7 +103,7 @@ class SFTModule(_CausalLMModule):
     """Token-mean negative log-likelihood of the response (the SFT warm start)."""
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logps, mask = response_token_logps(self.policy, batch)
+        logps, mask = response_token_logps(self.policy, batch, self.logprob_chunk)
         loss = -logps.sum() / mask.sum().clamp(min=1)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
@@ -154,8 +155,9 @@ class PreferenceModule(_CausalLMModule):
         regularizer: dict[str, Any],
         optim: dict[str, Any],
         share_prompt: bool = False,
+        logprob_chunk: int | None = None,
     ) -> None:
-        super().__init__(policy, optim)
+        super().__init__(policy, optim, logprob_chunk)
         self.share_prompt = share_prompt
         self._share_prompt_checked: set[int] = set()  # ids of the models (policy, reference) checked so far
         self.loss_name = loss["name"]
@@ -198,18 +200,18 @@ class PreferenceModule(_CausalLMModule):
 
     def _token_logps(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.share_prompt:
-            return response_token_logps(model, batch)
+            return response_token_logps(model, batch, self.logprob_chunk)
         if id(model) not in self._share_prompt_checked:
             self._check_shared_prompt(model, batch)
-        return shared_prompt_token_logps(model, batch)
+        return shared_prompt_token_logps(model, batch, self.logprob_chunk)
 
     @torch.no_grad()
     def _check_shared_prompt(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> None:
         was_training = model.training
         model.eval()  # dropout would make the two scorings differ for no fault of the packing
         try:
-            plain, mask = response_token_logps(model, batch)
-            shared, _ = shared_prompt_token_logps(model, batch)
+            plain, mask = response_token_logps(model, batch, self.logprob_chunk)
+            shared, _ = shared_prompt_token_logps(model, batch, self.logprob_chunk)
         finally:
             model.train(was_training)
         gap = float((plain - shared)[mask].abs().max()) if mask.any() else 0.0
@@ -224,7 +226,7 @@ class PreferenceModule(_CausalLMModule):
     @torch.no_grad()
     def token_rewards(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token implicit rewards ``beta * (log p_theta - log p_ref)`` and the response mask, (N, T-1)."""
-        policy_tokens, mask = response_token_logps(self.policy, batch)
+        policy_tokens, mask = response_token_logps(self.policy, batch, self.logprob_chunk)
         return self.reward_scale * (policy_tokens - self._reference_token_logps(batch)), mask
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:

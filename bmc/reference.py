@@ -83,11 +83,13 @@ def compute_reference_logps(
     device: torch.device,
     precision: str = "32-true",
     desc: str = "reference log-probs",
+    chunk_positions: int | None = None,
 ) -> dict[str, list[torch.Tensor]]:
     """Per-token log-probs of each row's chosen and rejected response under ``model`` (in eval mode): for each
     of the columns :data:`REF_COLUMNS`, one float32 tensor per input row.
 
-    Rows are batched in order of length, so little compute goes into padding.
+    Rows are batched in order of length, so little compute goes into padding. ``chunk_positions``: the chunked
+    LM head of :mod:`bmc.logprobs`.
     """
     was_training = model.training
     model.eval()
@@ -104,7 +106,7 @@ def compute_reference_logps(
             indices = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate([rows[i] for i in indices]).items()}
             with _autocast(device, precision):
-                logps, mask = response_token_logps(model, batch)
+                logps, mask = response_token_logps(model, batch, chunk_positions)
             logps, mask = logps.float().cpu(), mask.cpu()
             for row, index in enumerate(indices):
                 values[REF_COLUMNS[0]][index] = logps[row][mask[row]]
@@ -123,6 +125,7 @@ def attach_reference_logps(
     precision: str = "32-true",
     device: torch.device | None = None,
     batch_size: int = 64,
+    chunk_positions: int | None = None,
 ) -> Path:
     """Add the cached (or, on a miss, freshly computed) reference log-probs to every split of a set-up
     ``PreferenceDataModule``; returns the cache folder.
@@ -141,7 +144,7 @@ def attach_reference_logps(
         },
         "precision": str(precision),
         "format": _FILE_FORMAT,
-    }
+    }  # not batch_size or chunk_positions: they lay out the computation, its values agree to float rounding
 
     def build(folder: Path) -> None:
         for split, dataset in datamodule.datasets.items():
@@ -153,6 +156,7 @@ def attach_reference_logps(
                 device or torch.device("cpu"),
                 precision,
                 desc=f"reference log-probs/{split}",
+                chunk_positions=chunk_positions,
             )
             save_logps(logps, folder / f"{split}.safetensors")
 

@@ -75,6 +75,7 @@ def train_preference(
             precision=str(cfg.trainer.precision),
             device=accelerator_device(cfg.trainer.accelerator),
             batch_size=cfg.reference.batch_size,
+            chunk_positions=cfg.logprob_chunk,
         )
     module = instantiate(cfg.module, _partial_=True)(
         policy=model,

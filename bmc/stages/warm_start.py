@@ -85,6 +85,7 @@ def _sft_checkpoint(cfg: DictConfig, task_data: TaskData, source: ModelSource) -
         "task": container(cfg.task),
         "data": cache_key([task_data.sft_train, task_data.sft_val]),
         "sft": {**container(cfg.sft), "steps": stage_steps(cfg, cfg.sft.steps)},
+        "logprob_chunk": cfg.logprob_chunk,
         "truncation": container(cfg.truncation),
         "eval": container(cfg.eval),
         "trainer": stage_trainer_key(cfg),
@@ -119,7 +120,7 @@ def _fine_tune(
     )
     stopper = _sft_stopper(cfg, task_data, tokenizer)
     trainer = stage_trainer(cfg, folder, stage_steps(cfg, cfg.sft.steps), callbacks=[stopper] if stopper else None)
-    trainer.fit(SFTModule(model, dict(cfg.sft.optim)), datamodule=data)
+    trainer.fit(SFTModule(model, dict(cfg.sft.optim), cfg.logprob_chunk), datamodule=data)
     stage: dict[str, Any] = {"steps": trainer.global_step}
     if stopper and stopper.history:
         stage["stop_accuracy"] = stopper.history[-1][1]
