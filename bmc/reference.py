@@ -66,9 +66,11 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 def accelerator_device(accelerator: str) -> torch.device:
-    """The device a Lightning ``accelerator`` setting trains on (the first one), for work done before ``fit``."""
+    """The device a Lightning ``accelerator`` setting trains this process on, for work done outside ``fit``: the
+    GPU of the process's local rank (set by Lightning's launcher, torchrun or SLURM), so that the ranks of a
+    multi-GPU run never all load onto the first GPU."""
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))))
     if accelerator in ("mps", "auto") and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")

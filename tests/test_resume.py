@@ -112,3 +112,39 @@ def test_a_run_killed_mid_training_resumes_to_the_same_final_metrics(tmp_path: P
     assert resumed["metrics"].keys() == expected.keys()
     for key, value in expected.items():
         assert resumed["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_final_metrics(tmp_path: Path, shared_cache: Path) -> None:
+    """A checkpoint every 2 optimizer steps (an epoch is 6): the run is killed after the first, at step 2 of
+    epoch 0, and the resumed run skips the 2 batches it trained on, as the uninterrupted run does not see them
+    twice."""
+    args = [*RESUMABLE, "logger=none", "callbacks.last_checkpoint.every_n_train_steps=2",
+            f"paths.cache_dir={shared_cache}"]  # fmt: skip
+    run_cli([*args, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path)
+    expected = json.loads((tmp_path / "uninterrupted" / "summary.json").read_text())["metrics"]
+
+    run_dir = tmp_path / "killed"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env={**os.environ, **THREADS, "WANDB_SILENT": "true"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not last.exists() and proc.poll() is None:
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)
+    assert killed_at["global_step"] % 6 != 0, killed_at["global_step"]  # inside an epoch
+    assert killed_at["PreferenceDataModule"] == {"epoch": killed_at["epoch"], "batches": killed_at["global_step"] % 6}
+
+    run_cli([*args, f"hydra.run.dir={run_dir}", "ckpt_path=last"], cwd=tmp_path)
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["status"] == "completed" and resumed["metrics"].keys() == expected.keys()
+    for key, value in expected.items():
+        assert resumed["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key

@@ -33,6 +33,10 @@ class EpochSampler(DistributedSampler):
     order groups pairs of similar length to cut padding: shuffle, cut into groups of ``group_batches`` global
     batches, sort each group by length, cut it into global batches and shuffle those (the only batch that
     may be short stays last). As a ``DistributedSampler``, Lightning never wraps it in a second one.
+
+    :meth:`resume` makes the next pass over a given epoch start after the batches a killed run had trained on
+    (:meth:`PreferenceDataModule.load_state_dict`), so a run resumed mid-epoch sees the batches an
+    uninterrupted one would.
     """
 
     def __init__(
@@ -47,10 +51,23 @@ class EpochSampler(DistributedSampler):
     ) -> None:
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         self.lengths = None if lengths is None else list(lengths)
+        self.batch_size = batch_size
         self.global_batch = batch_size * world_size
         self.group = self.global_batch * group_batches
+        self._resume: tuple[int, int] | None = None
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Skip the first ``batches`` batches of this rank in the next pass, if that pass is over ``epoch``."""
+        self._resume = (epoch, batches)
 
     def __iter__(self) -> Iterator[int]:
+        order = list(self._order())
+        resume, self._resume = self._resume, None
+        if resume is not None and resume[0] == self.epoch:
+            order = order[resume[1] * self.batch_size :]
+        return iter(order)
+
+    def _order(self) -> Iterator[int]:
         if self.lengths is None:
             return super().__iter__()
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -161,6 +178,8 @@ class PreferenceDataModule(_TokenizedDataModule):
         self.rows = {"train": train, "val": val}
         self.masks = {"alignment": "levenshtein", "exclude_stopwords": True, **(masks or {})}
         self.length_grouping = length_grouping
+        self._sampler: EpochSampler | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, batches) of a checkpoint being resumed
 
     def setup(self, stage: str | None = None) -> None:
         stopwords = stopword_token_ids(self.tokenizer) if self.masks["exclude_stopwords"] else frozenset()
@@ -197,8 +216,27 @@ class PreferenceDataModule(_TokenizedDataModule):
         dataset = self.datasets["train"]
         lengths = self.pair_lengths("train") if self.length_grouping else None
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
-        sampler = EpochSampler(dataset, self.batch_size, lengths, world_size=world, rank=rank, seed=self.seed)
-        return self._loader("train", False, self.batch_size, sampler=sampler)
+        self._sampler = EpochSampler(dataset, self.batch_size, lengths, world_size=world, rank=rank, seed=self.seed)
+        if self._resume is not None:
+            self._sampler.resume(*self._resume)
+        return self._loader("train", False, self.batch_size, sampler=self._sampler)
+
+    # Lightning stores state_dict() in every checkpoint and hands it to load_state_dict() on resume, before or
+    # after it builds the training loader (strategies differ): the position of training inside its epoch
+    def state_dict(self) -> dict[str, int]:
+        """The epoch and how many of its batches have been trained on (their training step has run)."""
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume inside the saved epoch: its first pass skips the batches trained on before the checkpoint."""
+        if not state:
+            return
+        self._resume = (state["epoch"], state["batches"])
+        if self._sampler is not None:
+            self._sampler.resume(*self._resume)
 
     def pair_lengths(self, split: str) -> list[int]:
         """Each pair's row length in a batch: its prompt plus the longer of its two responses, in tokens."""

@@ -33,6 +33,8 @@ from bmc.stages.warm_start import StartingPolicy
 log = logging.getLogger(__name__)
 # The frozen reference model is in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+# Lightning asks for a resumable dataloader; PreferenceDataModule restores the position inside the epoch itself
+warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
 
 
 @dataclass
