@@ -117,6 +117,21 @@ def test_split_pairs_is_disjoint_and_seeded() -> None:
     assert split_pairs(pairs, 0.25, seed=3) == (train, val)
 
 
+def test_split_pairs_holds_out_whole_prompts_and_keeps_the_seeded_pair_split_of_one_pair_per_prompt() -> None:
+    import random
+
+    pairs = [{"prompt": f"p{i // 2}", "chosen": f"c{i}"} for i in range(20)]  # two pairs per prompt
+    train, val = split_pairs(pairs, 0.25, seed=3)
+    assert len(train) + len(val) == 20 and len(val) == 6  # whole prompts until at least 5 pairs are held out
+    assert not {p["prompt"] for p in train} & {p["prompt"] for p in val}
+    single = [{"prompt": str(i)} for i in range(20)]
+    order = list(range(20))
+    random.Random(3).shuffle(order)  # the split before prompts were grouped: a shuffle of the pairs
+    assert split_pairs(single, 0.25, seed=3) == ([single[i] for i in order[5:]], [single[i] for i in order[:5]])
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        split_pairs([{"prompt": "same"}] * 4, 0.25, seed=0)
+
+
 def test_length_grouped_sampler_is_a_seeded_permutation_of_similar_length_batches() -> None:
     lengths = [random.Random(i).randint(5, 100) for i in range(1000)]
     sampler = EpochSampler(lengths, batch_size=32, lengths=lengths, seed=3, group_batches=8)

@@ -1,11 +1,10 @@
 """Real preference datasets through ``datasets.load_dataset``: a local JSONL/JSON/CSV/Parquet file or folder,
 or a hub name where the network allows.
 
-Two row formats are understood, as in TRL:
-- standard: ``prompt``, ``chosen``, ``rejected`` strings;
-- conversational: ``chosen``/``rejected`` are lists of ``{role, content}`` messages, with the prompt either
-  in a ``prompt`` column (a message list) or implicit as the messages the two conversations share.
-``columns`` maps other column names onto ``prompt``/``chosen``/``rejected``.
+The layouts of the published datasets are read as they are (:mod:`bmc.data.layouts`): standard rows with an
+explicit or an implicit prompt, conversational rows (UltraFeedback-binarized included) and HH-RLHF
+transcripts; ``format`` names one where the columns leave it open. ``columns`` maps other column names onto
+``prompt``/``chosen``/``rejected``.
 
 Conversational prompts stay message lists here; :func:`bmc.data.render.render_task` turns them into text once
 (with the model's chat template when it has one), for the SFT warm start and the preference pairs alike.
@@ -26,16 +25,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bmc.data.layouts import LAYOUTS, DataError, detect_layout, kind_of
 from bmc.data.sources import TaskData
 
 log = logging.getLogger(__name__)
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 FIELDS = ("prompt", "chosen", "rejected")
-
-
-class DataError(ValueError):
-    """A bad row or file: the message names the file, the row and the field."""
 
 
 def _decode_utf8(local: Path) -> str:
@@ -88,7 +84,7 @@ def _load_rows(path: str, split: str, data_files: Any = None) -> list[tuple[int,
             rows = _json_rows(local)
             for number, row in rows:
                 if not isinstance(row, dict):
-                    raise DataError(f"{path}, row {number}: expected an object with columns, got {_kind(row)}")
+                    raise DataError(f"{path}, row {number}: expected an object with columns, got {kind_of(row)}")
             return rows
         if builder == "csv":
             _decode_utf8(local)
@@ -102,59 +98,6 @@ def _load_rows(path: str, split: str, data_files: Any = None) -> list[tuple[int,
     except Exception as error:  # pyarrow/pandas/hub errors: say which file, keep the cause for debugging
         raise DataError(f"{path}: could not be read as a {loader['path']} dataset: {error}") from error
     return list(enumerate(dataset.to_list(), 1))
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in value)
-
-
-def _check_messages(messages: list[dict[str, str]], where: str) -> None:
-    roles = [m["role"] for m in messages if m["role"] != "system"]
-    for previous, current in zip(roles, roles[1:]):
-        if previous == current:
-            raise DataError(f"{where}: roles must alternate between user and assistant, got {roles}")
-    for m in messages:
-        if not isinstance(m["content"], str):
-            raise DataError(f"{where}: message content must be a string, got {type(m['content']).__name__}")
-
-
-def normalise_row(row: dict[str, Any], columns: dict[str, str], where: str) -> dict[str, Any]:
-    """Map columns, check types and split conversational rows into prompt messages and a final answer.
-
-    Returns ``{prompt, chosen, rejected}`` where prompt is a string or a message list and the responses are
-    strings.
-    """
-    missing = [columns[f] for f in ("chosen", "rejected") if columns[f] not in row]
-    conversational = not missing and _is_messages(row[columns["chosen"]]) and _is_messages(row[columns["rejected"]])
-    if columns["prompt"] not in row and not conversational:  # only conversational rows may imply the prompt
-        missing.insert(0, columns["prompt"])
-    if missing:
-        raise DataError(f"{where}: missing column(s) {missing}; the row has {sorted(row)}")
-    prompt = row.get(columns["prompt"])
-    chosen, rejected = row[columns["chosen"]], row[columns["rejected"]]
-    if conversational:
-        if prompt is None:  # implicit prompt: the shared leading messages
-            shared = 0
-            while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
-                shared += 1
-            prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
-        if not _is_messages(prompt):
-            raise DataError(f"{where}: field {columns['prompt']!r} must be a message list in conversational rows")
-        for name, messages in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
-            _check_messages(messages, f"{where}, field {columns[name]!r}")
-        for name, messages in (("chosen", chosen), ("rejected", rejected)):
-            if len(messages) != 1 or messages[0]["role"] != "assistant":
-                raise DataError(f"{where}, field {columns[name]!r}: expected one final assistant message")
-        _check_messages(prompt + chosen, f"{where}, field {columns['prompt']!r}+{columns['chosen']!r}")
-        return {"prompt": prompt, "chosen": chosen[0]["content"], "rejected": rejected[0]["content"]}
-    for name, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
-        if not isinstance(value, str):
-            raise DataError(f"{where}, field {columns[name]!r}: expected a string, got {_kind(value)}")
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
 def _drop_reason(pair: dict[str, Any], duplicate: bool) -> str | None:
@@ -203,6 +146,7 @@ def hf_preferences(
     data_files: Any = None,
     columns: dict[str, str] | None = None,
     sizes: dict[str, int | None] | None = None,
+    format: str = "auto",
 ) -> TaskData:
     """Load preference pairs; SFT warm-starts on the chosen responses. No verifier: evaluation is the
     validation reward accuracy and margins.
@@ -217,7 +161,12 @@ def hf_preferences(
         rows = rows[: sizes["pref"]]
     if not rows:
         raise DataError(f"{path}: no rows in split {split!r}")
-    pairs = filter_pairs([(n, normalise_row(r, columns, f"{path}, row {n}")) for n, r in rows], path)
+    layout = detect_layout(rows[0][1], columns) if format == "auto" else format
+    if layout not in LAYOUTS:
+        raise DataError(f"{path}: task.format must be auto or one of {sorted(LAYOUTS)}, got {format!r}")
+    log.info("%s: %d row(s) in the %s layout", path, len(rows), layout)
+    read = LAYOUTS[layout]
+    pairs = filter_pairs([(n, read(r, columns, f"{path}, row {n}")) for n, r in rows], path)
     if not pairs:
         raise DataError(f"{path}: all {len(rows)} row(s) were dropped; the warnings above say which and why")
     sft = [{"prompt": p["prompt"], "response": p["chosen"]} for p in pairs]

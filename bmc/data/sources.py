@@ -3,6 +3,7 @@ dataset. ``conf/task/*.yaml`` instantiate one of the functions here through ``_t
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,12 +68,24 @@ def builtin_task(name: str, generator: Task, sizes: dict[str, int], seed: int = 
 
 
 def split_pairs(pairs: list[dict[str, Any]], val_fraction: float, seed: int) -> tuple[list, list]:
-    """Shuffle with ``seed`` and hold out ``val_fraction`` of the pairs (at least one) for validation."""
+    """Hold out ``val_fraction`` of the pairs (at least one) for validation, by prompt: the prompts are shuffled
+    with ``seed`` and taken whole until the held-out pairs reach that share, so no prompt is in both splits
+    (several pairs per prompt, ``keep_original``). With one pair per prompt, a seeded shuffle of the pairs."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 preference pairs to split train/val, got {len(pairs)}")
-    order = list(range(len(pairs)))
+    by_prompt: dict[str, list[dict[str, Any]]] = {}
+    for pair in pairs:
+        by_prompt.setdefault(json.dumps(pair["prompt"]), []).append(pair)
+    groups = list(by_prompt.values())
+    if len(groups) < 2:
+        raise ValueError(f"need pairs of at least 2 prompts to split train/val by prompt; all {len(pairs)} share one")
+    order = list(range(len(groups)))
     random.Random(seed).shuffle(order)
-    n_val = max(1, round(val_fraction * len(pairs)))
-    return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]
+    n_val, held_out = max(1, round(val_fraction * len(pairs))), 0
+    for cut, index in enumerate(order):
+        if held_out >= n_val or cut == len(order) - 1:  # the last prompt always stays for training
+            break
+        held_out += len(groups[index])
+    return [p for i in order[cut:] for p in groups[i]], [p for i in order[:cut] for p in groups[i]]

@@ -285,5 +285,6 @@ def build_pairs(ctx: SynthesisContext) -> tuple[list[dict[str, str]], dict[str, 
         ctx.report["edit_distance_after"] = mean_token_edit_distance(ctx.tokenizer, pairs)
     ctx.report["pairs_out"] = len(pairs)
     ctx.report["chosen_verifier_accept"] = _chosen_accept_rate(ctx, pairs)
+    ctx.report["first_pair"] = pairs[0] if pairs else None  # as rendered: the text the model reads
     ctx.report["dropped"] = dict(ctx.report["dropped"])
     return pairs, ctx.report
