@@ -79,6 +79,27 @@ def test_resuming_a_run_without_checkpoints_fails_before_the_data_stages(make_co
     assert summary["status"] == "failed" and "ckpt_path=last" in summary["error"]
 
 
+def _kill_at_first_checkpoint(args: list[str], run_dir: Path, cwd: Path) -> dict:
+    """Start ``train.py`` in ``run_dir``, SIGKILL it as soon as ``last.ckpt`` is in place, and return that
+    checkpoint."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=cwd,
+        env={**os.environ, **THREADS, "WANDB_SILENT": "true"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not last.exists() and proc.poll() is None:
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    return torch.load(last, map_location="cpu", weights_only=False)
+
+
 def test_a_run_killed_mid_training_resumes_to_the_same_final_metrics(tmp_path: Path, shared_cache: Path) -> None:
     args = [*RESUMABLE, "logger=none", f"paths.cache_dir={shared_cache}"]
     reference = run_cli([*args, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path)
@@ -86,24 +107,8 @@ def test_a_run_killed_mid_training_resumes_to_the_same_final_metrics(tmp_path: P
     expected = json.loads((tmp_path / "uninterrupted" / "summary.json").read_text())["metrics"]
 
     run_dir = tmp_path / "killed"
-    last = run_dir / "checkpoints" / "last.ckpt"
-    env = {**os.environ, **THREADS, "WANDB_SILENT": "true"}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        while not last.exists() and proc.poll() is None:
-            time.sleep(0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = _kill_at_first_checkpoint(args, run_dir, cwd=tmp_path)
     assert not (run_dir / "summary.json").exists()
-    killed_at = torch.load(last, map_location="cpu", weights_only=False)
     assert killed_at["global_step"] < expected["train/steps"] and killed_at["best_metrics"]
 
     run_cli([*args, f"hydra.run.dir={run_dir}", "ckpt_path=last"], cwd=tmp_path)
@@ -124,22 +129,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_final_metrics(tmp_path: Path
     expected = json.loads((tmp_path / "uninterrupted" / "summary.json").read_text())["metrics"]
 
     run_dir = tmp_path / "killed"
-    last = run_dir / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path,
-        env={**os.environ, **THREADS, "WANDB_SILENT": "true"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        while not last.exists() and proc.poll() is None:
-            time.sleep(0.005)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_at = torch.load(last, map_location="cpu", weights_only=False)
+    killed_at = _kill_at_first_checkpoint(args, run_dir, cwd=tmp_path)
     assert killed_at["global_step"] % 6 != 0, killed_at["global_step"]  # inside an epoch
     assert killed_at["PreferenceDataModule"] == {"epoch": killed_at["epoch"], "batches": killed_at["global_step"] % 6}
 
