@@ -20,9 +20,9 @@ from bmc.loggers import finish_wandb
 from bmc.stages.common import container
 from bmc.summary import results_table, write_summary
 
-#: the config nodes summary.json keeps, and the config groups whose chosen preset it records
-ESSENTIALS = ("task", "data", "judge", "editor", "loss", "token_weighting", "regularizer", "model", "optim", "sft")
-PRESET_GROUPS = (*ESSENTIALS[:-2], "method", "experiment")
+#: the config groups whose chosen preset summary.json records, and the config nodes it keeps
+PRESET_GROUPS = ("task", "data", "judge", "editor", "loss", "token_weighting", "regularizer", "model")
+ESSENTIALS = (*PRESET_GROUPS, "optim", "sft")
 HEADLINE = (
     "eval/accuracy",
     "eval/score",
@@ -59,7 +59,8 @@ def preset_names() -> dict[str, str]:
     if not HydraConfig.initialized():
         return {}
     choices = HydraConfig.get().runtime.choices
-    return {group: str(choices[group]) for group in PRESET_GROUPS if choices.get(group) is not None}
+    groups = (*PRESET_GROUPS, "method", "experiment")
+    return {group: str(choices[group]) for group in groups if choices.get(group) is not None}
 
 
 @contextmanager
