@@ -29,14 +29,15 @@ def generate(
     desc: str = "generate",
     progress: bool = True,
 ) -> list[tuple[str, bool]]:
-    """Complete each prompt; returns (text, truncated) where truncated means no EOS within the budget.
+    """Complete each prompt; returns (text, truncated) where truncated means no end token within the budget.
 
-    Prompts are left-padded so every row's new tokens start at the same column.
+    Prompts are left-padded so every row's new tokens start at the same column. Generation stops at any of
+    :func:`stop_token_ids`.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad, stops = tokenizer.pad_token_id, stop_token_ids(model, tokenizer)
     results: list[tuple[str, bool]] = []
     encoded = encode_texts(tokenizer, list(prompts))
     for start in tqdm(range(0, len(encoded), batch_size), desc=desc, leave=False, disable=not progress):
@@ -52,15 +53,22 @@ def generate(
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
-            eos_token_id=eos,
+            eos_token_id=stops,
             **sampling,
         )[:, width:].tolist()
         for ids in output:
-            finished = eos in ids
-            ids = ids[: ids.index(eos)] if finished else ids
-            results.append((tokenizer.decode(ids, skip_special_tokens=True), not finished))
+            end = next((i for i, token in enumerate(ids) if token in stops), None)
+            results.append((tokenizer.decode(ids[:end], skip_special_tokens=True), end is None))
     model.train(was_training)
     return results
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids that end an answer: the tokenizer's EOS and every id of the model's generation config
+    ``eos_token_id`` (chat models list their end-of-turn tokens there, e.g. Llama 3's ``<|eot_id|>``)."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    return [token for token in dict.fromkeys([tokenizer.eos_token_id, *configured]) if token is not None]
 
 
 def generation_budget(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], margin: int = 16) -> int:

@@ -184,3 +184,36 @@ def test_the_package_has_no_import_cycle_and_no_test_doubles() -> None:
             visit(name, [])
     assert "bmc.pipeline" in graph and graph["bmc.pipeline"]  # the walk saw the package
     assert not [n for n in files if "testing" in n or "fake" in n]  # test doubles live in tests/
+
+
+def test_generation_stops_at_every_end_token_of_the_generation_config() -> None:
+    """A chat model lists its end-of-turn tokens in ``generation_config.eos_token_id`` beside EOS: an answer
+    ends at the first of any, and counts as finished."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from bmc.generation import generate, stop_token_ids
+    from bmc.tokenizer import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(["It is 42. The answer is 42."] * 4, vocab_size=300)
+    end_of_turn = len(tokenizer) - 1
+    answer = tokenizer(" It is", add_special_tokens=False)["input_ids"]
+    seen = {}
+
+    class Scripted(torch.nn.Module):  # "generates" the answer, then end-of-turn, then more text
+        generation_config = SimpleNamespace(eos_token_id=[tokenizer.eos_token_id, end_of_turn])
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, eos_token_id, **kwargs):
+            seen["eos_token_id"] = eos_token_id
+            tail = [*answer, end_of_turn, *answer]
+            return torch.cat([input_ids, torch.tensor([tail] * input_ids.shape[0])], dim=1)
+
+    model = Scripted()
+    assert stop_token_ids(model, tokenizer) == [tokenizer.eos_token_id, end_of_turn]
+    ((text, truncated),) = generate(model, tokenizer, ["Q?"], max_new_tokens=8, progress=False)
+    assert text == " It is" and not truncated and seen["eos_token_id"] == [tokenizer.eos_token_id, end_of_turn]
