@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from bmc.generation import stop_token_ids
 from bmc.stages.preference import TrainedPolicy
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,12 @@ def export_policy(cfg: DictConfig, trained: TrainedPolicy, tokenizer: PreTrained
 
 
 def _generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
-    """The model's generation config, with the tokenizer's end and padding tokens: a server that stops on
-    ``eos_token_id`` stops where training taught the policy to."""
+    """The model's generation config, ending at the ids :func:`bmc.generation.stop_token_ids` stops on (the
+    tokenizer's EOS and the config's own end tokens), padding with the tokenizer's: a server stops where this
+    framework's sampling and evaluation stopped."""
     config = copy.deepcopy(model.generation_config or GenerationConfig.from_model_config(model.config))
-    config.eos_token_id = tokenizer.eos_token_id
+    stops = stop_token_ids(model, tokenizer)
+    config.eos_token_id = stops[0] if len(stops) == 1 else stops
     config.pad_token_id = tokenizer.pad_token_id
     return config
 
