@@ -23,7 +23,7 @@ field.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
@@ -56,6 +56,14 @@ def _check_messages(messages: list[dict[str, str]], where: str) -> None:
             raise DataError(f"{where}: roles must alternate between user and assistant, got {roles}")
 
 
+def _shared_length(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items (characters, messages) two sequences share."""
+    shared = 0
+    while shared < min(len(a), len(b)) and a[shared] == b[shared]:
+        shared += 1
+    return shared
+
+
 def _fields(row: dict[str, Any], columns: dict[str, str], names: tuple[str, ...], where: str) -> list[Any]:
     missing = [columns[n] for n in names if columns[n] not in row]
     if missing:
@@ -80,9 +88,7 @@ def standard_implicit(row: dict[str, Any], columns: dict[str, str], where: str) 
     space before its first word, as in the explicit layout)."""
     chosen, rejected = _fields(row, columns, ("chosen", "rejected"), where)
     _strings({"chosen": chosen, "rejected": rejected}, columns, where)
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-        shared += 1
+    shared = _shared_length(chosen, rejected)
     while shared and not chosen[shared - 1].isspace() and shared < len(chosen) and not chosen[shared].isspace():
         shared -= 1  # inside a word: the word belongs to the responses
     shared -= shared > 0 and chosen[shared - 1] == " "  # the space before a response's first word is its own
@@ -101,9 +107,8 @@ def conversational(row: dict[str, Any], columns: dict[str, str], where: str) -> 
             raise DataError(f"{where}, field {columns[name]!r}: expected a list of {{role, content}} messages")
     prompt = row.get(columns["prompt"])
     if prompt is None or isinstance(prompt, str):  # implicit: the shared leading messages
-        shared = 0
-        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
-            shared += 1
+        # every conversation keeps at least its last message as the response
+        shared = min(_shared_length(chosen, rejected), min(len(chosen), len(rejected)) - 1)
         text, (prompt, chosen, rejected) = prompt, (chosen[:shared], chosen[shared:], rejected[shared:])
         users = [m["content"] for m in prompt if m.get("role") == "user"]
         if text is not None and (not users or users[-1].strip() != text.strip()):
@@ -127,9 +132,7 @@ def hh_rlhf(row: dict[str, Any], columns: dict[str, str], where: str) -> dict[st
     chat template applies); what follows in each transcript is the response."""
     chosen, rejected = _fields(row, columns, ("chosen", "rejected"), where)
     _strings({"chosen": chosen, "rejected": rejected}, columns, where)
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-        shared += 1
+    shared = _shared_length(chosen, rejected)
     cut = chosen.rfind("\n\nAssistant:", 0, shared)
     if cut < 0:
         raise DataError(
