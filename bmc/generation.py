@@ -84,13 +84,15 @@ def evaluate_generations(
     tokenizer: PreTrainedTokenizerBase,
     batch_size: int = 64,
     progress: bool = True,
+    max_new_tokens: int | None = None,
 ) -> dict[str, float]:
-    """Greedy accuracy (score == 1), mean verifier score, and the fraction of truncated generations."""
+    """Greedy accuracy (score == 1), mean verifier score, and the fraction of truncated generations, within
+    ``max_new_tokens`` (None: :func:`generation_budget`, the gold responses' length plus a margin)."""
     outputs = generate(
         model,
         tokenizer,
         [e.prompt for e in examples],
-        generation_budget(tokenizer, examples),
+        max_new_tokens or generation_budget(tokenizer, examples),
         batch_size=batch_size,
         desc="evaluate",
         progress=progress,

@@ -216,10 +216,16 @@ def test_delta_sweep_plot_and_paper_names(tmp_path: Path) -> None:
         ("pseudo_winning", "simpo", "bmc"): "SimPO-BMC",
         ("pseudo_winning", "ipo", "uniform"): None,  # half of BMC on another loss has no paper name
         ("original", "hinge", "uniform"): None,
+        ("ipr", "dpo", "uniform"): "IPR",
+        ("ipr", "dpo", "bmc"): None,
     }
     for (data, loss, weighting), name in names.items():
         config = {"data": {"name": data}, "loss": {"name": loss}, "token_weighting": {"name": weighting}}
         assert paper_name(RunRecord("r", "completed", config, {})) == name
+    dpo_bcr = {"data": {"name": "sampled"}, "loss": {"name": "dpo"}, "regularizer": {"name": "bcr"}}
+    assert paper_name(RunRecord("r", "completed", dpo_bcr, {})) == "DPO+BCR"
+    hinge_bcr = {"data": {"name": "sampled"}, "loss": {"name": "hinge"}, "regularizer": {"name": "bcr"}}
+    assert paper_name(RunRecord("r", "completed", hinge_bcr, {})) is None
     # method=sft evaluates the warm start (max_steps 0); method=sft_chosen trains it on the chosen responses
     sft = {"data": {"name": "sampled"}, "loss": {"name": "sft"}, "token_weighting": {"name": "uniform"}}
     assert paper_name(RunRecord("r", "completed", {**sft, "trainer": {"max_steps": 0}}, {})) == "SFT"

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bmc.tasks import Example, Task
+from bmc.tasks.base import ANSWER_SUFFIX
 
 #: a prompt as a task holds it: text, or the messages of a conversation (real datasets) until rendered
 Prompt = str | list[dict[str, str]]
@@ -27,6 +28,8 @@ class TaskData:
     (:func:`bmc.stages.reward_model.train_reward_model`); built-in tasks make them from the SFT split.
     ``sft_val_examples`` are the verifier-scored examples behind ``sft_val``, on which the SFT stage may stop at
     a target accuracy (``sft.target_accuracy``).
+    ``user_turns``: the text prompts (of the pairs and of the examples) are a user's turn of a chat, rendered
+    with the model's chat template like conversational prompts (built-in tasks posed to an instruct model).
     """
 
     name: str
@@ -38,21 +41,39 @@ class TaskData:
     pref_examples: list[Example] = field(default_factory=list)
     reward_pairs: list[dict[str, str]] = field(default_factory=list)
     sft_val_examples: list[Example] = field(default_factory=list)
+    user_turns: bool = False
 
     def corpus(self) -> list[str]:
         """Text a locally trained tokenizer learns from: the rendered SFT prompts and responses."""
         return [row["prompt"] + row["response"] for row in self.sft_train]
 
 
-def builtin_task(name: str, generator: Task, sizes: dict[str, int], seed: int = 0) -> TaskData:
+def builtin_task(
+    name: str, generator: Task, sizes: dict[str, int], seed: int = 0, chat_instruction: str | None = None
+) -> TaskData:
     """A generated task: SFT on gold responses of the ``train`` split, preference pairs on the disjoint
-    ``pref`` split (chosen = gold, rejected = the generator's realistic error), evaluation on ``eval``."""
-    train = generator.examples("train", sizes["train"], seed=seed)
-    pref = generator.examples("pref", sizes["pref"], seed=seed)
-    evaluation = generator.examples("eval", sizes["eval"], seed=seed)
+    ``pref`` split (chosen = gold, rejected = the generator's realistic error), evaluation on ``eval``.
+
+    With ``chat_instruction`` the task is posed as a chat to an instruct model: each prompt becomes a user
+    turn (the question without the ``"\nAnswer:"`` cue, then the instruction, which says how to state the
+    answer so that the verifier finds it), rendered later by the model's chat template, and responses drop
+    the leading space that continues a plain-text prompt."""
+    def pose(example: Example) -> Example:
+        if chat_instruction is None:
+            return example
+        question = example.prompt.removesuffix(ANSWER_SUFFIX)
+        return replace(example, prompt=f"{question}\n{chat_instruction}", gold=example.gold.lstrip())
+
+    def wrong(example: Example) -> str:
+        response = generator.corrupt(example, rng)
+        return response if chat_instruction is None else response.lstrip()
+
+    train, pref, evaluation = (
+        [pose(e) for e in generator.examples(split, sizes[split], seed=seed)] for split in ("train", "pref", "eval")
+    )
     rng = random.Random(seed)
-    pairs = [{"prompt": e.prompt, "chosen": e.gold, "rejected": generator.corrupt(e, rng)} for e in pref]
-    reward_pairs = [{"prompt": e.prompt, "chosen": e.gold, "rejected": generator.corrupt(e, rng)} for e in train]
+    pairs = [{"prompt": e.prompt, "chosen": e.gold, "rejected": wrong(e)} for e in pref]
+    reward_pairs = [{"prompt": e.prompt, "chosen": e.gold, "rejected": wrong(e)} for e in train]
     sft_val_examples = pref[: sizes.get("sft_val", 128)]
     return TaskData(
         name=name,
@@ -64,6 +85,7 @@ def builtin_task(name: str, generator: Task, sizes: dict[str, int], seed: int = 
         pref_examples=pref,
         reward_pairs=reward_pairs,
         sft_val_examples=sft_val_examples,
+        user_turns=chat_instruction is not None,
     )
 
 

@@ -49,20 +49,27 @@ def paper_name(record: RunRecord) -> str | None:
     pseudo_winning                    bmc                    DPO-BMC
     ================================  =====================  =========
 
-    for the DPO loss (``loss=bmc`` is DPO with ``token_weighting=bmc``) and no regularizer. IPO, SimPO,
-    R-DPO and ORPO get their name on original/sampled data with uniform weighting and ``<name>-BMC`` with
-    both BMC phases. ``loss=sft`` with no preference steps (``method=sft``) is SFT, the warm start as is;
-    trained (``method=sft_chosen``) it is SFT+chosen, the control that continues SFT on the chosen responses.
+    for the DPO loss (``loss=bmc`` is DPO with ``token_weighting=bmc``). IPO, SimPO, R-DPO and ORPO get their
+    name on original/sampled data with uniform weighting and ``<name>-BMC`` with both BMC phases. DPO on pairs
+    from iterative pairwise ranking (``data=ipr``) is IPR. A regularizer appends its name: DPO+BCR.
+    ``loss=sft`` with no preference steps (``method=sft``) is SFT, the warm start as is; trained
+    (``method=sft_chosen``) it is SFT+chosen, the control that continues SFT on the chosen responses.
     Any other setting has no paper name.
     """
     loss = record.get("loss.name")
     if loss == "sft":
         return "SFT" if record.get("trainer.max_steps", 0) == 0 else "SFT+chosen"
-    data = record.get("data.name")
-    weighting = record.get("token_weighting.name", "uniform")
-    if loss not in _LOSS_NAMES or record.get("regularizer.name", "none") != "none":
+    name = _unregularized_name(loss, record.get("data.name"), record.get("token_weighting.name", "uniform"))
+    regularizer = record.get("regularizer.name", "none")
+    return name if name is None or regularizer == "none" else f"{name}+{regularizer.upper()}"
+
+
+def _unregularized_name(loss: str | None, data: str | None, weighting: str) -> str | None:
+    if loss not in _LOSS_NAMES or weighting not in ("uniform", "bmc"):
         return None
-    if data not in ("original", "sampled", "pseudo_winning") or weighting not in ("uniform", "bmc"):
+    if data == "ipr":
+        return "IPR" if (loss, weighting) == ("dpo", "uniform") else None
+    if data not in ("original", "sampled", "pseudo_winning"):
         return None
     bridged, weighted = data == "pseudo_winning", weighting == "bmc"
     if loss == "dpo":

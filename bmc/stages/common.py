@@ -69,5 +69,10 @@ def verifier_metrics(
         return {}
     model.to(accelerator_device(cfg.trainer.accelerator))  # Lightning moves a model back to the CPU after fit
     return evaluate_generations(
-        task_data.verifier, task_data.eval_examples, model, tokenizer, batch_size=cfg.eval.batch_size
+        task_data.verifier,
+        task_data.eval_examples,
+        model,
+        tokenizer,
+        batch_size=cfg.eval.batch_size,
+        max_new_tokens=cfg.eval.get("max_new_tokens"),
     )
