@@ -1,5 +1,5 @@
 """Batched generation with a causal LM: on-policy sampling, the SFT stop checks and the final evaluation all
-generate through :func:`generate`, and score greedy answers with :func:`evaluate_generations`.
+generate through :func:`generate`, and score greedy answers with :func:`answer_and_score`.
 
 The lowest layer that runs a model forward for text: the synthesis stages and the evaluation stage import
 it, it imports neither."""
@@ -7,6 +7,7 @@ it, it imports neither."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -77,7 +78,7 @@ def generation_budget(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Exa
     return max(len(ids) for ids in encode_texts(tokenizer, [e.gold for e in examples])) + 1 + margin
 
 
-def evaluate_generations(
+def answer_and_score(
     task: Task,
     examples: Sequence[Example],
     model: PreTrainedModel,
@@ -85,9 +86,10 @@ def evaluate_generations(
     batch_size: int = 64,
     progress: bool = True,
     max_new_tokens: int | None = None,
-) -> dict[str, float]:
-    """Greedy accuracy (score == 1), mean verifier score, and the fraction of truncated generations, within
-    ``max_new_tokens`` (None: :func:`generation_budget`, the gold responses' length plus a margin)."""
+) -> list[dict[str, Any]]:
+    """The greedy answer to each example and its verifier score, one row per example in order (``prompt``,
+    ``response``, ``truncated``, ``score``), within ``max_new_tokens`` (None: :func:`generation_budget`, the
+    gold responses' length plus a margin)."""
     outputs = generate(
         model,
         tokenizer,
@@ -97,11 +99,31 @@ def evaluate_generations(
         desc="evaluate",
         progress=progress,
     )
-    scores = [task.score(example, text) for example, (text, _) in zip(examples, outputs)]
-    n = max(len(scores), 1)
+    return [
+        {"prompt": example.prompt, "response": text, "truncated": truncated, "score": task.score(example, text)}
+        for example, (text, truncated) in zip(examples, outputs)
+    ]
+
+
+def score_summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy (score == 1), mean score and the fraction of truncated answers of :func:`answer_and_score`'s rows."""
+    n = max(len(rows), 1)
     return {
-        "accuracy": sum(s == 1.0 for s in scores) / n,
-        "score": sum(scores) / n,
-        "truncated": sum(truncated for _, truncated in outputs) / n,
-        "num_prompts": float(len(scores)),
+        "accuracy": sum(r["score"] == 1.0 for r in rows) / n,
+        "score": sum(r["score"] for r in rows) / n,
+        "truncated": sum(bool(r["truncated"]) for r in rows) / n,
+        "num_prompts": float(len(rows)),
     }
+
+
+def evaluate_generations(
+    task: Task,
+    examples: Sequence[Example],
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int = 64,
+    progress: bool = True,
+    max_new_tokens: int | None = None,
+) -> dict[str, float]:
+    """Greedy accuracy, mean verifier score and the fraction of truncated generations (:func:`score_summary`)."""
+    return score_summary(answer_and_score(task, examples, model, tokenizer, batch_size, progress, max_new_tokens))

@@ -10,6 +10,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+#: the run folder's file of held-out answers, one JSON line per prompt (prompt, response, truncated, score):
+#: written by the evaluation stage, bootstrapped by ``bmc.report``
+EVAL_ANSWERS = "eval_answers.jsonl"
+
 _PACKAGES = ("bmc", "torch", "transformers", "pytorch-lightning", "hydra-core", "datasets", "wandb")
 
 

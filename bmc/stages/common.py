@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.data.sources import TaskData
 from bmc.data.tokenize import Truncation
-from bmc.generation import evaluate_generations
+from bmc.generation import answer_and_score, score_summary
 from bmc.reference import accelerator_device
 
 
@@ -60,15 +60,15 @@ def stage_trainer_key(cfg: DictConfig) -> dict[str, Any]:
     return {k: cfg.trainer.get(k) for k in ("accelerator", "precision", "gradient_clip_val", "accumulate_grad_batches")}
 
 
-def verifier_metrics(
+def verifier_answers(
     cfg: DictConfig, task_data: TaskData, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
-) -> dict[str, float]:
-    """Greedy accuracy, score and truncation on the task's held-out prompts (:func:`evaluate_generations`), on
+) -> list[dict[str, Any]]:
+    """Greedy answers to the task's held-out prompts with their verifier scores (:func:`answer_and_score`), on
     the training device; empty for tasks without a verifier or with ``eval.enabled=false``."""
     if task_data.verifier is None or not task_data.eval_examples or not cfg.eval.enabled:
-        return {}
+        return []
     model.to(accelerator_device(cfg.trainer.accelerator))  # Lightning moves a model back to the CPU after fit
-    return evaluate_generations(
+    return answer_and_score(
         task_data.verifier,
         task_data.eval_examples,
         model,
@@ -76,3 +76,11 @@ def verifier_metrics(
         batch_size=cfg.eval.batch_size,
         max_new_tokens=cfg.eval.get("max_new_tokens"),
     )
+
+
+def verifier_metrics(
+    cfg: DictConfig, task_data: TaskData, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, float]:
+    """Accuracy, score and truncation of :func:`verifier_answers` (empty when there are none)."""
+    answers = verifier_answers(cfg, task_data, model, tokenizer)
+    return score_summary(answers) if answers else {}
