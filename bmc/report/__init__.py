@@ -7,7 +7,9 @@ The API, used by the CLI (``bmc/report/__main__.py``) and ``notebooks/compare_ru
     write_tables(table, out, records)                  # table.md, table.tex, table.csv, runs.md
     save_figures(all_plots(records, table), out / "plots")
 
-or all of it at once: ``write_report(records, out)``. Runs come from W&B with
+or all of it at once: ``write_report(records, out)``, which also marks the cells that differ from a baseline
+row beyond noise (``mark_table``, a paired bootstrap over held-out prompts and seeds) and writes
+``differences.md``. Runs come from W&B with
 ``records_from_wandb(fetch_wandb_runs("entity/project", group))``.
 """
 
@@ -26,6 +28,7 @@ from bmc.report.plots import (
     save_figures,
 )
 from bmc.report.records import RunRecord, latest_sweep, load_run
+from bmc.report.significance import DEFAULT_BASELINE, differences, differences_markdown, mark_table
 from bmc.report.table import (
     DEFAULT_METRICS,
     Cell,
@@ -38,6 +41,7 @@ from bmc.report.table import (
 from bmc.report.wandb_io import fetch_wandb_runs, log_report_to_wandb, records_from_wandb
 
 __all__ = [
+    "DEFAULT_BASELINE",
     "DEFAULT_METRICS",
     "Cell",
     "Report",
@@ -46,12 +50,15 @@ __all__ = [
     "all_plots",
     "assign_methods",
     "comparison_table",
+    "differences",
+    "differences_markdown",
     "fetch_wandb_runs",
     "latest_sweep",
     "load_run",
     "load_sweep",
     "log_report_to_wandb",
     "lower_is_better",
+    "mark_table",
     "paper_name",
     "plot_delta_sweep",
     "plot_token_rewards",
@@ -84,9 +91,13 @@ def write_report(
     metrics: list[str] | None = None,
     decimals: int = 3,
     plots: bool = True,
+    baseline: str | None = DEFAULT_BASELINE,
 ) -> Report:
-    """The comparison table in ``out`` and, with ``plots``, every plot with inputs in ``out/plots``."""
+    """The comparison table in ``out`` and, with ``plots``, every plot with inputs in ``out/plots``. Cells that
+    differ from the ``baseline`` row beyond noise are marked (:mod:`bmc.report.significance`) when the sweep
+    has that row and its runs wrote their held-out answers."""
     table = comparison_table(records, metrics, decimals=decimals)
-    tables = write_tables(table, out, records)
+    diffs = mark_table(table, records, baseline) if baseline in table.methods else []
+    tables = write_tables(table, out, records, differences_markdown(diffs, decimals))
     pngs = save_figures(all_plots(records, table), Path(out) / "plots") if plots else []
     return Report(table=table, tables=tables, plots=pngs)

@@ -1,4 +1,4 @@
-"""``python -m bmc.report multirun_outputs/<sweep> [--out DIR] [--metrics ...] [--method-keys ...]``
+"""``python -m bmc.report multirun_outputs/<sweep> [--out DIR] [--metrics ...] [--method-keys ...] [--baseline ROW]``
 or ``python -m bmc.report --wandb entity/project --group <sweep> --out DIR``."""
 
 from __future__ import annotations
@@ -9,7 +9,15 @@ import re
 import sys
 from pathlib import Path
 
-from bmc.report import Report, fetch_wandb_runs, load_sweep, log_report_to_wandb, records_from_wandb, write_report
+from bmc.report import (
+    DEFAULT_BASELINE,
+    Report,
+    fetch_wandb_runs,
+    load_sweep,
+    log_report_to_wandb,
+    records_from_wandb,
+    write_report,
+)
 
 log = logging.getLogger("bmc.report")
 
@@ -21,6 +29,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metrics", nargs="+", help="metrics (columns per task); default: headline metrics")
     parser.add_argument(
         "--method-keys", nargs="+", help="keys that define a method (row); default: the keys the sweep varies"
+    )
+    parser.add_argument(
+        "--baseline",
+        default=DEFAULT_BASELINE,
+        help=f"row that differences beyond noise are marked against (default: {DEFAULT_BASELINE}; none: no marks)",
     )
     parser.add_argument("--decimals", type=int, default=3, help="decimals shown in the tables")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
@@ -48,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", error)
             return 1
         out = Path(args.out or args.sweep)
-    report = write_report(records, out, args.metrics, decimals=args.decimals, plots=not args.no_plots)
+    baseline = None if args.baseline.lower() == "none" else args.baseline
+    report = write_report(records, out, args.metrics, args.decimals, not args.no_plots, baseline)
     print(report.table.to_markdown())
     bad = [r for r in records if not r.ok]
     if bad:

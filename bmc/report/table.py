@@ -78,6 +78,10 @@ class Table:
     metrics: list[str]
     cells: dict[tuple[str, str, str], Cell]
     decimals: int = 3
+    # a mark after a cell's value (bmc.report.significance: beyond noise against a baseline row) and the
+    # footnote that says what the marks mean
+    marks: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    footnote: str = ""
 
     @property
     def columns(self) -> list[tuple[str, str]]:
@@ -102,7 +106,8 @@ class Table:
             return cell.note()
         if method in self.best(task, metric):
             value = bold(value)
-        return f"{value} {cell.note()}"
+        mark = self.marks.get((method, task, metric), "")
+        return f"{value}{' ' + mark if mark else ''} {cell.note()}"
 
     def rows(self) -> list[dict[str, Any]]:
         """Raw numbers, one row per cell (the CSV and the W&B table); NaN std for a single seed."""
@@ -127,6 +132,8 @@ class Table:
         for method in self.methods:
             cells = [self.text(method, t, m, bold=lambda s: f"**{s}**") for t, m in self.columns]
             lines.append("| " + " | ".join(_md_escape(x) for x in [method, *cells]) + " |")
+        if self.footnote:
+            lines += ["", self.footnote]
         return "\n".join(lines) + "\n"
 
     def to_latex(self) -> str:
@@ -171,6 +178,8 @@ _TEX = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
     "±": r"$\pm$",
+    "▲": r"$\blacktriangle$",  # amssymb
+    "▼": r"$\blacktriangledown$",
 }
 
 
@@ -211,9 +220,11 @@ def runs_markdown(records: list[RunRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(table: Table, out: str | Path, records: list[RunRecord] | None = None) -> list[Path]:
+def write_tables(
+    table: Table, out: str | Path, records: list[RunRecord] | None = None, differences: str = ""
+) -> list[Path]:
     """Write ``table.md`` (with the list of runs that did not complete), ``table.tex`` and ``table.csv``;
-    with ``records`` also ``runs.md``, one line per run."""
+    with ``records`` also ``runs.md``, one line per run; with ``differences`` (markdown) ``differences.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     markdown = table.to_markdown()
@@ -223,6 +234,8 @@ def write_tables(table: Table, out: str | Path, records: list[RunRecord] | None 
     files = {"table.md": markdown, "table.tex": table.to_latex(), "table.csv": table.to_csv()}
     if records is not None:
         files["runs.md"] = runs_markdown(records)
+    if differences:
+        files["differences.md"] = differences
     paths = []
     for name, text in files.items():
         (path := out / name).write_text(text)
