@@ -71,6 +71,9 @@ def test_defaults_are_math_dpo_on_original(tmp_path: Path) -> None:
         "bmc.models.TinyLlama",
     )
     assert "logger" in cfg and "wandb" in cfg.logger
+    # the default logger also writes the local CSV that the report's training curves read
+    assert cfg.logger.csv._target_ == "pytorch_lightning.loggers.CSVLogger"
+    assert set(compose_config(["logger=csv"]).logger) == {"csv"} and not compose_config(["logger=none"]).get("logger")
 
 
 def test_multirun_sweep_dir_is_multirun_outputs() -> None:

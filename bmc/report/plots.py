@@ -61,10 +61,10 @@ def _slug(text: str) -> str:
 
 def plot_training_curves(records: list[RunRecord], metrics: tuple[str, ...] = CURVES) -> NamedFigures:
     """Per task, one panel per metric, one line per method: the mean over seeds at each step, with the
-    seeds' min-max shaded. Reads ``csv/metrics.csv`` (``logger=csv``) of completed runs."""
+    seeds' min-max shaded. Reads ``csv/metrics.csv`` (``logger=wandb``, the default, ``csv`` and ``many`` write it) of completed runs."""
     with_csv = [(r, read_metrics_csv(p)) for r in records if r.ok and (p := r.csv_path)]
     if not with_csv:
-        log.info("skipped training curves: no completed run has csv/metrics.csv (run the sweep with logger=csv)")
+        log.info("skipped training curves: no completed run has csv/metrics.csv (its runs had logger=none)")
         return []
     figures = []
     for task in dict.fromkeys(r.task for r, _ in with_csv):
