@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from bmc.synthesis.editors import LLMEditor, TaskEditor, build_editor, extract_revision
+from bmc.synthesis.editors import Edit, LLMEditor, TaskEditor, build_editor, extract_revision
 from bmc.tasks import TASKS
 from tests.conftest import compose_config
 from tests.fake_chat_server import FakeChatServer
@@ -26,13 +26,13 @@ def test_task_editor_fixes_wrong_responses_and_keeps_the_text_before_the_first_e
     rng = random.Random(0)
     wrong = [task.corrupt(e, rng) for e in examples]
     assert all(task.score(e, w) < 1.0 for e, w in zip(examples, wrong))
-    fixed = editor.edit_many([e.prompt for e in examples], [e.gold for e in examples], wrong)
+    fixed = [e.text for e in editor.edit_many([e.prompt for e in examples], [e.gold for e in examples], wrong)]
     for example, y_l, y_tilde in zip(examples, wrong, fixed):
         assert task.score(example, y_tilde) == 1.0, (y_l, y_tilde)
         first_error = len(os.path.commonprefix([y_l, example.gold]))
         assert y_tilde.startswith(y_l[:first_error]), (y_l, y_tilde)
     # A correct response is already fine: returned unchanged.
-    assert editor.edit(examples[0].prompt, examples[0].gold, examples[0].gold) == examples[0].gold
+    assert editor.edit(examples[0].prompt, examples[0].gold, examples[0].gold) == Edit(examples[0].gold)
 
 
 def test_task_editor_crafted_cases() -> None:
@@ -42,9 +42,9 @@ def test_task_editor_crafted_cases() -> None:
     # An early slip propagates; the fix keeps the correct first operands and repairs what follows.
     gold_steps = example.gold.split("; ")
     slipped = gold_steps[0].rsplit("=", 1)[0] + "=1"
-    fixed = editor.edit(example.prompt, example.gold, " " + slipped.strip() + ". The answer is 1.")
+    fixed = editor.edit(example.prompt, example.gold, " " + slipped.strip() + ". The answer is 1.").text
     assert fixed is not None and task.score(example, fixed) == 1.0 and fixed.startswith(slipped.split("=")[0])
-    assert editor.edit(example.prompt, example.gold, " I do not know.") is None  # nothing to fix from
+    assert editor.edit(example.prompt, example.gold, " I do not know.") == Edit(None, "no fix")  # nothing to fix
     with pytest.raises(KeyError, match="no task example"):
         editor.edit("another prompt", "a", "b")
     with pytest.raises(ValueError, match="editor=task needs a built-in task"):
@@ -57,16 +57,18 @@ def test_task_editor_crafted_cases() -> None:
 @pytest.mark.parametrize(
     "reply,expected",
     [
-        ("<revised>\n 12+3=15. The answer is 15.\n</revised>", "12+3=15. The answer is 15."),
-        ("Here it is:\n<REVISED>fixed</Revised>\nHope this helps.", "fixed"),
-        ("I will wrap it in <revised> tags.\n<revised>second</revised>", "second"),
-        ("<revised>cut off by the token bud", "cut off by the token bud"),
-        ("just the answer</revised>", "just the answer"),
-        ("<revised>  </revised>", None),
-        ("", None),
+        ("<revised>\n 12+3=15. The answer is 15.\n</revised>", Edit("12+3=15. The answer is 15.")),
+        ("Here it is:\n<REVISED>fixed</Revised>\nHope this helps.", Edit("fixed")),
+        ("I will wrap it in <revised> tags.\n<revised>second</revised>", Edit("second")),
+        ("<revised>cut off by the token bud", Edit("cut off by the token bud")),
+        # no <revised> block: the model answered instead of editing
+        ("just the answer</revised>", Edit(None, "unparseable")),
+        ("12+3=15. The answer is 15.", Edit(None, "unparseable")),
+        ("<revised>  </revised>", Edit(None, "empty")),
+        ("", Edit(None, "empty")),
     ],
 )
-def test_extract_revision(reply: str, expected: str | None) -> None:
+def test_extract_revision(reply: str, expected: Edit) -> None:
     assert extract_revision(reply) == expected
 
 
@@ -92,7 +94,7 @@ def test_llm_editor_asks_for_a_minimal_edit_with_the_reference_and_strips_the_ta
     with FakeChatServer(lambda body: "<revised>\n72+83=155. The answer is 155.\n</revised>") as server:
         editor = build_editor(_configured(editor_cfg, server), task_type="math")
         assert isinstance(editor, LLMEditor)
-        edited = editor.edit(PROMPT, WINNING, LOSING)
+        edited = editor.edit(PROMPT, WINNING, LOSING).text
     assert edited == " 72+83=155. The answer is 155."  # tags stripped, the losing response's leading space kept
     body = server.requests[0].json
     assert body["temperature"] == 0.0 and body["model"] == "editor"
@@ -108,7 +110,7 @@ def test_llm_editor_asks_for_a_minimal_edit_with_the_reference_and_strips_the_ta
 def test_llm_editor_without_reference_never_shows_the_winning_response(editor_cfg: dict) -> None:
     with FakeChatServer(lambda body: "<revised>72+83=155. The answer is 155.</revised>") as server:
         editor = build_editor(_configured(editor_cfg, server, use_reference=False), task_type="math")
-        assert editor.edit(PROMPT, WINNING, LOSING) == " 72+83=155. The answer is 155."
+        assert editor.edit(PROMPT, WINNING, LOSING) == Edit(" 72+83=155. The answer is 155.")
     text = server.requests[0].json["messages"][-1]["content"]
     assert LOSING.strip() in text and WINNING.strip() not in text and "reference" not in text.lower()
 
@@ -123,7 +125,7 @@ def test_llm_editor_picks_the_template_by_task_type_and_keeps_order(editor_cfg: 
     with FakeChatServer(revise, delay_s=0.01) as server:
         editor = build_editor(_configured(editor_cfg, server), task_type="hf_prefs")
         edits = editor.edit_many(["p"] * len(losing), ["w"] * len(losing), losing)
-    assert edits == [f"ANSWER {i}" for i in range(6)] + [None]  # in order; an empty reply gives None
+    assert edits == [Edit(f"ANSWER {i}") for i in range(6)] + [Edit(None, "empty")]  # in order
     assert all("[Prompt]" in r.json["messages"][-1]["content"] for r in server.requests)  # the default template
 
 

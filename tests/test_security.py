@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 
 from bmc.data.sources import TaskData
 from bmc.pipeline import run
+from bmc.synthesis.bridging import bridge
+from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.judges import build_judge
-from bmc.synthesis.pipeline import SynthesisContext, bridge
 from tests.conftest import compose_config, run_cli
 from tests.fake_chat_server import FakeChatServer
 
@@ -112,7 +113,8 @@ def test_the_api_key_reaches_the_server_and_nothing_else(tmp_path: Path) -> None
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     hostile = len(server.requests) // 3
-    assert summary["data_report"]["dropped"] == {"edit rejected by verifier": hostile}  # hostile edits: just text
+    # hostile edits are just text, and no small edit of the rejected response: the distance gate turns them down
+    assert summary["data_report"]["dropped"] == {"edit not_minimal": hostile}
     assert not list(tmp_path.rglob("PWNED")) and not (tmp_path.parent / "outside_the_run").exists()
 
     written = [p for root in (run_dir, cache, home) for p in root.rglob("*") if p.is_file()]
@@ -130,6 +132,7 @@ def test_llm_replies_are_data_not_code_or_paths(tmp_path: Path, shared_cache: Pa
         editor_cfg["backend"].update(base_url=s.base_url, api_key_env=None)
         # the default template ends with the losing response: its last character picks the hostile reply
         editor_cfg["templates"] = {"default": "{prompt}{reference}{losing}"}
+        editor_cfg["max_edit_ratio"] = None  # the hostile replies are no small edits: this test is about their text
         task_data = TaskData(name="hf_prefs", sft_train=[], sft_val=[], pairs=[])
         ctx = SynthesisContext({"name": "pseudo_winning", "bridge": {}}, task_data, None, None, tmp_path / "cache",
                                model_key="m", editor_cfg=editor_cfg)  # fmt: skip

@@ -61,7 +61,7 @@ def _slug(text: str) -> str:
 
 def plot_training_curves(records: list[RunRecord], metrics: tuple[str, ...] = CURVES) -> NamedFigures:
     """Per task, one panel per metric, one line per method: the mean over seeds at each step, with the
-    seeds' min-max shaded. Reads ``csv/metrics.csv`` (``logger=wandb``, the default, ``csv`` and ``many`` write it) of completed runs."""
+    seeds' min-max shaded. Reads ``csv/metrics.csv`` of completed runs (every logger but ``none`` writes it)."""
     with_csv = [(r, read_metrics_csv(p)) for r in records if r.ok and (p := r.csv_path)]
     if not with_csv:
         log.info("skipped training curves: no completed run has csv/metrics.csv (its runs had logger=none)")

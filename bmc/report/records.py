@@ -89,7 +89,7 @@ class RunRecord:
 
     @property
     def csv_path(self) -> Path | None:
-        """Lightning CSVLogger's file (``logger=wandb``, the default, ``csv`` and ``many`` write it), if the run has one."""
+        """Lightning CSVLogger's file (every logger but ``none`` writes it), if the run has one."""
         path = self.path / "csv" / "metrics.csv" if self.path else None
         return path if path and path.is_file() else None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bmc.synthesis._common import ExampleIndex, build_from_options, check_template_fields, require_builtin_task
@@ -22,15 +23,53 @@ from bmc.synthesis.chat import ChatBackend, build_chat_backend
 from bmc.tasks import Example, Task
 
 
+@dataclass(frozen=True)
+class Edit:
+    """An editor's answer for one pair: ỹ_w, or no text and why (``problem``): ``unparseable`` (an LLM reply
+    without a ``<revised>`` block), ``empty`` (an empty block or reply), ``no fix`` (the task editor could not
+    parse y_l)."""
+
+    text: str | None
+    problem: str | None = None
+
+
+ON_REJECT = ("drop", "keep_original")
+
+
+@dataclass(frozen=True)
+class EditGates:
+    """The quality gates on edits (:mod:`bmc.synthesis.bridging` applies them), set in ``conf/editor/*.yaml``
+    beside the editor's own options: ``max_edit_ratio``, ``on_reject``, ``warn_drop_fraction``."""
+
+    max_edit_ratio: float | None = 1.0
+    on_reject: str = "drop"
+    warn_drop_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.max_edit_ratio is not None and self.max_edit_ratio <= 0:
+            raise ValueError(f"editor.max_edit_ratio must be > 0 or null, got {self.max_edit_ratio}")
+        if self.on_reject not in ON_REJECT:
+            raise ValueError(f"editor.on_reject must be one of {ON_REJECT}, got {self.on_reject!r}")
+        if not 0 <= self.warn_drop_fraction <= 1:
+            raise ValueError(f"editor.warn_drop_fraction must be in [0, 1], got {self.warn_drop_fraction}")
+
+    @classmethod
+    def split(cls, editor_cfg: dict[str, Any]) -> tuple[EditGates, dict[str, Any]]:
+        """(the gates, the editor's own options) of an editor config."""
+        keys = cls.__dataclass_fields__
+        gates = cls(**{k: v for k, v in editor_cfg.items() if k in keys})
+        return gates, {k: v for k, v in editor_cfg.items() if k not in keys}
+
+
 class Editor(ABC):
-    """Makes pseudo-winning responses; None where it cannot produce one."""
+    """Makes pseudo-winning responses, or says why it could not."""
 
     @abstractmethod
-    def edit_many(self, prompts: Sequence[str], winning: Sequence[str], losing: Sequence[str]) -> list[str | None]:
-        """ỹ_w for each (x, y_w, y_l), in order."""
+    def edit_many(self, prompts: Sequence[str], winning: Sequence[str], losing: Sequence[str]) -> list[Edit]:
+        """The edit of each (x, y_w, y_l), in order."""
 
-    def edit(self, prompt: str, winning: str, losing: str) -> str | None:
-        """ỹ_w for one pair."""
+    def edit(self, prompt: str, winning: str, losing: str) -> Edit:
+        """The edit of one pair."""
         return self.edit_many([prompt], [winning], [losing])[0]
 
 
@@ -42,21 +81,25 @@ class TaskEditor(Editor):
         self.task = task
         self.examples = ExampleIndex(examples, "task editor")
 
-    def edit_many(self, prompts: Sequence[str], winning: Sequence[str], losing: Sequence[str]) -> list[str | None]:
-        return [self.task.minimal_fix(self.examples[p], y_l) for p, y_l in zip(prompts, losing)]
+    def edit_many(self, prompts: Sequence[str], winning: Sequence[str], losing: Sequence[str]) -> list[Edit]:
+        fixes = [self.task.minimal_fix(self.examples[p], y_l) for p, y_l in zip(prompts, losing)]
+        return [Edit(fix) if fix is not None else Edit(None, "no fix") for fix in fixes]
 
 
 _OPEN_TAG = re.compile(r"<revised>", re.IGNORECASE)
 _CLOSE_TAG = re.compile(r"</revised>", re.IGNORECASE)
 
 
-def extract_revision(reply: str) -> str | None:
+def extract_revision(reply: str) -> Edit:
     """The revised response in an editor's reply: the text after the LAST ``<revised>`` up to ``</revised>``
-    (or the end, for a reply cut off by the token budget), else the whole reply without stray tags; stripped.
-    None if nothing is left."""
+    (or the end, for a reply cut off by the token budget), stripped. A reply without ``<revised>`` is
+    ``unparseable``: a model that ignores the answer format writes its own answer, not an edit (a real small
+    instruct model did, and its whole replies became the pseudo-winning responses)."""
     opens = list(_OPEN_TAG.finditer(reply))
-    text = _CLOSE_TAG.split(reply[opens[-1].end() :])[0] if opens else _CLOSE_TAG.sub("", reply)
-    return text.strip() or None
+    if not opens:
+        return Edit(None, "unparseable" if reply.strip() else "empty")
+    text = _CLOSE_TAG.split(reply[opens[-1].end() :])[0].strip()
+    return Edit(text) if text else Edit(None, "empty")
 
 
 def _with_outer_whitespace(text: str, like: str) -> str:
@@ -86,7 +129,7 @@ class LLMEditor(Editor):
         max_tokens: the reply's token budget (a revision is about as long as y_l).
 
     The reply is expected between ``<revised>`` and ``</revised>`` (see :func:`extract_revision`); the result
-    takes y_l's leading/trailing whitespace. An empty reply gives None.
+    takes y_l's leading/trailing whitespace. A reply without the block is ``unparseable``, an empty one ``empty``.
     """
 
     def __init__(
@@ -117,11 +160,13 @@ class LLMEditor(Editor):
         system = [{"role": "system", "content": self.system}] if self.system else []
         return [*system, {"role": "user", "content": user}]
 
-    def edit_many(self, prompts: Sequence[str], winning: Sequence[str], losing: Sequence[str]) -> list[str | None]:
+    def edit_many(self, prompts: Sequence[str], winning: Sequence[str], losing: Sequence[str]) -> list[Edit]:
         conversations = [self.messages(x, y_w, y_l) for x, y_w, y_l in zip(prompts, winning, losing)]
         replies = self.backend.complete_many(conversations, temperature=0.0, max_tokens=self.max_tokens)
-        revisions = [extract_revision(reply) for reply in replies]
-        return [None if r is None else _with_outer_whitespace(r, y_l) for r, y_l in zip(revisions, losing)]
+        edits = [extract_revision(reply) for reply in replies]
+        return [
+            Edit(_with_outer_whitespace(e.text, y_l)) if e.text is not None else e for e, y_l in zip(edits, losing)
+        ]
 
 
 def build_editor(
@@ -137,7 +182,7 @@ def build_editor(
     (:func:`bmc.synthesis.chat.build_chat_backend`) and :class:`LLMEditor`'s other arguments, with
     ``task_type`` choosing the template.
     """
-    options = dict(cfg)
+    _, options = EditGates.split(dict(cfg))  # validated here, applied by the bridging stage
     kind = options.pop("kind", None)
     if kind == "task":
         require_builtin_task(task, examples, "editor=task", "editor=llm")

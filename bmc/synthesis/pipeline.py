@@ -16,50 +16,18 @@ Every expensive stage (samples, judgments, edits) is cached and resumable (:mod:
 from __future__ import annotations
 
 import logging
-import random
-from collections import Counter
-from pathlib import Path
 from typing import Any
 
-from rapidfuzz.distance import Levenshtein
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
 from bmc.cache import cache_key
-from bmc.data.sources import TaskData
-from bmc.data.tokenize import encode_texts
 from bmc.generation import generation_budget
-from bmc.synthesis._common import ExampleIndex
-from bmc.synthesis.editors import build_editor
+from bmc.synthesis.bridging import bridge, mean_token_edit_distance
+from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.ipr import rank, rm_pairs
 from bmc.synthesis.judges import build_judge
 from bmc.synthesis.sampler import sample_completions, task_completions
 from bmc.synthesis.store import resumable_map
 
 log = logging.getLogger(__name__)
-
-
-class SynthesisContext:
-    """What the data stages share: config, task data, the starting policy (``model`` may be None where no
-    stage samples from it) and where to cache."""
-
-    def __init__(
-        self,
-        data_cfg: dict[str, Any],
-        task_data: TaskData,
-        model: PreTrainedModel | None,
-        tokenizer: PreTrainedTokenizerBase,
-        cache_root: str | Path,
-        model_key: Any,
-        judge_cfg: dict[str, Any] | None = None,
-        editor_cfg: dict[str, Any] | None = None,
-    ) -> None:
-        self.cfg, self.task_data, self.model, self.tokenizer = data_cfg, task_data, model, tokenizer
-        self.cache_root, self.model_key = cache_root, model_key
-        self.judge_cfg, self.editor_cfg = judge_cfg or {}, editor_cfg or {}
-        self.report: dict[str, Any] = {"dropped": Counter()}
-
-        self.verifier = task_data.verifier
-        self.examples = ExampleIndex(task_data.pref_examples, f"data={data_cfg.get('name')}")
 
 
 def _samples(ctx: SynthesisContext) -> list[dict[str, Any]]:
@@ -193,69 +161,6 @@ def _pairs_from_choices(
             continue
         pairs.append({"prompt": sample["prompt"], "chosen": chosen, "rejected": rejected})
     return pairs
-
-
-def bridge(ctx: SynthesisContext, pairs: list[dict[str, str]]) -> list[dict[str, str]]:
-    """BMC's Bridging phase: (x, y_w, y_l) -> (x, edit(y_l; y_w), y_l) for a fraction of the pairs.
-
-    An edit that is missing, empty, identical to y_l, or rejected by the task's verifier is dropped and
-    counted, and its pair dropped. ``keep_original`` keeps every original pair beside its bridged one.
-    """
-    options = {"fraction": 1.0, "keep_original": False, "seed": 0, **ctx.cfg["bridge"]}
-    if not 0 < options["fraction"] <= 1:
-        raise ValueError(f"data.bridge.fraction must be in (0, 1], got {options['fraction']}")
-    chosen_for_edit = set(
-        random.Random(options["seed"]).sample(range(len(pairs)), round(options["fraction"] * len(pairs)))
-    )
-    to_edit = [pairs[i] for i in sorted(chosen_for_edit)]
-    editor = build_editor(
-        ctx.editor_cfg, task=ctx.verifier, examples=ctx.task_data.pref_examples, task_type=ctx.task_data.name
-    )
-
-    def process(batch: list[dict[str, str]], first_index: int) -> list[dict[str, Any]]:
-        edits = editor.edit_many(
-            [p["prompt"] for p in batch], [p["chosen"] for p in batch], [p["rejected"] for p in batch]
-        )
-        return [{"edited": e} for e in edits]
-
-    payload = {"pairs": cache_key(to_edit), "editor": ctx.editor_cfg}
-    edits = iter(resumable_map(ctx.cache_root, "edits", payload, to_edit, process, batch_size=16))
-    ctx.report["editor_calls"] = len(to_edit)
-    out, accepted = [], 0
-    for i, pair in enumerate(pairs):
-        if i not in chosen_for_edit:
-            out.append(pair)
-            continue
-        edited = next(edits)["edited"]
-        reason = _edit_problem(ctx, pair, edited)
-        if reason is None:
-            accepted += 1
-            out.append({**pair, "chosen": edited})
-        else:
-            ctx.report["dropped"][f"edit {reason}"] += 1
-        if options["keep_original"]:
-            out.append(pair)
-    ctx.report["edits_accepted"] = accepted / max(len(to_edit), 1)
-    return out
-
-
-def _edit_problem(ctx: SynthesisContext, pair: dict[str, str], edited: str | None) -> str | None:
-    if edited is None or not edited.strip():
-        return "empty or failed"
-    if edited == pair["rejected"]:
-        return "identical to rejected"
-    if ctx.verifier is not None and ctx.verifier.score(ctx.examples[pair["prompt"]], edited) < 1.0:
-        return "rejected by verifier"
-    return None
-
-
-def mean_token_edit_distance(tokenizer: PreTrainedTokenizerBase, pairs: list[dict[str, str]]) -> float:
-    """Mean Levenshtein distance between chosen and rejected response token ids."""
-    if not pairs:
-        return 0.0
-    chosen = encode_texts(tokenizer, [p["chosen"] for p in pairs])
-    rejected = encode_texts(tokenizer, [p["rejected"] for p in pairs])
-    return sum(Levenshtein.distance(c, r) for c, r in zip(chosen, rejected)) / len(pairs)
 
 
 def _chosen_accept_rate(ctx: SynthesisContext, pairs: list[dict[str, str]]) -> float | None:

@@ -1,0 +1,84 @@
+"""The quality gates on edits in BMC's Bridging phase (bmc.synthesis.bridging): every reason an edit is turned
+down, what happens to its pair, and the report and warning that say so."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from bmc.data.sources import TaskData
+from bmc.synthesis.bridging import bridge
+from bmc.synthesis.context import SynthesisContext
+from bmc.synthesis.editors import EditGates, build_editor
+from tests.conftest import compose_config
+from tests.fake_chat_server import FakeChatServer
+
+
+class _CharTokenizer:
+    """One token per character: token edit distances are character edit distances."""
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
+        return {"input_ids": [[ord(c) for c in text] for text in texts]}
+
+
+# rejected response -> the editor's reply, and the reason it is turned down (None: kept)
+REPLIES = {
+    "the cat sat on teh mat": ("<revised>the cat sat on the mat</revised>", None),
+    "two plus two is five": ("Two plus two is four, as everyone knows.", "unparseable"),
+    "the sky is green": ("<revised>   </revised>", "empty"),
+    "water is dry": ("<revised>water is dry</revised>", "identical to rejected"),
+    "paris is in italy": ("<revised>" + "a whole new essay about geography " * 3 + "</revised>", "not_minimal"),
+    # chosen is 1 edit from rejected; the "fix" is 5 away: it moved further from y_l than y_w is
+    "ice is hot": ("<revised>ice is very cold</revised>", "not_minimal"),
+}
+CHOSEN = {"ice is hot": "ice is not"}
+
+
+def _bridge(tmp_path: Path, **gates: object) -> tuple[list[dict[str, str]], dict]:
+    def reply(body: dict) -> str:
+        losing = body["messages"][-1]["content"].split("\x00")[-1]
+        return REPLIES[losing][0]
+
+    editor_cfg = OmegaConf.to_container(compose_config(["editor=llm"], tmp_path, tmp_path).editor)
+    editor_cfg["templates"] = {"default": "{prompt}{reference}\x00{losing}"}
+    pairs = [{"prompt": f"q{i}", "chosen": CHOSEN.get(r, "gold"), "rejected": r} for i, r in enumerate(REPLIES)]
+    with FakeChatServer(reply) as server:
+        editor_cfg["backend"].update(base_url=server.base_url, api_key_env=None, backoff_s=0.0)
+        task_data = TaskData(name="hf_prefs", sft_train=[], sft_val=[], pairs=pairs)
+        ctx = SynthesisContext({"name": "pseudo_winning", "bridge": {}}, task_data, None, _CharTokenizer(),
+                               tmp_path / "cache", model_key="m", editor_cfg={**editor_cfg, **gates})  # fmt: skip
+        return bridge(ctx, pairs), ctx.report
+
+
+def test_each_gate_turns_its_edit_down_and_the_report_counts_it(tmp_path: Path, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="bmc.synthesis.bridging"):
+        bridged, report = _bridge(tmp_path)
+    assert bridged == [{"prompt": "q0", "chosen": "the cat sat on the mat", "rejected": "the cat sat on teh mat"}]
+    expected = {"unparseable": 1, "empty": 1, "identical to rejected": 1, "not_minimal": 2}
+    assert report["edit_rejections"] == expected
+    assert dict(report["dropped"]) == {f"edit {reason}": n for reason, n in expected.items()}
+    assert report["editor_calls"] == 6 and report["edits_accepted"] == pytest.approx(1 / 6)
+    assert "5 of 6 edits (83%) failed the quality gates" in caplog.text and "unparseable 1" in caplog.text
+
+
+def test_keep_original_keeps_the_turned_down_pairs_as_they_were_and_the_ratio_is_a_setting(tmp_path: Path) -> None:
+    bridged, report = _bridge(tmp_path, on_reject="keep_original", max_edit_ratio=None, warn_drop_fraction=1.0)
+    # no distance gate: the two far edits are kept; the other three pairs keep their original chosen response
+    assert [p["chosen"] for p in bridged] == [
+        "the cat sat on the mat", "gold", "gold", "gold", ("a whole new essay about geography " * 3).strip(),
+        "ice is very cold",
+    ]  # fmt: skip
+    assert report["edit_rejections"] == {"unparseable": 1, "empty": 1, "identical to rejected": 1}
+    assert not report["dropped"] and report["edits_kept_original"] == 3
+
+
+def test_gate_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="editor.on_reject must be one of"):
+        EditGates(on_reject="ignore")
+    with pytest.raises(ValueError, match="editor.max_edit_ratio must be > 0"):
+        build_editor({"kind": "task", "max_edit_ratio": 0})
+    with pytest.raises(ValueError, match="warn_drop_fraction"):
+        EditGates(warn_drop_fraction=1.5)
