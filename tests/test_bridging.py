@@ -17,7 +17,7 @@ from tests.conftest import compose_config
 from tests.fake_chat_server import FakeChatServer
 
 
-class _CharTokenizer:
+class CharTokenizer:
     """One token per character: token edit distances are character edit distances."""
 
     def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
@@ -30,11 +30,12 @@ REPLIES = {
     "two plus two is five": ("Two plus two is four, as everyone knows.", "unparseable"),
     "the sky is green": ("<revised>   </revised>", "empty"),
     "water is dry": ("<revised>water is dry</revised>", "identical to rejected"),
-    "paris is in italy": ("<revised>" + "a whole new essay about geography " * 3 + "</revised>", "not_minimal"),
     # chosen is 1 edit from rejected; the "fix" is 5 away: it moved further from y_l than y_w is
     "ice is hot": ("<revised>ice is very cold</revised>", "not_minimal"),
+    # nearer than the (long) chosen response, but 13 edits on a 2-token response: over max_edit_ratio 2.0
+    "no": ("<revised>yes, certainly</revised>", "not_minimal"),
 }
-CHOSEN = {"ice is hot": "ice is not"}
+CHOSEN = {"ice is hot": "ice is not", "no": "a long answer that explains everything in great detail"}
 
 
 def _bridge(tmp_path: Path, **gates: object) -> tuple[list[dict[str, str]], dict]:
@@ -48,7 +49,7 @@ def _bridge(tmp_path: Path, **gates: object) -> tuple[list[dict[str, str]], dict
     with FakeChatServer(reply) as server:
         editor_cfg["backend"].update(base_url=server.base_url, api_key_env=None, backoff_s=0.0)
         task_data = TaskData(name="hf_prefs", sft_train=[], sft_val=[], pairs=pairs)
-        ctx = SynthesisContext({"name": "pseudo_winning", "bridge": {}}, task_data, None, _CharTokenizer(),
+        ctx = SynthesisContext({"name": "pseudo_winning", "bridge": {}}, task_data, None, CharTokenizer(),
                                tmp_path / "cache", model_key="m", editor_cfg={**editor_cfg, **gates})  # fmt: skip
         return bridge(ctx, pairs), ctx.report
 
@@ -66,13 +67,13 @@ def test_each_gate_turns_its_edit_down_and_the_report_counts_it(tmp_path: Path, 
 
 def test_keep_original_keeps_the_turned_down_pairs_as_they_were_and_the_ratio_is_a_setting(tmp_path: Path) -> None:
     bridged, report = _bridge(tmp_path, on_reject="keep_original", max_edit_ratio=None, warn_drop_fraction=1.0)
-    # no distance gate: the two far edits are kept; the other three pairs keep their original chosen response
+    # no ratio bound: the short response's rewrite is kept; the edit farther than y_w still is not; the turned
+    # down pairs keep their original chosen response
     assert [p["chosen"] for p in bridged] == [
-        "the cat sat on the mat", "gold", "gold", "gold", ("a whole new essay about geography " * 3).strip(),
-        "ice is very cold",
+        "the cat sat on the mat", "gold", "gold", "gold", "ice is not", "yes, certainly",
     ]  # fmt: skip
-    assert report["edit_rejections"] == {"unparseable": 1, "empty": 1, "identical to rejected": 1}
-    assert not report["dropped"] and report["edits_kept_original"] == 3
+    assert report["edit_rejections"] == {"unparseable": 1, "empty": 1, "identical to rejected": 1, "not_minimal": 1}
+    assert not report["dropped"] and report["edits_kept_original"] == 4
 
 
 def test_gate_settings_are_checked() -> None:

@@ -21,6 +21,7 @@ from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.judges import build_judge
 from tests.conftest import compose_config, run_cli
 from tests.fake_chat_server import FakeChatServer
+from tests.test_bridging import CharTokenizer
 
 FAST = ["debug=default"]
 PLANTED_KEY = "sk-planted-3b1f9c0e-do-not-leak"
@@ -134,9 +135,10 @@ def test_llm_replies_are_data_not_code_or_paths(tmp_path: Path, shared_cache: Pa
         editor_cfg["templates"] = {"default": "{prompt}{reference}{losing}"}
         editor_cfg["max_edit_ratio"] = None  # the hostile replies are no small edits: this test is about their text
         task_data = TaskData(name="hf_prefs", sft_train=[], sft_val=[], pairs=[])
-        ctx = SynthesisContext({"name": "pseudo_winning", "bridge": {}}, task_data, None, None, tmp_path / "cache",
-                               model_key="m", editor_cfg=editor_cfg)  # fmt: skip
-        pairs = [{"prompt": "p", "chosen": "w", "rejected": f"{text} {i}"} for i, text in enumerate(losing)]
+        ctx = SynthesisContext({"name": "pseudo_winning", "bridge": {}}, task_data, None, CharTokenizer(),
+                               tmp_path / "cache", model_key="m", editor_cfg=editor_cfg)  # fmt: skip
+        # a chosen response far from the rejected one, so that the distance gate lets the hostile edits through
+        pairs = [{"prompt": "p", "chosen": "w" * 500, "rejected": f"{text} {i}"} for i, text in enumerate(losing)]
         bridged = bridge(ctx, pairs)
     # without a verifier (hf_prefs) the edits are kept, verbatim, as the chosen text
     assert [p["chosen"] for p in bridged] == HOSTILE

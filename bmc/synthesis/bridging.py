@@ -5,7 +5,8 @@ An edit is kept when it is a small fix of the rejected response. It is turned do
 - ``unparseable``: an LLM editor's reply without a ``<revised>`` block (it answered instead of editing);
 - ``empty``, ``no fix`` (the task editor could not parse y_l) or ``identical to rejected``;
 - ``not_minimal``: its token edit distance to y_l is larger than y_w's (the edit moved further from y_l than
-  the original chosen response is) or than ``max_edit_ratio`` x the length of y_l in tokens;
+  the original chosen response is), or than ``max_edit_ratio`` x the length of y_l in tokens (null: no such
+  bound);
 - ``rejected by verifier`` (built-in tasks): it is still wrong.
 ``on_reject`` decides what happens to a pair whose edit is turned down: ``drop`` it, or ``keep_original``
 (the pair stays with its original chosen response). The data report counts each reason
@@ -81,11 +82,12 @@ def edit_problem(ctx: SynthesisContext, pair: dict[str, str], edit: Edit, max_ed
         return "empty"
     if edit.text == pair["rejected"]:
         return "identical to rejected"
-    if max_edit_ratio is not None:
-        edited, chosen, rejected = encode_texts(ctx.tokenizer, [edit.text, pair["chosen"], pair["rejected"]])
-        distance = Levenshtein.distance(edited, rejected)
-        if distance > Levenshtein.distance(chosen, rejected) or distance > max_edit_ratio * len(rejected):
-            return "not_minimal"
+    edited, chosen, rejected = encode_texts(ctx.tokenizer, [edit.text, pair["chosen"], pair["rejected"]])
+    distance = Levenshtein.distance(edited, rejected)
+    if distance > Levenshtein.distance(chosen, rejected):
+        return "not_minimal"
+    if max_edit_ratio is not None and distance > max_edit_ratio * len(rejected):
+        return "not_minimal"
     if ctx.verifier is not None and ctx.verifier.score(ctx.examples[pair["prompt"]], edit.text) < 1.0:
         return "rejected by verifier"
     return None

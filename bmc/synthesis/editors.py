@@ -41,7 +41,7 @@ class EditGates:
     """The quality gates on edits (:mod:`bmc.synthesis.bridging` applies them), set in ``conf/editor/*.yaml``
     beside the editor's own options: ``max_edit_ratio``, ``on_reject``, ``warn_drop_fraction``."""
 
-    max_edit_ratio: float | None = 1.0
+    max_edit_ratio: float | None = 2.0
     on_reject: str = "drop"
     warn_drop_fraction: float = 0.2
 
