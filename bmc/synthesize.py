@@ -1,7 +1,7 @@
 """Run the data stages alone and print their report:
 
     python -m bmc.synthesize data=pseudo_winning task=math
-    python -m bmc.synthesize data=ipr judge=llm judge.backend.base_url=http://127.0.0.1:8000/v1
+    python -m bmc.synthesize data=ipr judge=llm judge.backend.model=served-name
 
 Uses the same config as ``train.py`` and the same stages (task, warm start, judge, pairs), each cached, so a
 later training run reuses the result. Only what the data config needs is built: ``data=original`` (no

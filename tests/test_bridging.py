@@ -47,7 +47,7 @@ def _bridge(tmp_path: Path, **gates: object) -> tuple[list[dict[str, str]], dict
     editor_cfg["templates"] = {"default": "{prompt}{reference}\x00{losing}"}
     pairs = [{"prompt": f"q{i}", "chosen": CHOSEN.get(r, "gold"), "rejected": r} for i, r in enumerate(REPLIES)]
     with FakeChatServer(reply) as server:
-        editor_cfg["backend"].update(base_url=server.base_url, api_key_env=None, backoff_s=0.0)
+        editor_cfg["backend"].update(base_url=server.base_url, model="editor", api_key_env=None, backoff_s=0.0)
         task_data = TaskData(name="hf_prefs", sft_train=[], sft_val=[], pairs=pairs)
         ctx = SynthesisContext({"name": "pseudo_winning", "bridge": {}}, task_data, None, CharTokenizer(),
                                tmp_path / "cache", model_key="m", editor_cfg={**editor_cfg, **gates})  # fmt: skip

@@ -79,7 +79,7 @@ def editor_cfg(tmp_path: Path) -> dict:
 
 
 def _configured(editor_cfg: dict, server: FakeChatServer, **overrides: object) -> dict:
-    editor_cfg["backend"].update(base_url=server.base_url, api_key_env=None, backoff_s=0.0)
+    editor_cfg["backend"].update(base_url=server.base_url, model="editor", api_key_env=None, backoff_s=0.0)
     return {**editor_cfg, **overrides}
 
 
@@ -135,6 +135,6 @@ def test_llm_editor_rejects_bad_templates(editor_cfg: dict) -> None:
     with pytest.raises(ValueError, match="no 'default' one"):
         LLMEditor(backend=None, templates={"math": "{prompt}{reference}{losing}"}, task_type="qa")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['use_refrence'\]"):
-        build_editor({**editor_cfg, "use_refrence": False})
+        build_editor({**editor_cfg, "backend": {**editor_cfg["backend"], "model": "m"}, "use_refrence": False})
     with pytest.raises(ValueError, match="editor kind must be"):
         build_editor({"kind": "human"})

@@ -14,7 +14,7 @@ from bmc.synthesis.ipr import rank, rm_pairs
 from bmc.synthesis.judges import LLMJudge, RewardModelJudge, VerifierJudge, build_judge, parse_verdict
 from bmc.tasks import MathTask
 from bmc.tokenizer import train_bpe_tokenizer
-from tests.conftest import CONF
+from tests.conftest import CONF, compose_config
 from tests.fake_chat_server import FakeChatServer
 
 # ------------------------------------------------------------------ verifier
@@ -140,8 +140,8 @@ def _slot(text: str, name: str) -> str:
 
 
 def _llm_cfg(server: FakeChatServer) -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "judge" / "llm.yaml"))
-    cfg["backend"].update(base_url=server.base_url, api_key_env=None, backoff_s=0.0)
+    cfg = OmegaConf.to_container(compose_config(["judge=llm"]).judge)
+    cfg["backend"].update(base_url=server.base_url, model="judge", api_key_env=None, backoff_s=0.0)
     return cfg
 
 

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bmc.generation import generate
 from bmc.synthesis.chat import ChatError, LocalChat, OpenAIChat, build_chat_backend, render_messages
 from bmc.tokenizer import train_bpe_tokenizer
+from tests.conftest import compose_config
 from tests.fake_chat_server import FakeChatServer
 
 SECRET = "sk-test-Q7f3SECRETkey"
@@ -186,9 +188,25 @@ def test_factory_rejects_unknown_kinds_and_options(tiny_lm: Path) -> None:
         build_chat_backend({"kind": "anthropic"})
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['temprature'\]"):
         build_chat_backend({"kind": "openai", "base_url": "http://127.0.0.1:1/v1", "model": "m", "temprature": 0})
-    with pytest.raises(ValueError, match=r"needs option\(s\) \['model'\]"):
+    with pytest.raises(ValueError, match="needs `model`, the name the server serves"):
         build_chat_backend({"kind": "openai", "base_url": "http://127.0.0.1:1/v1"})
+    with pytest.raises(ValueError, match="needs `model`"):  # chat_backend/openai.yaml's ??? left unset
+        build_chat_backend({"kind": "openai", "base_url": "http://127.0.0.1:1/v1", "model": "???"})
     with pytest.raises(ValueError, match="needs `path`"):
         build_chat_backend({"kind": "local"})
+    with pytest.raises(ValueError, match="needs `path`"):
+        build_chat_backend({"kind": "local", "path": "???"})
     with pytest.raises(ValueError, match="max_concurrency"):
         OpenAIChat("http://127.0.0.1:1/v1", "m", max_concurrency=0)
+
+
+@pytest.mark.parametrize("group", ["editor", "judge"])
+def test_one_override_switches_the_judge_or_editor_between_a_server_and_a_local_model(group: str, tiny_lm: Path):
+    served = compose_config([f"{group}=llm", f"{group}.backend.model=my-model"])[group].backend
+    assert (served.kind, served.model, served.max_concurrency) == ("openai", "my-model", 8)
+    cfg = compose_config([f"{group}=llm", f"chat_backend@{group}.backend=local", f"{group}.backend.path={tiny_lm}"])
+    backend = OmegaConf.to_container(cfg[group].backend)
+    assert backend["kind"] == "local" and "base_url" not in backend  # the whole block is replaced, not merged
+    local = build_chat_backend(backend)
+    assert isinstance(local, LocalChat) and local.max_new_tokens == 256
+    assert isinstance(local.complete_many([[{"role": "user", "content": "hello"}]], max_tokens=4)[0], str)

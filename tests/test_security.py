@@ -105,7 +105,7 @@ def test_the_api_key_reaches_the_server_and_nothing_else(tmp_path: Path) -> None
     with FakeChatServer(lambda body: _editor_reply(body, counter, lock)) as server:
         output = run_cli(
             [*FAST, "data=pseudo_winning", "data.pairs=original", "editor=llm", "logger=many", "callbacks=default",
-             f"editor.backend.base_url={server.base_url}", "editor.backend.backoff_s=0",
+             f"editor.backend.base_url={server.base_url}", "editor.backend.model=editor", "editor.backend.backoff_s=0",
              f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}"],
             cwd=tmp_path,
             env={"OPENAI_API_KEY": PLANTED_KEY, "WANDB_MODE": "", "HOME": str(home)},
@@ -130,7 +130,7 @@ def test_llm_replies_are_data_not_code_or_paths(tmp_path: Path, shared_cache: Pa
     losing = ["answer one", "answer two", "answer three"]
     with FakeChatServer(lambda body: f"<revised>{HOSTILE[int(body['messages'][-1]['content'][-1])]}</revised>") as s:
         editor_cfg = OmegaConf.to_container(compose_config(["editor=llm"], tmp_path, tmp_path).editor)
-        editor_cfg["backend"].update(base_url=s.base_url, api_key_env=None)
+        editor_cfg["backend"].update(base_url=s.base_url, model="editor", api_key_env=None)
         # the default template ends with the losing response: its last character picks the hostile reply
         editor_cfg["templates"] = {"default": "{prompt}{reference}{losing}"}
         editor_cfg["max_edit_ratio"] = None  # the hostile replies are no small edits: this test is about their text

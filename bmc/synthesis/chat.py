@@ -30,6 +30,9 @@ from bmc.generation import generate
 from bmc.models import load_causal_lm
 from bmc.synthesis._common import build_from_options
 
+#: an unset mandatory value (``???``) as it reads after OmegaConf.to_container
+MISSING = "???"
+
 log = logging.getLogger(__name__)
 
 Message = Mapping[str, str]
@@ -238,7 +241,7 @@ class LocalChat(ChatBackend):
 
 
 def build_chat_backend(cfg: Mapping[str, Any]) -> ChatBackend:
-    """A backend from its config block (``backend:`` of ``conf/judge/llm.yaml`` / ``conf/editor/llm.yaml``).
+    """A backend from its config block (``conf/chat_backend/*.yaml``, the ``backend`` of judge=llm / editor=llm).
 
     ``kind: openai`` takes :class:`OpenAIChat`'s arguments. ``kind: local`` takes ``path`` (a causal LM
     folder or hub id), optional ``dtype``, ``trust_remote_code`` and ``revision`` for
@@ -247,11 +250,14 @@ def build_chat_backend(cfg: Mapping[str, Any]) -> ChatBackend:
     options = dict(cfg)
     kind = options.pop("kind", None)
     if kind == "openai":
+        if options.get("model") in (None, "", MISSING):
+            raise ValueError("chat backend kind 'openai' needs `model`, the name the server serves the model under "
+                             "(e.g. editor.backend.model=my-model)")  # fmt: skip
         return build_from_options(OpenAIChat, options, "chat backend kind 'openai'")
     if kind == "local":
         load_keys = ("path", "dtype", "trust_remote_code", "revision")
         load = {k: options.pop(k) for k in load_keys if k in options}
-        if not load.get("path"):
+        if load.get("path") in (None, "", MISSING):
             raise ValueError("chat backend kind 'local' needs `path` (a causal LM folder or hub id)")
         model, tokenizer = load_causal_lm(**load)
         where = f"chat backend kind 'local' (besides {list(load_keys)})"
