@@ -281,3 +281,31 @@ def test_notebook_runs_on_the_sweep(sweep: Path, tmp_path: Path, monkeypatch: py
     text = json.dumps([c.get("outputs", []) for c in notebook.cells])
     assert "DPO-MC" in text and "image/png" in text
     assert (tmp_path / "nb" / "table.md").is_file()
+
+
+def test_data_reports_table_has_one_row_per_task_and_data_setting() -> None:
+    from bmc.report.data_reports import data_reports_markdown
+
+    sampled = {"data": {"name": "sampled", "pairs": "sampled"}, "task": {"name": "math"}}
+    bridged = {"data": {"name": "pseudo_winning", "pairs": "sampled", "bridge": {"fraction": 1.0}},
+               "task": {"name": "math"}}  # fmt: skip
+    ipr = {"data": {"name": "ipr", "pairs": "ipr"}, "judge": {"kind": "verifier"}, "task": {"name": "math"}}
+    report = {"prompts_in": 64, "pairs_out": 58, "edit_distance_before": 36.156, "dropped": {"no wrong sample": 6}}
+    edits = {**report, "pairs_out": 24, "edit_distance_after": 7.5, "edits_accepted": 0.375,
+             "dropped": {"edit no fix": 34, "no wrong sample": 6}}  # fmt: skip
+    records = [
+        RunRecord("a", "completed", sampled, {}, data_report=report),
+        RunRecord("b", "completed", sampled, {}, data_report={**report, "pairs_out": 1}),  # same data: not repeated
+        RunRecord("c", "completed", bridged, {}, data_report=edits),
+        RunRecord("d", "completed", ipr, {}, data_report={"prompts_in": 64, "pairs_out": 40}),
+        RunRecord("e", "failed", ipr, {}, data_report={"prompts_in": 1}),
+    ]
+    lines = data_reports_markdown(records).splitlines()
+    assert len(lines) == 5
+    assert lines[2].startswith("| math | sampled | 64 | - | - | 58 | 36.16 | - | - | - | no wrong sample: 6 |")
+    assert lines[3] == (
+        "| math | pseudo_winning (sampled) | 64 | - | - | 24 | 36.16 | 7.50 | 0.38 | - "
+        "| edit no fix: 34; no wrong sample: 6 |"
+    )
+    assert lines[4].startswith("| math | ipr (judge verifier) | 64 | - | - | 40 |")
+    assert data_reports_markdown([RunRecord("x", "completed", sampled, {})]) == ""

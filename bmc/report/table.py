@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bmc.report.data_reports import data_reports_markdown
 from bmc.report.records import RunRecord
 
 # shown when the caller names none (those that no run has are dropped)
@@ -224,7 +225,8 @@ def write_tables(
     table: Table, out: str | Path, records: list[RunRecord] | None = None, differences: str = ""
 ) -> list[Path]:
     """Write ``table.md`` (with the list of runs that did not complete), ``table.tex`` and ``table.csv``;
-    with ``records`` also ``runs.md``, one line per run; with ``differences`` (markdown) ``differences.md``."""
+    with ``records`` also ``runs.md``, one line per run, and ``data.md``, their data reports; with
+    ``differences`` (markdown) ``differences.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     markdown = table.to_markdown()
@@ -234,6 +236,8 @@ def write_tables(
     files = {"table.md": markdown, "table.tex": table.to_latex(), "table.csv": table.to_csv()}
     if records is not None:
         files["runs.md"] = runs_markdown(records)
+        if data := data_reports_markdown(records):
+            files["data.md"] = data
     if differences:
         files["differences.md"] = differences
     paths = []
