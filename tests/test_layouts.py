@@ -45,6 +45,12 @@ LAYOUTS = {
           "rejected": "\n\nHuman: What is 12 + 30?\n\nAssistant: 42.\n\nHuman: And 12 + 31?\n\nAssistant: 44, maybe."}],
         (_messages(ASK, FIRST, FOLLOW), "43.", "44, maybe."),
     ),
+    "ranked": (  # a prompt and scored completions (raw UltraFeedback's shape), best over worst
+        [{"prompt": "What is 12 + 30?",
+          "completions": [{"response": " 41.", "score": 2}, {"response": " 42.", "score": 9},
+                          {"response": " 40.", "score": 1}]}],
+        ("What is 12 + 30?", " 42.", " 40."),
+    ),
 }  # fmt: skip
 
 
@@ -63,7 +69,8 @@ def test_each_layout_is_read_as_published(layout: str, tmp_path: Path) -> None:
     rows, (prompt, chosen, rejected) = LAYOUTS[layout]
     second = json.loads(json.dumps(rows[0]).replace("12", "13"))  # the same shape, other numbers
     data = _read(_file(tmp_path, [rows[0], second]))
-    assert data.pairs[0] == {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    scores = {"score_chosen": 9.0, "score_rejected": 1.0} if layout == "ranked" else {}  # kept with the pair
+    assert data.pairs[0] == {"prompt": prompt, "chosen": chosen, "rejected": rejected, **scores}
     assert len(data.pairs) == 2 and data.sft_train[0]["response"] == data.pairs[1]["chosen"]
 
 
@@ -136,3 +143,57 @@ def test_data_only_runs_read_every_layout_and_build_no_model(layout: str, make_c
     data = prepare_data(make_config("task=hf_prefs", f"task.path={_file(tmp_path, many)}", "task.sizes.sft_val=1"))
     assert data.report["pairs_out"] == 6 and data.report["dropped"] == {}
     assert data.report["first_pair"] == data.pairs[0] and isinstance(data.pairs[0]["prompt"], str)  # rendered
+
+
+UF_RAW = {  # raw UltraFeedback: instruction + completions with overall scores (other keys as published)
+    "source": "evol_instruct",
+    "instruction": "Name a prime number.",
+    "completions": [
+        {"model": "a", "response": "Seven.", "overall_score": 8.5},
+        {"model": "b", "response": "Nine.", "overall_score": 2.0},
+        {"model": "c", "response": "Two is prime.", "overall_score": 8.5},
+        {"model": "d", "response": "Eleven.", "overall_score": 6.0},
+    ],
+}
+UF_COLUMNS = {"prompt": "instruction", "score": "overall_score"}
+
+
+def test_ranked_completions_become_pairs_by_best_worst_or_all_pairs_with_ties_counted(tmp_path, caplog) -> None:
+    path = _file(tmp_path, [UF_RAW, {**UF_RAW, "instruction": "Name an even number."}])
+    best_worst = _read(path, columns=UF_COLUMNS).pairs
+    assert best_worst[0] == {"prompt": "Name a prime number.", "chosen": "Seven.", "rejected": "Nine.",
+                             "score_chosen": 8.5, "score_rejected": 2.0}  # fmt: skip
+    assert len(best_worst) == 2
+    with caplog.at_level("WARNING", logger="bmc.data.hf_prefs"):
+        all_pairs = _read(path, columns=UF_COLUMNS, pairing="all_pairs").pairs
+    # 4 completions: 6 pairs, one tie (8.5 / 8.5) dropped, per prompt
+    assert len(all_pairs) == 10
+    assert {(p["chosen"], p["rejected"]) for p in all_pairs[:5]} == {
+        ("Seven.", "Nine."), ("Seven.", "Eleven."), ("Two is prime.", "Nine."), ("Eleven.", "Nine."),
+        ("Two is prime.", "Eleven."),
+    }  # fmt: skip
+    assert "dropped 2 completion pair(s) with equal scores" in caplog.text
+    # completions as strings with a parallel scores column; all tied: the prompt has no pair
+    plain = {"prompt": "Hi?", "completions": ["Hello.", "Hey."], "scores": [1, 3]}
+    tied = {"prompt": "Bye?", "completions": ["Bye.", "Ciao."], "scores": [2, 2]}
+    pairs = _read(_file(tmp_path, [plain, tied], "plain.jsonl")).pairs
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [("Hi?", "Hey.", "Hello.")]
+
+
+@pytest.mark.parametrize(
+    ("completions", "message"),
+    [
+        ([{"response": "A.", "overall_score": 1}], r"field .completions.: expected a list of at least 2 .*, got 1"),
+        ([{"response": "A."}, {"response": "B.", "overall_score": 1}], r"field 'completions'\[0\]: needs keys"),
+        ([{"response": "A.", "overall_score": "high"}, {"response": "B.", "overall_score": 1}],
+         r"field 'completions'\[0\]: the score must be a finite number, got 'high'"),
+        ([{"response": "", "overall_score": 1}, {"response": "B.", "overall_score": 2}],
+         r"field 'completions'\[0\]: the response must be a non-empty string"),
+    ],
+)  # fmt: skip
+def test_bad_ranked_rows_name_file_row_and_field(completions, message: str, tmp_path: Path) -> None:
+    path = _file(tmp_path, [UF_RAW, {**UF_RAW, "completions": completions}])
+    with pytest.raises(DataError, match=rf"prefs.jsonl, row 2, {message}"):
+        _read(path, columns=UF_COLUMNS)
+    with pytest.raises(DataError, match="task.pairing must be one of"):
+        _read(_file(tmp_path, [UF_RAW], "one.jsonl"), columns=UF_COLUMNS, pairing="best")

@@ -2,8 +2,9 @@
 or a hub name where the network allows.
 
 The layouts of the published datasets are read as they are (:mod:`bmc.data.layouts`): standard rows with an
-explicit or an implicit prompt, conversational rows (UltraFeedback-binarized included) and HH-RLHF
-transcripts; ``format`` names one where the columns leave it open. ``columns`` maps other column names onto
+explicit or an implicit prompt, conversational rows (UltraFeedback-binarized included), HH-RLHF transcripts,
+and ranked completions (raw UltraFeedback, :mod:`bmc.data.ranked`, paired by ``pairing``); ``format`` names
+one where the columns leave it open. ``columns`` maps other column names onto
 ``prompt``/``chosen``/``rejected``.
 
 Conversational prompts stay message lists here; :func:`bmc.data.render.render_task` turns them into text once
@@ -25,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bmc.data import ranked
 from bmc.data.layouts import LAYOUTS, DataError, detect_layout, kind_of
 from bmc.data.sources import TaskData
 
@@ -139,6 +141,23 @@ def filter_pairs(numbered: list[tuple[int, dict[str, Any]]], source: str) -> lis
     return kept
 
 
+def _numbered_pairs(
+    rows: list[tuple[int, dict[str, Any]]], layout: str, columns: dict[str, str], pairing: str, path: str
+) -> list[tuple[int, dict[str, Any]]]:
+    """(row number, pair) of every pair the rows hold: one per row, or several for ranked completions."""
+    if layout != "ranked":
+        return [(n, LAYOUTS[layout](r, columns, f"{path}, row {n}")) for n, r in rows]
+    numbered, ties = [], 0
+    for n, r in rows:
+        pairs, tied = ranked.ranked_pairs(r, columns, f"{path}, row {n}", pairing)
+        numbered += [(n, pair) for pair in pairs]
+        ties += tied
+    if ties:
+        log.warning("%s: dropped %d completion pair(s) with equal scores (no preference; task.pairing=%s)",
+                    path, ties, pairing)  # fmt: skip
+    return numbered
+
+
 def hf_preferences(
     name: str,
     path: str,
@@ -147,26 +166,27 @@ def hf_preferences(
     columns: dict[str, str] | None = None,
     sizes: dict[str, int | None] | None = None,
     format: str = "auto",
+    pairing: str = "best_worst",
 ) -> TaskData:
     """Load preference pairs; SFT warm-starts on the chosen responses. No verifier: evaluation is the
     validation reward accuracy and margins.
 
     ``sizes`` has the built-in tasks' keys: ``pref`` keeps only the first N rows (null = all),
-    ``sft_val`` holds out that many chosen responses for the SFT validation loss.
+    ``sft_val`` holds out that many chosen responses for the SFT validation loss. ``pairing`` turns ranked
+    completions into pairs (:mod:`bmc.data.ranked`).
     """
     sizes = {"pref": None, "sft_val": 64, **(sizes or {})}
-    columns = {**{f: f for f in FIELDS}, **(columns or {})}
+    columns = {**{f: f for f in FIELDS}, **ranked.COLUMNS, **(columns or {})}
     rows = _load_rows(path, split, data_files)
     if sizes["pref"] is not None:
         rows = rows[: sizes["pref"]]
     if not rows:
         raise DataError(f"{path}: no rows in split {split!r}")
     layout = detect_layout(rows[0][1], columns) if format == "auto" else format
-    if layout not in LAYOUTS:
-        raise DataError(f"{path}: task.format must be auto or one of {sorted(LAYOUTS)}, got {format!r}")
+    if layout not in (*LAYOUTS, "ranked"):
+        raise DataError(f"{path}: task.format must be auto or one of {sorted([*LAYOUTS, 'ranked'])}, got {format!r}")
     log.info("%s: %d row(s) in the %s layout", path, len(rows), layout)
-    read = LAYOUTS[layout]
-    pairs = filter_pairs([(n, read(r, columns, f"{path}, row {n}")) for n, r in rows], path)
+    pairs = filter_pairs(_numbered_pairs(rows, layout, columns, pairing, path), path)
     if not pairs:
         raise DataError(f"{path}: all {len(rows)} row(s) were dropped; the warnings above say which and why")
     sft = [{"prompt": p["prompt"], "response": p["chosen"]} for p in pairs]

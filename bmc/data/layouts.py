@@ -12,6 +12,8 @@ layout                 a row                                                    
 ``hh_rlhf``            ``chosen``/``rejected`` transcripts                      the shared transcript up to its
                        ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` (HH-RLHF)       last ``\\n\\nAssistant:``, as
                                                                                 messages
+``ranked``             a prompt and ``completions`` with scores (raw            the ``prompt`` column
+                       UltraFeedback): :mod:`bmc.data.ranked`
 =====================  =======================================================  ==============================
 
 A conversational row may also carry a ``prompt`` string (UltraFeedback-binarized): it must then equal the
@@ -160,7 +162,10 @@ LAYOUTS: dict[str, Callable[[dict[str, Any], dict[str, str], str], dict[str, Any
 
 
 def detect_layout(row: dict[str, Any], columns: dict[str, str]) -> str:
-    """The layout of a file, from its first row's columns and values."""
+    """The layout of a file, from its first row's columns and values (``ranked``: a ``completions`` list,
+    read by :mod:`bmc.data.ranked`)."""
+    if isinstance(row.get(columns.get("completions", "completions")), list):
+        return "ranked"
     chosen, rejected = row.get(columns["chosen"]), row.get(columns["rejected"])
     if is_messages(chosen) and is_messages(rejected):
         return "conversational"
