@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from bmc.data.tokenize import encode_texts
+from bmc.data.tokenize import encode_texts, response_end_id
 from bmc.tasks import Example, Task
 
 
@@ -65,11 +65,13 @@ def generate(
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The ids that end an answer: the tokenizer's EOS and every id of the model's generation config
-    ``eos_token_id`` (chat models list their end-of-turn tokens there, e.g. Llama 3's ``<|eot_id|>``)."""
+    """The ids that end an answer: the tokenizer's EOS, the token training ends responses with
+    (:func:`~bmc.data.tokenize.response_end_id`, the chat template's end of turn) and every id of the model's
+    generation config ``eos_token_id`` (chat models list their end-of-turn tokens there)."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
-    return [token for token in dict.fromkeys([tokenizer.eos_token_id, *configured]) if token is not None]
+    ids = [tokenizer.eos_token_id, response_end_id(tokenizer), *configured]
+    return [token for token in dict.fromkeys(ids) if token is not None]
 
 
 def generation_budget(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], margin: int = 16) -> int:

@@ -1,8 +1,9 @@
 """Tokenization, the truncation rule shared by SFT and preference data, and padding rows into a batch.
 
 Prompt and response are tokenized separately and concatenated, so the prompt/response boundary is exact
-and the response's log-probability never includes prompt tokens. Every response ends with EOS, so the
-model learns to stop.
+and the response's log-probability never includes prompt tokens. Every response ends with the token that ends
+an assistant turn (:func:`response_end_id`: the chat template's end-of-turn token, else EOS), so the model
+learns to stop where its chat format does.
 
 Truncation rule (applied only when prompt + longest response exceed ``max_length``):
 1. the prompt is cut from the left (its end, which holds the question, is kept), but never below
@@ -48,8 +49,31 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[l
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+_PROBE = "\u2063bmc-response\u2063"  # text no template or tokenizer alters, to find where a response ends
+
+
+def response_end_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that ends an assistant turn: the first special token the chat template writes after an
+    assistant message (ChatML's ``<|im_end|>``, Gemma's ``<end_of_turn>``, Phi-3's ``<|end|>``, Llama 3's
+    ``<|eot_id|>``), else EOS (no chat template, or one that writes no special token there)."""
+    if getattr(tokenizer, "chat_template", None):
+        turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+        try:
+            text = tokenizer.apply_chat_template(turns, tokenize=False)
+        except Exception:  # a template that refuses this conversation tells nothing about where turns end
+            text = ""
+        if _PROBE in text:
+            special = set(tokenizer.all_special_ids)
+            after = encode_texts(tokenizer, [text.split(_PROBE, 1)[1]])[0]
+            end = next((token for token in after if token in special), None)
+            if end is not None:
+                return end
+    return tokenizer.eos_token_id
+
+
 def encode_responses(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
-    return [ids + [tokenizer.eos_token_id] for ids in encode_texts(tokenizer, texts)]
+    end = response_end_id(tokenizer)
+    return [ids + [end] for ids in encode_texts(tokenizer, texts)]
 
 
 def pad_sequences(
