@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from bmc.data.tokenize import encode_texts, response_end_id
+from bmc.data.tokenize import encode_prompts, encode_texts, response_end_id
 from bmc.tasks import Example, Task
 
 
@@ -40,7 +40,7 @@ def generate(
     device = next(model.parameters()).device
     pad, stops = tokenizer.pad_token_id, stop_token_ids(model, tokenizer)
     results: list[tuple[str, bool]] = []
-    encoded = encode_texts(tokenizer, list(prompts))
+    encoded = encode_prompts(tokenizer, list(prompts))
     for start in tqdm(range(0, len(encoded), batch_size), desc=desc, leave=False, disable=not progress):
         rows = encoded[start : start + batch_size]
         width = max(len(r) for r in rows)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from bmc.bench.clock import StepClock
 from bmc.data.sources import split_pairs
-from bmc.data.tokenize import encode_responses, encode_texts, pad_sequences
+from bmc.data.tokenize import encode_prompts, encode_responses, pad_sequences
 from bmc.models import frozen_copy, load_causal_lm
 
 #: the pipeline's split (data.val_fraction and the task seed of hf_prefs), so every implementation trains on
@@ -85,7 +85,7 @@ def run_bare(spec: dict[str, Any], clock: StepClock) -> None:
     model, tokenizer = load_causal_lm(spec["checkpoint"])
     model.to(device).train()
     pairs = train_pairs(spec["pairs"])
-    prompts = encode_texts(tokenizer, [p["prompt"] for p in pairs])
+    prompts = encode_prompts(tokenizer, [p["prompt"] for p in pairs])
     chosen = encode_responses(tokenizer, [p["chosen"] for p in pairs])
     rejected = encode_responses(tokenizer, [p["rejected"] for p in pairs])
     size, beta = spec["batch_size"], spec["beta"]

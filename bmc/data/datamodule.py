@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from bmc.data.columns import REF_COLUMNS, ColumnDataset
-from bmc.data.tokenize import Truncation, encode_responses, encode_texts, pad_sequences
+from bmc.data.tokenize import Truncation, encode_prompts, encode_responses, pad_sequences
 from bmc.losses.masks import diff_masks, stopword_token_ids
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class SFTDataModule(_TokenizedDataModule):
 
     def _encode(self, batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"prompt_ids": [], "response_ids": []}
-        prompts = encode_texts(self.tokenizer, batch["prompt"])
+        prompts = encode_prompts(self.tokenizer, batch["prompt"])
         responses = encode_responses(self.tokenizer, batch["response"])
         for prompt, response in zip(prompts, responses):
             prompt, (response,), _ = self.truncation.apply(prompt, [response])
@@ -250,7 +250,7 @@ class PreferenceDataModule(_TokenizedDataModule):
         out: dict[str, list] = {
             k: [] for k in ("prompt_ids", "chosen_ids", "rejected_ids", "chosen_marks", "rejected_marks", "truncated")
         }
-        prompts = encode_texts(self.tokenizer, batch["prompt"])
+        prompts = encode_prompts(self.tokenizer, batch["prompt"])
         chosen = encode_responses(self.tokenizer, batch["chosen"])
         rejected = encode_responses(self.tokenizer, batch["rejected"])
         for prompt_ids, chosen_ids, rejected_ids in zip(prompts, chosen, rejected):

@@ -1,7 +1,8 @@
 """Tokenization, the truncation rule shared by SFT and preference data, and padding rows into a batch.
 
 Prompt and response are tokenized separately and concatenated, so the prompt/response boundary is exact
-and the response's log-probability never includes prompt tokens. Every response ends with the token that ends
+and the response's log-probability never includes prompt tokens. A prompt starts with the model's BOS exactly
+once (:func:`encode_prompts`), where its tokenizer uses one. Every response ends with the token that ends
 an assistant turn (:func:`response_end_id`: the chat template's end-of-turn token, else EOS), so the model
 learns to stop where its chat format does.
 
@@ -69,6 +70,19 @@ def response_end_id(tokenizer: PreTrainedTokenizerBase) -> int:
             if end is not None:
                 return end
     return tokenizer.eos_token_id
+
+
+def bos_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """``[BOS]`` when the tokenizer itself puts one before a text (Llama, Mistral, Gemma), else ``[]``."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else []
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Prompt token ids with the model's BOS exactly once: added where the tokenizer would add one, unless the
+    text already begins with it (a chat template's output usually does)."""
+    prefix = bos_prefix(tokenizer)
+    return [ids if ids[:1] == prefix else prefix + ids for ids in encode_texts(tokenizer, texts)]
 
 
 def encode_responses(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:

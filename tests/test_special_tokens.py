@@ -1,11 +1,13 @@
-"""Responses end with the token that ends an assistant turn in the model's chat format, and generation stops
-there (bmc.data.tokenize.response_end_id, bmc.generation.stop_token_ids)."""
+"""Each tokenizer's own special tokens: a prompt starts with BOS exactly once where the model uses one
+(bmc.data.tokenize.encode_prompts); responses end with the token that ends an assistant turn in the model's
+chat format, and generation stops there (response_end_id, bmc.generation.stop_token_ids)."""
 
 from __future__ import annotations
 
 import pytest
+from tokenizers.processors import TemplateProcessing
 
-from bmc.data.tokenize import encode_responses, response_end_id
+from bmc.data.tokenize import encode_prompts, encode_responses, response_end_id
 from bmc.generation import stop_token_ids
 from bmc.tokenizer import train_bpe_tokenizer
 
@@ -52,3 +54,16 @@ def test_without_a_chat_template_or_an_end_token_in_it_responses_end_with_eos() 
     refusing = _tokenizer(None)
     refusing.chat_template = "{{ raise_exception('only system turns') }}"
     assert response_end_id(refusing) == refusing.eos_token_id
+
+
+def test_prompts_start_with_bos_exactly_once_where_the_tokenizer_uses_one() -> None:
+    llama_like = _tokenizer(None)  # a tokenizer whose post-processor puts BOS first, as Llama's and Gemma's do
+    bos = llama_like.bos_token_id
+    llama_like._tokenizer.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    assert llama_like("hello")["input_ids"][0] == bos
+    plain_ids = llama_like("hello", add_special_tokens=False)["input_ids"]
+    # a plain prompt gets it; a rendered chat prompt that starts with it (Llama 3's template) does not get two
+    assert encode_prompts(llama_like, ["hello", "<bos>hello"]) == [[bos, *plain_ids], [bos, *plain_ids]]
+    # a tokenizer that adds no BOS by itself (the tiny model's, GPT-2's, SmolLM2's) gets none
+    plain = _tokenizer(None)
+    assert encode_prompts(plain, ["hello"]) == [plain("hello", add_special_tokens=False)["input_ids"]]
