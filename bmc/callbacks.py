@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 from transformers import PreTrainedTokenizerBase
 
-from bmc.generation import evaluate_generations
+from bmc.generation import answer_and_score, score_summary
 from bmc.tasks import Example, Task
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,10 @@ class StopAtAccuracy(pl.Callback):
         if step % self.check_every or (self.history and self.history[-1][0] == step):
             return
         # no progress bar: a check every few steps would print one line each into non-terminal logs
-        metrics = evaluate_generations(
+        answers = answer_and_score(
             self.task, self.examples, pl_module.policy, self.tokenizer, self.batch_size, progress=False
         )
+        metrics = score_summary(answers)
         self.history.append((step, metrics["accuracy"]))
         if metrics["accuracy"] >= self.target:
             log.info("stopping at step %d: accuracy %.3f >= target %.3f", step, metrics["accuracy"], self.target)

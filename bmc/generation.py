@@ -117,15 +117,3 @@ def score_summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         "num_prompts": float(len(rows)),
     }
 
-
-def evaluate_generations(
-    task: Task,
-    examples: Sequence[Example],
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    batch_size: int = 64,
-    progress: bool = True,
-    max_new_tokens: int | None = None,
-) -> dict[str, float]:
-    """Greedy accuracy, mean verifier score and the fraction of truncated generations (:func:`score_summary`)."""
-    return score_summary(answer_and_score(task, examples, model, tokenizer, batch_size, progress, max_new_tokens))

@@ -38,7 +38,8 @@ def test_cosine_with_warmup_matches_transformers(warmup: int, total: int) -> Non
 
 def _stopper(monkeypatch: pytest.MonkeyPatch, accuracies: list[float], target: float = 0.75) -> StopAtAccuracy:
     scripted = iter(accuracies)
-    monkeypatch.setattr("bmc.callbacks.evaluate_generations", lambda *a, **k: {"accuracy": next(scripted)})
+    monkeypatch.setattr("bmc.callbacks.answer_and_score", lambda *a, **k: next(scripted))
+    monkeypatch.setattr("bmc.callbacks.score_summary", lambda accuracy: {"accuracy": accuracy})
     return StopAtAccuracy(task=None, examples=[object()], tokenizer=None, target=target, check_every=10)
 
 
