@@ -35,6 +35,18 @@ def test_task_editor_fixes_wrong_responses_and_keeps_the_text_before_the_first_e
     assert editor.edit(examples[0].prompt, examples[0].gold, examples[0].gold) == Edit(examples[0].gold)
 
 
+def test_qa_editor_fixes_an_answer_only_response_by_its_letter() -> None:
+    task = TASKS["qa"]()
+    example = task.examples("pref", 1, seed=0)[0]
+    wrong = next(letter for letter in "ABCD" if letter != example.meta["answer"])
+    editor = TaskEditor(task, [example])
+    # an instruct model's answer without the rationale: the letter is the minimal fix, later text goes
+    fixed = editor.edit(example.prompt, example.gold, f"The answer is ({wrong}).\n\nBecause it is.").text
+    assert fixed == f"The answer is ({example.meta['answer']})." and task.score(example, fixed) == 1.0
+    # text before the answer that is not the rationale cannot be checked: no fix
+    assert editor.edit(example.prompt, example.gold, f"Hmm. The answer is ({wrong}).").problem == "no fix"
+
+
 def test_task_editor_crafted_cases() -> None:
     task = TASKS["math"]()
     example = task.examples("pref", 1, seed=0)[0]

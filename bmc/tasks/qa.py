@@ -162,14 +162,18 @@ class QATask(Task):
 
     def minimal_fix(self, example: Example, response: str) -> str | None:
         """Fix the rationale's entity/value if wrong, then the letter; text before the first error is kept
-        verbatim, a missing or garbled answer statement is (re)written and text after it is dropped.
-        None if the rationale sentence does not parse."""
+        verbatim, a missing or garbled answer statement is (re)written and text after it is dropped. A response
+        that is only the answer statement (an instruct model's "The answer is (B).") gets its letter fixed.
+        None if neither the rationale sentence nor a leading answer statement parses."""
         if self.score(example, response) == 1.0:
             return response
         meta = example.meta
         match = self._rationale_re(meta["attribute"]).match(response)
         if match is None:
-            return None
+            answer = _ANSWER_RE.search(response)
+            if answer is None or response[: answer.start()].strip():
+                return None  # text the verifier cannot check comes before the answer
+            return f"{response[: answer.start(1)]}{meta['answer']})."
         parts = [response[: match.start("e")]]
         parts.append(match.group("e") if match.group("e") == meta["entity"] else meta["entity"])
         parts.append(response[match.end("e") : match.start("v")])
