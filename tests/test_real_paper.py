@@ -118,3 +118,14 @@ def test_evaluation_writes_every_answer_and_its_score_for_the_report(make_config
         {"prompt": task.eval_examples[0].prompt, "response": right, "truncated": False, "score": 1.0},
         {"prompt": task.eval_examples[1].prompt, "response": "No.", "truncated": True, "score": 0.0},
     ]
+
+
+def test_a_run_without_checkpoint_callbacks_writes_no_checkpoint(make_config, tmp_path) -> None:
+    """callbacks without a ModelCheckpoint (real_paper's, callbacks=minimal) must not get Lightning's default
+    one, which wrote a full checkpoint (1.6 GB for SmolLM2-135M) into the CSV logger's folder of every job."""
+    from bmc.pipeline import run
+
+    metrics = run(make_config("debug=default", "logger=csv", "export.enabled=false"))
+    assert metrics["train/steps"] == 6
+    assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
+    assert list((tmp_path / "run").rglob("*.ckpt")) == []

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 from transformers import PreTrainedModel
 
@@ -88,7 +89,10 @@ def train_preference(
         optim=container(cfg.optim),
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    # no checkpoint callback configured (callbacks=minimal, or model_checkpoint: null): none at all, not
+    # Lightning's default one, which writes a full checkpoint (1.6 GB for a 135M model) into the logger's folder
+    checkpointing = cfg.trainer.get("enable_checkpointing", any(isinstance(c, ModelCheckpoint) for c in callbacks))
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, enable_checkpointing=checkpointing)
     check_launch(trainer)
     # weights_only: a checkpoint is tensors and plain containers, never code to unpickle
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
