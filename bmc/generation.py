@@ -116,4 +116,3 @@ def score_summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         "truncated": sum(bool(r["truncated"]) for r in rows) / n,
         "num_prompts": float(len(rows)),
     }
-
