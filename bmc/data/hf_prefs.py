@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 FIELDS = ("prompt", "chosen", "rejected")
+RANKED = "ranked"  # the one layout with several pairs per row (bmc.data.ranked)
+FORMATS = (*LAYOUTS, RANKED)  # what task.format may name besides auto
 
 
 def _decode_utf8(local: Path) -> str:
@@ -145,7 +147,7 @@ def _numbered_pairs(
     rows: list[tuple[int, dict[str, Any]]], layout: str, columns: dict[str, str], pairing: str, path: str
 ) -> list[tuple[int, dict[str, Any]]]:
     """(row number, pair) of every pair the rows hold: one per row, or several for ranked completions."""
-    if layout != "ranked":
+    if layout != RANKED:
         return [(n, LAYOUTS[layout](r, columns, f"{path}, row {n}")) for n, r in rows]
     numbered, ties = [], 0
     for n, r in rows:
@@ -183,8 +185,8 @@ def hf_preferences(
     if not rows:
         raise DataError(f"{path}: no rows in split {split!r}")
     layout = detect_layout(rows[0][1], columns) if format == "auto" else format
-    if layout not in (*LAYOUTS, "ranked"):
-        raise DataError(f"{path}: task.format must be auto or one of {sorted([*LAYOUTS, 'ranked'])}, got {format!r}")
+    if layout not in FORMATS:
+        raise DataError(f"{path}: task.format must be auto or one of {sorted(FORMATS)}, got {format!r}")
     log.info("%s: %d row(s) in the %s layout", path, len(rows), layout)
     pairs = filter_pairs(_numbered_pairs(rows, layout, columns, pairing, path), path)
     if not pairs:
