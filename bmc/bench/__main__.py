@@ -1,9 +1,12 @@
-"""``python -m bmc.bench``: pairs/s, tokens/s and peak memory of this framework (``train.py``, DPO and BMC),
-TRL's ``DPOTrainer`` and a bare PyTorch loop, with the reference in the step and precomputed.
+"""``python -m bmc.bench``: pairs/s, tokens/s, peak memory and model FLOPs utilisation of this framework
+(``train.py``, DPO and BMC), TRL's ``DPOTrainer`` and a bare PyTorch loop, with the reference in the step and
+precomputed.
 
-    python -m bmc.bench                      # both sizes, CPU float32, 3 interleaved repeats (~10-15 min)
+    python -m bmc.bench                      # toy sizes, CPU float32, 3 interleaved repeats (~10-15 min)
     python -m bmc.bench --smoke              # seconds-sized check that the report is well formed
     python -m bmc.bench --device gpu         # bf16 on the first GPU (trainer=gpu)
+    python -m bmc.bench --model ~/ckpts/SmolLM2-135M-Instruct --threads 2   # a real checkpoint, real lengths
+    python -m bmc.bench --model llama-1b --device gpu   # a named config (random weights, real shapes)
 
 Writes ``bench.json`` (``--out``) and prints the table.
 """
@@ -28,19 +31,38 @@ from typing import Any
 
 import torch
 
+from bmc.bench.flops import Shapes, matmul_peak, step_flops_per_pair
 from bmc.bench.results import MODES, OTHERS, OURS, format_table, summarise, targets
 from bmc.bench.runners import VAL_FRACTION, train_pairs
-from bmc.bench.workload import SIZES, make_pairs, write_workload
+from bmc.bench.workload import NAMED_CONFIGS, SIZES, make_pairs, realistic_pairs, write_named_model, write_workload
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the pipeline's default learning rate and DPO beta, given to every implementation
 LR, BETA = 2e-5, 0.1
+#: the implementations run by default: on toy sizes the bare loop is the floor; at real sizes TRL runs twice,
+#: in its fastest settings and with its default gradient checkpointing
+DEFAULT_IMPLS = {
+    "toy": ("ours_dpo", "ours_bmc", "trl", "bare"),
+    "real": ("ours_dpo", "ours_bmc", "trl", "trl_defaults"),
+}
+#: TRL's and model=hf's sequence limit, given to every implementation
+MAX_LENGTH = 1024
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bmc.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model, a few steps, one repeat")
     parser.add_argument("--sizes", default="small,medium", help=f"comma-separated, of {sorted(SIZES)}")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"a checkpoint folder, hub id or named config ({', '.join(NAMED_CONFIGS)}) with UltraFeedback-like "
+        "lengths, instead of --sizes",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="steps per measurement (default: calibrated)")
+    parser.add_argument(
+        "--batch-tokens", type=int, default=None, help="size the batch in tokens: pairs = tokens / tokens per pair"
+    )
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0, help="minimum timed seconds per measurement")
@@ -54,11 +76,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--train-args", default="", help="extra train.py overrides for ours, e.g. 'length_grouping=false'"
     )
-    parser.add_argument("--impls", default=None, help="comma-separated subset of ours_dpo,ours_bmc,trl,bare")
+    parser.add_argument(
+        "--impls", default=None, help=f"comma-separated subset of {','.join([*OURS, *OTHERS])} (default: by workload)"
+    )
     args = parser.parse_args(argv)
+    if args.model is not None and args.batch_tokens is None:
+        args.batch_tokens = 16384 if args.device == "gpu" else 4096
+    if args.model is not None and args.steps is None:
+        args.steps = args.warmup + 3  # a real-size step takes seconds to minutes: no calibration probe
     if args.smoke:
-        args.sizes, args.repeats, args.seconds = "smoke", 1, 0.0
+        args.repeats, args.seconds = 1, 0.0
+        if args.model is None:
+            args.sizes = "smoke"
     return args
+
+
+def _model_label(model: str) -> str:
+    return model if model in NAMED_CONFIGS else Path(model).name or model
 
 
 class Bench:
@@ -73,8 +107,20 @@ class Bench:
             "WANDB_MODE": "disabled",
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         }
-        available = [*OURS, *(name for name in OTHERS if name != "trl" or importlib.util.find_spec("trl"))]
-        self.impls = [i for i in available if args.impls is None or i in args.impls.split(",")]
+        kind = "toy" if args.model is None else "real"
+        wanted = args.impls.split(",") if args.impls else DEFAULT_IMPLS[kind]
+        has_trl = importlib.util.find_spec("trl") is not None
+        self.impls = [i for i in [*OURS, *OTHERS] if i in wanted and (has_trl or not i.startswith("trl"))]
+        #: per size: the checkpoint folder (or hub id), pairs per step
+        self.checkpoints: dict[str, str] = {}
+        self.batch_size: dict[str, int] = {}
+
+    def make_pairs(self, size: str, n: int) -> list[dict[str, str]]:
+        if self.args.model is None:
+            return make_pairs(n, self.args.seed)
+        from bmc.models import load_tokenizer
+
+        return realistic_pairs(n, load_tokenizer(self.checkpoints[size]), self.args.seed)
 
     def _run(self, command: list[str], out: Path) -> dict[str, Any]:
         started = time.perf_counter()
@@ -91,7 +137,7 @@ class Bench:
     ) -> dict[str, Any]:
         out = self.workdir / "results" / f"{tag}.json"
         cache_dir = self.workdir / "cache" / f"{size}-{cache}"
-        checkpoint = self.workdir / size
+        checkpoint, batch_size = self.checkpoints[size], self.batch_size[size]
         if impl in OURS:
             command = [
                 sys.executable, str(ROOT / "train.py"),
@@ -101,7 +147,8 @@ class Bench:
                 "+callbacks.clock._target_=bmc.bench.lightning_clock.LightningStepClock",
                 f"+callbacks.clock.path={out}", f"+callbacks.clock.warmup={self.args.warmup}",
                 f"loss={OURS[impl]}", f"reference.precompute={mode == 'precomputed'}",
-                f"batch_size={self.args.batch_size}", f"optim.lr={LR}", f"data.val_fraction={VAL_FRACTION}",
+                f"batch_size={batch_size}", "trainer.accumulate_grad_batches=1", f"optim.lr={LR}",
+                f"data.val_fraction={VAL_FRACTION}", f"truncation.max_length={MAX_LENGTH}",
                 f"trainer.max_steps={steps}", "trainer.max_epochs=-1", "+trainer.limit_val_batches=0",
                 "trainer.enable_progress_bar=false", f"torch_threads={self.args.threads}", f"seed={self.args.seed}",
                 f"paths.cache_dir={cache_dir}", f"hydra.run.dir={self.workdir / 'runs' / tag}",
@@ -113,13 +160,13 @@ class Bench:
             command += self.args.train_args.split()
         else:
             spec = {
-                "impl": impl, "mode": mode, "checkpoint": str(checkpoint), "pairs": str(pairs), "steps": steps,
-                "batch_size": self.args.batch_size, "lr": LR, "beta": BETA, "device": self.args.device,
+                "impl": impl, "mode": mode, "checkpoint": checkpoint, "pairs": str(pairs), "steps": steps,
+                "batch_size": batch_size, "max_length": MAX_LENGTH, "lr": LR, "beta": BETA, "device": self.args.device,
                 "seed": self.args.seed, "threads": self.args.threads, "warmup": self.args.warmup, "out": str(out),
             }  # fmt: skip
             command = [sys.executable, "-m", "bmc.bench.runners", json.dumps(spec)]
         result = self._run(command, out)
-        return {**result, "pairs_per_s": result["timed_steps"] * self.args.batch_size / result["seconds"]}
+        return {**result, "pairs_per_s": result["timed_steps"] * batch_size / result["seconds"]}
 
     def rerun(self, size: str, steps: int, pairs: Path) -> dict[str, float]:
         """Wall time of ``train.py`` (DPO, precomputed reference) in a fresh cache, then of the same config again,
@@ -131,38 +178,44 @@ class Bench:
 
     def pairs_file(self, size: str, steps: int) -> Path:
         """Enough pairs for ``steps`` full batches of the train split, the same file for every implementation."""
-        n = math.ceil((steps * self.args.batch_size + 1) / (1 - VAL_FRACTION)) + self.args.batch_size
+        batch_size = self.batch_size[size]
+        n = math.ceil((steps * batch_size + 1) / (1 - VAL_FRACTION)) + batch_size
         path = self.workdir / f"pairs-{size}-{n}.jsonl"
-        path.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(n, self.args.seed)))
-        assert len(train_pairs(str(path))) >= steps * self.args.batch_size
+        path.write_text("".join(json.dumps(p) + "\n" for p in self.make_pairs(size, n)))
+        assert len(train_pairs(str(path))) >= steps * batch_size
         return path
 
     def calibrate(self, size: str) -> int:
         """Steps for at least ``--seconds`` of timing in the fastest implementation (the bare loop with
         precomputed reference log-probs)."""
         minimum = self.args.warmup + 2
+        if self.args.steps is not None:
+            return max(self.args.steps, self.args.warmup + 1)
         if self.args.seconds <= 0:
             return minimum
         probe = self.measure(
             "bare", "precomputed", size, minimum + 4, self.pairs_file(size, minimum + 4), f"calibrate-{size}"
         )
         return max(
-            minimum, self.args.warmup + math.ceil(self.args.seconds * probe["pairs_per_s"] / self.args.batch_size)
+            minimum, self.args.warmup + math.ceil(self.args.seconds * probe["pairs_per_s"] / self.batch_size[size])
         )
 
 
-def _tokens_per_pair(checkpoint: Path, pairs: Path) -> float:
-    """Non-padding tokens of one pair as the forward sees it: the prompt twice, both responses with EOS."""
-    from transformers import AutoTokenizer
+def pair_lengths(checkpoint: str, pairs: Path) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) tokens of each training pair as train.py encodes them (BOS, terminator)."""
+    from bmc.data.tokenize import encode_prompts, encode_responses
+    from bmc.models import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    tokenizer = load_tokenizer(checkpoint)
     rows = train_pairs(str(pairs))
-    count = 0
-    for key, times in (("prompt", 2), ("chosen", 1), ("rejected", 1)):
-        count += times * sum(
-            len(ids) for ids in tokenizer([r[key] for r in rows], add_special_tokens=False)["input_ids"]
-        )
-    return count / len(rows) + 2  # EOS of each response
+    prompts = encode_prompts(tokenizer, [r["prompt"] for r in rows])
+    chosen, rejected = (encode_responses(tokenizer, [r[key] for r in rows]) for key in ("chosen", "rejected"))
+    return [(len(p), len(c), len(r)) for p, c, r in zip(prompts, chosen, rejected)]
+
+
+def tokens_per_pair(lengths: list[tuple[int, int, int]]) -> float:
+    """Non-padding tokens of one pair as two padded rows see it: the prompt twice, both responses."""
+    return sum(2 * p + c + r for p, c, r in lengths) / len(lengths)
 
 
 def _machine(args: argparse.Namespace) -> dict[str, Any]:
@@ -183,23 +236,77 @@ def _machine(args: argparse.Namespace) -> dict[str, Any]:
     return info
 
 
+def _prepare_models(args: argparse.Namespace, workdir: Path, bench: Bench) -> dict[str, int]:
+    """Write or resolve each size's checkpoint into ``bench.checkpoints``; return the parameter counts."""
+    from transformers import AutoConfig
+
+    if args.model is None:
+        info = write_workload(workdir, 2000, args.sizes.split(","), args.seed)
+        bench.checkpoints = {s: c["path"] for s, c in info["checkpoints"].items()}
+        return {s: c["parameters"] for s, c in info["checkpoints"].items()}
+    label = _model_label(args.model)
+    path = write_named_model(workdir, args.model, args.seed) if args.model in NAMED_CONFIGS else args.model
+    bench.checkpoints = {label: str(path)}
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):  # counts the parameters without allocating them
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)))
+    return {label: sum(p.numel() for p in model.parameters())}
+
+
+def _batch_size(args: argparse.Namespace, bench: Bench, size: str) -> int:
+    """``--batch-size`` pairs, or as many pairs as ``--batch-tokens`` holds at this workload's mean pair."""
+    if args.batch_tokens is None:
+        return args.batch_size
+    probe = bench.workdir / f"probe-{size}.jsonl"
+    probe.write_text("".join(json.dumps(p) + "\n" for p in bench.make_pairs(size, 64)))
+    return max(1, round(args.batch_tokens / tokens_per_pair(pair_lengths(bench.checkpoints[size], probe))))
+
+
+def _peak(args: argparse.Namespace, shapes: Shapes, tokens: int) -> dict[str, float]:
+    """The dense-matmul peak of this device, dtype and thread count at the model's shapes."""
+    torch.set_num_threads(args.threads)
+    if args.device == "gpu":
+        return matmul_peak(shapes, tokens, "cuda", torch.bfloat16)
+    return matmul_peak(shapes, tokens)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from transformers import AutoConfig
+
     args = _parse(argv)
-    sizes, modes = args.sizes.split(","), args.modes.split(",")
+    modes = args.modes.split(",")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bmc-bench-"))
     load_before = os.getloadavg()
     started = time.perf_counter()
     try:
-        info = write_workload(workdir, 2000, sizes, args.seed)
         bench = Bench(args, workdir)
+        parameters = _prepare_models(args, workdir, bench)
+        sizes = list(parameters)
         plan = {}
         for size in sizes:
+            bench.batch_size[size] = _batch_size(args, bench, size)
             steps = bench.calibrate(size)
             pairs = bench.pairs_file(size, steps)
-            plan[size] = {"steps": steps, "pairs": pairs, "tokens_per_pair": _tokens_per_pair(workdir / size, pairs)}
+            lengths = pair_lengths(bench.checkpoints[size], pairs)
+            shapes = Shapes.from_config(AutoConfig.from_pretrained(bench.checkpoints[size]))
+            mean_unique = sum(sum(pair) for pair in lengths) / len(lengths)
+            plan[size] = {
+                "steps": steps,
+                "pairs": pairs,
+                "batch_size": bench.batch_size[size],
+                "tokens_per_pair": tokens_per_pair(lengths),
+                "mean_lengths": [sum(pair[i] for pair in lengths) / len(lengths) for i in range(3)],
+                "flops_per_pair": {mode: step_flops_per_pair(shapes, lengths, mode == "in_step") for mode in modes},
+                "matmul_flops_per_s": _peak(args, shapes, max(64, round(bench.batch_size[size] * mean_unique))),
+            }
             if "ours_dpo" in bench.impls and "precomputed" in modes:
                 plan[size]["train_py_wall_s"] = bench.rerun(size, steps, pairs)
-            print(f"[bench] {size}: {steps} steps of {args.batch_size} pairs per measurement", flush=True)
+            print(
+                f"[bench] {size}: {steps} steps of {bench.batch_size[size]} pairs per measurement, matmul peak "
+                f"{plan[size]['matmul_flops_per_s']['peak'] / 1e9:.0f} GFLOP/s",
+                flush=True,
+            )
         runs = []
         for repeat in range(args.repeats):
             for size in sizes:
@@ -216,10 +323,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "impl": impl,
                             "repeat": repeat,
                             "tokens_per_pair": plan[size]["tokens_per_pair"],
+                            "mfu": result["pairs_per_s"]
+                            * plan[size]["flops_per_pair"][mode]
+                            / plan[size]["matmul_flops_per_s"]["peak"],
                         }
                     )
                     print(
-                        f"[bench] {tag}: {result['pairs_per_s']:.1f} pairs/s, {result['peak_rss_mb']:.0f} MB",
+                        f"[bench] {tag}: {result['pairs_per_s']:.2f} pairs/s, MFU {runs[-1]['mfu']:.1%}, "
+                        f"{result['peak_rss_mb']:.0f} MB",
                         flush=True,
                     )
     finally:
@@ -229,28 +340,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for size in sizes:
         if "train_py_wall_s" in plan[size]:
             results[size]["train_py_wall_s"] = plan[size]["train_py_wall_s"]
+    kinds = {size: "toy" if args.model is None else "real" for size in sizes}
     report = {
         "command": "python -m bmc.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {**_machine(args), "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "settings": {
-            "batch_size": args.batch_size,
             "repeats": args.repeats,
             "warmup_steps": args.warmup,
             "lr": LR,
             "beta": BETA,
+            "max_length": MAX_LENGTH,
             "min_seconds": args.seconds,
             "implementations": bench.impls,
         },
         "sizes": {
             s: {
-                "parameters": info["checkpoints"][s]["parameters"],
-                "steps": plan[s]["steps"],
-                "tokens_per_pair": plan[s]["tokens_per_pair"],
+                "kind": kinds[s],
+                "checkpoint": bench.checkpoints[s] if args.model else None,
+                "parameters": parameters[s],
+                **{k: v for k, v in plan[s].items() if k not in ("pairs", "train_py_wall_s")},
             }
             for s in sizes
         },
         "results": results,
-        "targets": targets(results),
+        "targets": targets(results, kinds),
         "runs": runs,
         "total_seconds": time.perf_counter() - started,
     }

@@ -3,7 +3,8 @@ TRL's ``DPOTrainer`` and a bare PyTorch DPO loop. (This framework is timed throu
 
     python -m bmc.bench.runners '<json spec>'
 
-The spec names the implementation (``trl`` | ``bare``), the mode (``in_step``: the reference forward runs
+The spec names the implementation (``trl``: TRL in its fastest offline settings; ``trl_defaults``: the same with
+TRL's default gradient checkpointing; ``bare``), the mode (``in_step``: the reference forward runs
 in every step; ``precomputed``: reference log-probs are computed before training), the checkpoint, the pairs,
 the number of steps, the batch size, the learning rate, beta, the device and where the clock writes.
 """
@@ -45,6 +46,7 @@ def run_trl(spec: dict[str, Any], clock: StepClock) -> None:
 
     model, tokenizer = load_causal_lm(spec["checkpoint"])
     on_gpu = spec["device"] == "gpu"
+    # TRL 1.16 always computes log-probs through its fused LM head (chunks of positions, no full logits)
     args = DPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-trl-"),
         per_device_train_batch_size=spec["batch_size"],
@@ -54,7 +56,7 @@ def run_trl(spec: dict[str, Any], clock: StepClock) -> None:
         warmup_steps=0.1,  # a fraction of the steps, as optim.warmup_ratio
         max_grad_norm=1.0,
         max_steps=spec["steps"],
-        max_length=256,
+        max_length=spec["max_length"],
         precompute_ref_log_probs=spec["mode"] == "precomputed",
         logging_steps=spec["steps"] + 1,  # never, like a run without a logger
         report_to=[],
@@ -63,7 +65,8 @@ def run_trl(spec: dict[str, Any], clock: StepClock) -> None:
         dataloader_num_workers=0,
         use_cpu=not on_gpu,
         bf16=on_gpu,
-        gradient_checkpointing=False,  # TRL's default is True; train.py and the bare loop keep activations too
+        # TRL's default is True (less memory, one more forward); train.py and the bare loop keep activations
+        gradient_checkpointing=spec["impl"] == "trl_defaults",
         disable_tqdm=True,
         seed=spec["seed"],
     )
@@ -127,7 +130,7 @@ def run_bare(spec: dict[str, Any], clock: StepClock) -> None:
         clock.tick()
 
 
-RUNNERS = {"trl": run_trl, "bare": run_bare}
+RUNNERS = {"trl": run_trl, "trl_defaults": run_trl, "bare": run_bare}
 
 
 def main(argv: list[str]) -> None:
