@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
     modes = args.modes.split(",")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bmc-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     started = time.perf_counter()
     try:
