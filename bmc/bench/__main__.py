@@ -74,6 +74,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", default=None, help="checkpoints, pairs, caches (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--no-rerun", action="store_true", help="skip the train.py wall-time runs (fresh and cached reference)"
+    )
+    parser.add_argument(
         "--train-args", default="", help="extra train.py overrides for ours, e.g. 'length_grouping=false'"
     )
     parser.add_argument(
@@ -143,7 +146,7 @@ class Bench:
                 sys.executable, str(ROOT / "train.py"),
                 "task=hf_prefs", f"task.path={pairs}", "task.sizes.sft_val=1",
                 "model=hf", f"model.path={checkpoint}", "model.use_chat_template=false",
-                "sft.enabled=false", "eval.enabled=false", "logger=none", "callbacks=minimal",
+                "sft.enabled=false", "eval.enabled=false", "export.enabled=false", "logger=none", "callbacks=minimal",
                 "+callbacks.clock._target_=bmc.bench.lightning_clock.LightningStepClock",
                 f"+callbacks.clock.path={out}", f"+callbacks.clock.warmup={self.args.warmup}",
                 f"loss={OURS[impl]}", f"reference.precompute={mode == 'precomputed'}",
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "flops_per_pair": {mode: step_flops_per_pair(shapes, lengths, mode == "in_step") for mode in modes},
                 "matmul_flops_per_s": _peak(args, shapes, max(64, round(bench.batch_size[size] * mean_unique))),
             }
-            if "ours_dpo" in bench.impls and "precomputed" in modes:
+            if "ours_dpo" in bench.impls and "precomputed" in modes and not args.no_rerun:
                 plan[size]["train_py_wall_s"] = bench.rerun(size, steps, pairs)
             print(
                 f"[bench] {size}: {steps} steps of {bench.batch_size[size]} pairs per measurement, matmul peak "

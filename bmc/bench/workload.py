@@ -31,14 +31,19 @@ SIZES: dict[str, dict[str, int]] = {
 VOCAB_SIZE = 512
 
 #: random-weight models of real shapes, built from a config (``python -m bmc.bench --model llama-1b``):
-#: ``llama-1b`` has Llama-3.2-1B's shapes (1.24B parameters, 128k vocabulary); ``llama-smoke`` is a few-MB model
-#: with the same structure (grouped-query attention, tied embeddings) for the dry runs and the tests. Their
+#: ``llama-1b`` has Llama-3.2-1B's shapes (1.24B parameters, 128k vocabulary); ``smollm2-135m`` SmolLM2-135M's
+#: (for a machine the real checkpoint cannot reach, such as a GPU lent without network); ``llama-smoke`` is a
+#: few-MB model with the same structure (grouped-query attention, tied embeddings) for dry runs and tests. Their
 #: tokenizer is a small BPE trained on the workload: token ids stay below its size, which does not change any
 #: matmul (the LM head is as wide as the config's vocabulary).
 NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     "llama-1b": {
         "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
         "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "rope_theta": 500000.0,
+    },
+    "smollm2-135m": {
+        "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+        "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "rope_theta": 100000.0,
     },
     "llama-smoke": {
         "hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2, "num_attention_heads": 4,
