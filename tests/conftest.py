@@ -14,6 +14,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from bmc.tokenizer import train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 # The test models are tiny: one thread is as fast, and it does not spin-wait when the machine is busy.
@@ -66,3 +69,19 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     return output
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-layer Llama and its BPE tokenizer, saved: for the local chat backend and the hf sampler."""
+    tokenizer = train_bpe_tokenizer(["user: hello\nassistant: hi there", "system: be brief"] * 4, vocab_size=300)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, intermediate_size=64, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny_lm")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

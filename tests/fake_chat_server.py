@@ -1,8 +1,11 @@
-"""A stand-in OpenAI-compatible chat server on 127.0.0.1, for tests and offline dry runs of the LLM judge
-and editor: it records every request and answers with a function of the request's JSON body.
+"""A stand-in OpenAI-compatible server on 127.0.0.1, for tests and offline dry runs of the LLM judge, the
+LLM editor and the ``openai`` sampler backend: it records every request and answers with a function of the
+request's JSON body.
 
     with FakeChatServer(lambda body: "[[A]]") as server:
         backend = OpenAIChat(server.base_url, "any-model", api_key_env=None)
+    with FakeChatServer(lambda body: completions(["a", "b"], ["stop", "length"])) as server:
+        ...  # POST .../completions answered with two choices
 """
 
 from __future__ import annotations
@@ -15,8 +18,15 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-# A reply is the assistant's content (HTTP 200), or (status, raw body) to simulate a failure.
-Reply = str | tuple[int, str]
+# A reply is the assistant's content of a chat completion (HTTP 200), a whole JSON body (HTTP 200, e.g.
+# :func:`completions`), or (status, raw body) to simulate a failure.
+Reply = str | dict[str, Any] | tuple[int, str]
+
+
+def completions(texts: list[str], finish_reasons: list[str] | None = None) -> dict[str, Any]:
+    """The JSON body of an OpenAI completions reply: one choice per text, ``finish_reason`` "stop" unless given."""
+    reasons = finish_reasons or ["stop"] * len(texts)
+    return {"choices": [{"index": i, "text": t, "finish_reason": r} for i, (t, r) in enumerate(zip(texts, reasons))]}
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,8 @@ class RecordedRequest:
 
 
 class FakeChatServer:
-    """Answers ``POST .../chat/completions`` with ``reply(body)`` after ``delay_s`` seconds.
+    """Answers any ``POST`` (``.../chat/completions``, ``.../completions``) with ``reply(body)`` after ``delay_s``
+    seconds.
 
     ``requests`` lists what arrived (in arrival order); ``max_in_flight`` is the most requests handled at once.
     """
@@ -75,14 +86,13 @@ class FakeChatServer:
                 finally:
                     with server._lock:
                         server._in_flight -= 1
-                status, body = (
-                    reply
-                    if isinstance(reply, tuple)
-                    else (
-                        200,
-                        json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}),
-                    )
-                )
+                if isinstance(reply, tuple):
+                    status, body = reply
+                elif isinstance(reply, dict):
+                    status, body = 200, json.dumps(reply)
+                else:
+                    chat = {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}
+                    status, body = 200, json.dumps(chat)
                 data = body.encode("utf-8")
                 try:
                     self.send_response(status)

@@ -8,13 +8,10 @@ import traceback
 from pathlib import Path
 
 import pytest
-import torch
 from omegaconf import OmegaConf
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from bmc.generation import generate
 from bmc.synthesis.chat import ChatError, LocalChat, OpenAIChat, build_chat_backend, render_messages
-from bmc.tokenizer import train_bpe_tokenizer
 from tests.conftest import compose_config
 from tests.fake_chat_server import FakeChatServer
 
@@ -146,21 +143,6 @@ def test_complete_many_runs_concurrently_within_the_limit_and_keeps_order() -> N
         replies = _client(server, api_key_env=None, max_concurrency=4).complete_many(conversations)
     assert replies == [f"re: q{i}" for i in range(12)]
     assert 1 < server.max_in_flight <= 4
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer = train_bpe_tokenizer(["user: hello\nassistant: hi there", "system: be brief"] * 4, vocab_size=300)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=64, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("tiny_lm")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def test_render_messages_plain_and_with_a_chat_template(tiny_lm: Path) -> None:

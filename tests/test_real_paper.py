@@ -24,8 +24,10 @@ class _ChatML:
     def apply_chat_template(self, messages, tokenize: bool, add_generation_prompt: bool) -> str:
         assert not tokenize and add_generation_prompt
         system = "<|im_start|>system\nYou are SmolLM<|im_end|>\n"
-        return system + "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + (
-            "<|im_start|>assistant\n"
+        return (
+            system
+            + "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            + ("<|im_start|>assistant\n")
         )
 
 
@@ -93,7 +95,7 @@ def test_real_paper_rows_compose_with_their_paper_names(method: str, name: str, 
     assert paper_name(RunRecord("r", "completed", container, {})) == name
     assert cfg.model.path == "/ckpts/SmolLM2-135M-Instruct" and cfg.model._target_ == "bmc.models.PretrainedLM"
     assert cfg.sft.enabled is False and cfg.task.chat_instruction and cfg.task.generator.n_steps == 1
-    assert (cfg.data.sampler.backend, cfg.data.sampler.n, cfg.eval.max_new_tokens) == ("hf", 4, 64)
+    assert (cfg.data.sampler.backend.kind, cfg.data.sampler.n, cfg.eval.max_new_tokens) == ("hf", 4, 64)
     assert cfg.callbacks.model_checkpoint is None and cfg.export.enabled is False
     assert cfg.trainer.max_steps == (0 if method == "sft" else -1)
     if method == "ipr":

@@ -1,21 +1,32 @@
-"""Helpers shared by the judges, editors and their factories: verdict signs, option checking, template
-placeholders, prompt -> Example lookup."""
+"""Helpers shared by the judges, editors, samplers and their factories: verdict signs, option checking, template
+placeholders, prompt -> Example lookup, a bounded concurrent map that keeps input order."""
 
 from __future__ import annotations
 
 import inspect
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from bmc.tasks import Example
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def sign(x: float) -> int:
     """+1, 0 or -1: a verdict from a score difference or a sum of verdicts."""
     return (x > 0) - (x < 0)
+
+
+def ordered_map(fn: Callable[[T], R], items: Sequence[T], max_concurrency: int) -> list[R]:
+    """``[fn(item) for item in items]``, with up to ``max_concurrency`` calls running at once in threads (for
+    calls that wait on a server); 1 runs them in this thread. The first exception raised is re-raised."""
+    if max_concurrency <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(max_concurrency, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def build_from_options(cls: type[T], options: Mapping[str, Any], where: str, **fixed: Any) -> T:

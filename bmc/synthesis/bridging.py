@@ -30,6 +30,7 @@ from bmc.synthesis.store import resumable_map
 
 log = logging.getLogger(__name__)
 
+
 def bridge(ctx: SynthesisContext, pairs: list[dict[str, str]]) -> list[dict[str, str]]:
     """(x, y_w, y_l) -> (x, edit(y_l; y_w), y_l) for ``data.bridge.fraction`` of the pairs, each edit through
     the gates above. ``data.bridge.keep_original`` keeps every original pair beside its bridged one."""

@@ -4,7 +4,8 @@ Both answer ``complete(messages) -> str`` for one conversation (a list of ``{"ro
 and ``complete_many(conversations) -> list[str]`` in input order. ``temperature=0`` is greedy: judges and
 editors must be reproducible.
 
-The HTTP client uses only the standard library. Its API key is read from the environment variable that
+The HTTP client (:class:`OpenAIEndpoint`, which the ``openai`` sampler backend shares) uses only the standard
+library. Its API key is read from the environment variable that
 the config NAMES (never from the config itself), at call time, and goes only into the ``Authorization``
 header: it is not stored on the object, logged, or put in any exception message.
 """
@@ -15,20 +16,20 @@ import http.client
 import json
 import logging
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.generation import generate
 from bmc.models import load_causal_lm
-from bmc.synthesis._common import build_from_options
+from bmc.synthesis._common import build_from_options, ordered_map
 
 #: an unset mandatory value (``???``) as it reads after OmegaConf.to_container
 MISSING = "???"
@@ -36,6 +37,7 @@ MISSING = "???"
 log = logging.getLogger(__name__)
 
 Message = Mapping[str, str]
+T = TypeVar("T")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -44,7 +46,13 @@ class ChatError(RuntimeError):
 
 
 class ChatBackend(ABC):
-    """Something that answers chat conversations."""
+    """Something that answers chat conversations.
+
+    ``max_concurrency`` is how many callers may usefully ask at once from different threads (a judge fans out
+    across prompts up to it): 1 for a model in this process, the request cap for a server.
+    """
+
+    max_concurrency: int = 1
 
     @abstractmethod
     def complete(self, messages: Sequence[Message], *, temperature: float = 0.0, max_tokens: int | None = None) -> str:
@@ -72,8 +80,9 @@ def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-class OpenAIChat(ChatBackend):
-    """POST ``{base_url}/chat/completions`` (OpenAI chat-completions JSON) with retries and a concurrency cap.
+class OpenAIEndpoint:
+    """An OpenAI-compatible server: POSTs JSON to ``{base_url}/<route>`` with retries, backoff and a cap on the
+    requests in flight, shared by every thread that uses this object.
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8000/v1`` (vLLM, llama.cpp server, TGI, or the OpenAI API).
@@ -83,9 +92,94 @@ class OpenAIChat(ChatBackend):
         timeout_s: socket timeout of one attempt.
         max_retries: further attempts after a failed one, on HTTP 429/5xx, connection errors and timeouts
             (other 4xx fail at once); attempt k waits ``backoff_s * 2**k`` seconds before retrying.
-        max_concurrency: requests in flight at once in :meth:`complete_many`.
-        max_tokens: default ``max_tokens`` of a request.
+        max_concurrency: requests in flight at once, over all threads (callers that fan out across prompts
+            and the requests of each prompt share this one bound).
     """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout_s: float = 60.0,
+        max_retries: int = 4,
+        backoff_s: float = 1.0,
+        max_concurrency: int = 8,
+    ) -> None:
+        if max_retries < 0 or backoff_s < 0 or timeout_s <= 0 or max_concurrency < 1:
+            raise ValueError(
+                "need max_retries >= 0, backoff_s >= 0, timeout_s > 0 and max_concurrency >= 1, "
+                f"got {max_retries}, {backoff_s}, {timeout_s}, {max_concurrency}"
+            )
+        self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
+        self.timeout_s, self.max_retries, self.backoff_s = float(timeout_s), int(max_retries), float(backoff_s)
+        self.max_concurrency = int(max_concurrency)
+        self._slots = threading.BoundedSemaphore(self.max_concurrency)
+        # A local server is never reached through a proxy from the environment (it could not reach it, and
+        # would see the key).
+        handlers = [urllib.request.ProxyHandler({})] if urlparse(self.base_url).hostname in _LOOPBACK else []
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+        )
+
+    def _api_key(self) -> str | None:
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ChatError(
+                f"environment variable {self.api_key_env} is not set; it must hold the API key for {self.base_url} "
+                "(set api_key_env to null for a server without authentication)"
+            )
+        return key
+
+    def post(self, route: str, body: Mapping[str, Any], answer: Callable[[Any], T], what: str) -> T:
+        """``answer(parsed JSON reply)`` of ``POST {base_url}/{route}`` with ``body`` (its ``model`` field added).
+
+        ``answer`` raises KeyError, IndexError, TypeError or ValueError on a reply that holds no ``what`` (e.g.
+        ``"chat completion"``), which becomes a ChatError quoting the reply; it is not retried: the server
+        answered, and would answer the same.
+        """
+        url = f"{self.base_url}/{route}"
+        key = self._api_key()
+        data = json.dumps({"model": self.model, **body}).encode("utf-8")
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+        problem = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                delay = self.backoff_s * 2 ** (attempt - 1)
+                log.warning(
+                    "POST %s failed (%s); retry %d/%d in %.1f s", url, problem, attempt, self.max_retries, delay
+                )
+                time.sleep(delay)  # outside the slot: a backing-off request leaves room for the others
+            request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+            try:
+                with self._slots, self._opener.open(request, timeout=self.timeout_s) as response:
+                    payload = response.read()
+            except urllib.error.HTTPError as err:
+                problem = f"HTTP {err.code}: {_redact(_body_excerpt(err), key)}"
+                if not _retryable(err.code):
+                    raise ChatError(f"POST {url} failed with {problem}") from None
+                continue
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as err:
+                reason = err.reason if isinstance(err, urllib.error.URLError) else err
+                problem = _redact(f"{type(err).__name__}: {reason}", key)
+                continue
+            try:
+                return answer(json.loads(payload))
+            except (ValueError, KeyError, IndexError, TypeError):
+                excerpt = _redact(payload[:300].decode("utf-8", errors="replace"), key)
+                raise ChatError(f"POST {url} returned no {what}: {excerpt!r}") from None
+        # `from None` above: the chained urllib exception adds nothing the message lacks.
+        raise ChatError(f"POST {url} failed after {self.max_retries + 1} attempt(s); last error: {problem}")
+
+
+class OpenAIChat(OpenAIEndpoint, ChatBackend):
+    """``POST {base_url}/chat/completions`` (OpenAI chat-completions JSON): :class:`OpenAIEndpoint`'s
+    arguments, and ``max_tokens``, the default ``max_tokens`` of a request."""
 
     def __init__(
         self,
@@ -98,72 +192,21 @@ class OpenAIChat(ChatBackend):
         max_concurrency: int = 8,
         max_tokens: int = 1024,
     ) -> None:
-        if max_retries < 0 or backoff_s < 0 or timeout_s <= 0 or max_concurrency < 1 or max_tokens < 1:
-            raise ValueError(
-                "need max_retries >= 0, backoff_s >= 0, timeout_s > 0, max_concurrency >= 1 and max_tokens >= 1, "
-                f"got {max_retries}, {backoff_s}, {timeout_s}, {max_concurrency}, {max_tokens}"
-            )
-        self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
-        self.timeout_s, self.max_retries, self.backoff_s = float(timeout_s), int(max_retries), float(backoff_s)
-        self.max_concurrency, self.max_tokens = int(max_concurrency), int(max_tokens)
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        # A local server is never reached through a proxy from the environment (it could not reach it, and
-        # would see the key).
-        handlers = [urllib.request.ProxyHandler({})] if urlparse(self.url).hostname in _LOOPBACK else []
-        self._opener = urllib.request.build_opener(*handlers)
-
-    def __repr__(self) -> str:
-        return f"OpenAIChat(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
-
-    def _api_key(self) -> str | None:
-        if self.api_key_env is None:
-            return None
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise ChatError(
-                f"environment variable {self.api_key_env} is not set; it must hold the API key for {self.url} "
-                "(set api_key_env to null for a server without authentication)"
-            )
-        return key
+        if max_tokens < 1:
+            raise ValueError(f"need max_tokens >= 1, got {max_tokens}")
+        super().__init__(base_url, model, api_key_env, timeout_s, max_retries, backoff_s, max_concurrency)
+        self.max_tokens = int(max_tokens)
+        self.url = f"{self.base_url}/chat/completions"
 
     def complete(self, messages: Sequence[Message], *, temperature: float = 0.0, max_tokens: int | None = None) -> str:
-        key = self._api_key()
         body = {
-            "model": self.model,
             "messages": [dict(m) for m in messages],
             "temperature": temperature,
             "max_tokens": max_tokens or self.max_tokens,
         }
-        data = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-        problem = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                delay = self.backoff_s * 2 ** (attempt - 1)
-                log.warning(
-                    "POST %s failed (%s); retry %d/%d in %.1f s", self.url, problem, attempt, self.max_retries, delay
-                )
-                time.sleep(delay)
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with self._opener.open(request, timeout=self.timeout_s) as response:
-                    return self._content(response.read(), key)
-            except urllib.error.HTTPError as err:
-                problem = f"HTTP {err.code}: {_redact(_body_excerpt(err), key)}"
-                if not _retryable(err.code):
-                    raise ChatError(f"POST {self.url} failed with {problem}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as err:
-                reason = err.reason if isinstance(err, urllib.error.URLError) else err
-                problem = _redact(f"{type(err).__name__}: {reason}", key)
-        # `from None`: the chained urllib exception adds nothing the message lacks.
-        raise ChatError(f"POST {self.url} failed after {self.max_retries + 1} attempt(s); last error: {problem}")
-
-    def _content(self, payload: bytes, key: str | None) -> str:
-        try:
-            content = json.loads(payload)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            excerpt = _redact(payload[:300].decode("utf-8", errors="replace"), key)
-            raise ChatError(f"POST {self.url} returned no chat completion: {excerpt!r}") from None
+        content = self.post(
+            "chat/completions", body, lambda r: r["choices"][0]["message"]["content"], "chat completion"
+        )
         return content or ""
 
     def complete_many(
@@ -173,12 +216,12 @@ class OpenAIChat(ChatBackend):
         temperature: float = 0.0,
         max_tokens: int | None = None,
     ) -> list[str]:
-        """Up to ``max_concurrency`` requests in flight; ``map`` returns the replies in input order."""
-        workers = max(1, min(self.max_concurrency, len(conversations)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(
-                pool.map(lambda m: self.complete(m, temperature=temperature, max_tokens=max_tokens), conversations)
-            )
+        """Up to ``max_concurrency`` requests in flight; the replies in input order."""
+        return ordered_map(
+            lambda m: self.complete(m, temperature=temperature, max_tokens=max_tokens),
+            conversations,
+            self.max_concurrency,
+        )
 
 
 def _body_excerpt(err: urllib.error.HTTPError) -> str:

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from bmc.synthesis._common import ordered_map
 from bmc.synthesis.judges import Judge, compare
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,6 @@ def rank(judge: Judge, prompt: str, completions: Sequence[str]) -> IPRResult:
     """Best by winner-stays, worst by loser-stays over the eliminated (see the module docstring)."""
     if len(completions) < 2:
         raise ValueError(f"IPR needs at least 2 completions per prompt, got {len(completions)}")
-    calls_before = judge.calls
     best, eliminated = 0, []
     for challenger in range(1, len(completions)):
         if compare(judge, prompt, completions[best], completions[challenger]) < 0:
@@ -63,9 +64,16 @@ def rank(judge: Judge, prompt: str, completions: Sequence[str]) -> IPRResult:
         if compare(judge, prompt, completions[worst], completions[challenger]) > 0:
             worst = challenger
     comparisons = 2 * len(completions) - 3
-    result = IPRResult(best, worst, comparisons, judge.calls - calls_before, completions[best] == completions[worst])
+    # each comparison asks two single judgments (not judge.calls' growth: other prompts' threads add to it)
+    result = IPRResult(best, worst, comparisons, 2 * comparisons, completions[best] == completions[worst])
     log.debug("IPR: best %d, worst %d, %d comparisons, %d judge calls", best, worst, comparisons, result.judge_calls)
     return result
+
+
+def rank_many(judge: Judge, samples: Sequence[Mapping[str, Any]]) -> list[IPRResult]:
+    """:func:`rank` of each ``{prompt, completions}`` sample, in order, with up to ``judge.max_concurrency``
+    prompts judged at once (each prompt's comparisons stay in sequence: winner-stays depends on them)."""
+    return ordered_map(lambda s: rank(judge, s["prompt"], s["completions"]), samples, judge.max_concurrency)
 
 
 def rm_pairs(scores: Sequence[float]) -> tuple[int, int]:

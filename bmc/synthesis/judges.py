@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,10 +34,16 @@ log = logging.getLogger(__name__)
 
 
 class Judge(ABC):
-    """Compares two responses to one prompt."""
+    """Compares two responses to one prompt. Safe to call from several threads at once (one prompt each):
+    ``max_concurrency`` is how many prompts are worth judging at once (1 unless the judge waits on a server)."""
+
+    max_concurrency: int = 1
 
     def __init__(self) -> None:
         self.calls = 0
+        #: replies that gave no verdict (counted as ties), per prompt: only an LLM judge has them
+        self.unparseable_by_prompt: Counter[str] = Counter()
+        self._lock = threading.Lock()  # the counters are updated from the threads judging different prompts
 
     def prefer(self, prompt: str, first: str, second: str) -> int:
         """ONE judgment with ``first`` in slot A: +1 first better, −1 second better, 0 tie."""
@@ -43,7 +51,8 @@ class Judge(ABC):
 
     def prefer_many(self, prompt: str, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """One judgment per (first, second) pair, in order; counts ``len(pairs)`` calls."""
-        self.calls += len(pairs)
+        with self._lock:
+            self.calls += len(pairs)
         return self._verdicts(prompt, pairs)
 
     @abstractmethod
@@ -182,13 +191,15 @@ class LLMJudge(Judge):
 
     ``template`` is the user message, formatted with ``{prompt}``, ``{a}`` (slot A) and ``{b}`` (slot B); it
     (or ``system``) must ask for a final verdict ``[[A]]``, ``[[B]]`` or ``[[C]]`` (tie). The last verdict in
-    the reply counts; a reply without one is a tie, counted in ``unparseable``.
+    the reply counts; a reply without one is a tie, counted in ``unparseable`` (per prompt in
+    ``unparseable_by_prompt``). Up to the backend's ``max_concurrency`` prompts are judged at once.
     """
 
     def __init__(self, backend: ChatBackend, template: str, system: str | None = None, max_tokens: int = 1024) -> None:
         super().__init__()
         check_template_fields(template, {"prompt", "a", "b"}, "the LLM judge's template")
         self.backend, self.template, self.system, self.max_tokens = backend, template, system, int(max_tokens)
+        self.max_concurrency = backend.max_concurrency
         self.unparseable = 0
 
     def messages(self, prompt: str, first: str, second: str) -> list[dict[str, str]]:
@@ -206,7 +217,9 @@ class LLMJudge(Judge):
         for reply in replies:
             verdict = parse_verdict(reply)
             if verdict is None:
-                self.unparseable += 1
+                with self._lock:
+                    self.unparseable += 1
+                    self.unparseable_by_prompt[prompt] += 1
                 log.warning("LLM judge reply has no [[A]]/[[B]]/[[C]] verdict, counted as a tie: %r", reply[-200:])
             verdicts.append(0 if verdict is None else verdict)
         return verdicts

@@ -20,57 +20,39 @@ from typing import Any
 
 from bmc.cache import cache_key
 from bmc.generation import generation_budget
+from bmc.synthesis._common import build_from_options
 from bmc.synthesis.bridging import bridge, mean_token_edit_distance
 from bmc.synthesis.context import SynthesisContext
-from bmc.synthesis.ipr import rank, rm_pairs
+from bmc.synthesis.ipr import rank_many, rm_pairs
 from bmc.synthesis.judges import build_judge
-from bmc.synthesis.sampler import sample_completions, task_completions
+from bmc.synthesis.sampler import SamplingSettings, build_sampler_backend, sampler_backend_class
 from bmc.synthesis.store import resumable_map
 
 log = logging.getLogger(__name__)
 
 
 def _samples(ctx: SynthesisContext) -> list[dict[str, Any]]:
+    """N completions per prompt from ``data.sampler.backend`` (:mod:`bmc.synthesis.sampler`)."""
     sampler = dict(ctx.cfg.get("sampler") or {})
-    backend = sampler.pop("backend", "hf")
-    if backend not in SAMPLERS:
-        raise ValueError(f"data.sampler.backend must be one of {sorted(SAMPLERS)}, got {backend!r}")
+    backend = build_sampler_backend(sampler.pop("backend", None), ctx)
+    if sampler.get("max_new_tokens") is None:
+        if not ctx.task_data.pref_examples:
+            raise ValueError("data.sampler.max_new_tokens must be set for tasks without gold responses")
+        sampler["max_new_tokens"] = generation_budget(ctx.tokenizer, ctx.task_data.pref_examples)
+    settings = build_from_options(SamplingSettings, sampler, "data.sampler")
     prompts = list(dict.fromkeys(p["prompt"] for p in ctx.task_data.pairs))
-    samples = SAMPLERS[backend](ctx, prompts, sampler)
+    samples = backend.sample(prompts, settings, ctx.cache_root)
     ctx.report["prompts_in"] = len(prompts)
     ctx.report["completions"] = sum(len(s["completions"]) for s in samples)
     ctx.report["truncated_completions"] = sum(sum(s["truncated"]) for s in samples)
     return samples
 
 
-def _policy_samples(ctx: SynthesisContext, prompts: list[str], sampler: dict[str, Any]) -> list[dict[str, Any]]:
-    """N completions per prompt from the starting policy with HF ``generate`` (cached, resumable)."""
-    if ctx.model is None:
-        raise ValueError("sampling needs the starting policy's model; this run's data stages were set up without it")
-    if sampler.get("max_new_tokens") is None:
-        if not ctx.task_data.pref_examples:
-            raise ValueError("data.sampler.max_new_tokens must be set for tasks without gold responses")
-        sampler["max_new_tokens"] = generation_budget(ctx.tokenizer, ctx.task_data.pref_examples)
-    return sample_completions(
-        ctx.model, ctx.tokenizer, prompts, cache_root=ctx.cache_root, cache_payload=ctx.model_key, **sampler
-    )
-
-
-def _task_samples(ctx: SynthesisContext, prompts: list[str], sampler: dict[str, Any]) -> list[dict[str, Any]]:
-    """N completions per prompt from the task's own generator, no model (the debug preset's sampler)."""
-    if ctx.verifier is None:
-        raise ValueError("data.sampler.backend=task needs a built-in task (task=math|qa|instruct)")
-    examples = [ctx.examples[prompt] for prompt in prompts]
-    return task_completions(ctx.verifier, examples, n=sampler.get("n", 5), seed=sampler.get("seed", 0))
-
-
-SAMPLERS = {"hf": _policy_samples, "task": _task_samples}
-
-
 def samples_from_policy(data_cfg: dict[str, Any]) -> bool:
-    """Whether the pairs of ``data_cfg`` are built from completions sampled from the starting policy."""
+    """Whether the pairs of ``data_cfg`` are built from completions sampled from the starting policy in this
+    process (the ``hf`` sampler backend; a served or vLLM model is loaded elsewhere)."""
     sampled = data_cfg.get("pairs", "original") in PAIR_SOURCES.keys() - {"original"}
-    return sampled and (data_cfg.get("sampler") or {}).get("backend", "hf") == "hf"
+    return sampled and sampler_backend_class((data_cfg.get("sampler") or {}).get("backend")).needs_policy_model
 
 
 def sampled_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
@@ -98,23 +80,22 @@ def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
     judge = build_judge(ctx.judge_cfg, task=ctx.verifier, examples=ctx.task_data.pref_examples)
 
     def process(batch: list[dict[str, Any]], first_index: int) -> list[dict[str, Any]]:
-        results = []
-        for sample in batch:
-            result = rank(judge, sample["prompt"], sample["completions"])
-            results.append(
-                {
-                    "best": result.best_index,
-                    "worst": result.worst_index,
-                    "comparisons": result.comparisons,
-                    "judge_calls": result.judge_calls,
-                }
-            )
-        return results
+        return [
+            {
+                "best": result.best_index,
+                "worst": result.worst_index,
+                "comparisons": result.comparisons,
+                "judge_calls": result.judge_calls,
+                "unparseable": judge.unparseable_by_prompt[sample["prompt"]],
+            }
+            for sample, result in zip(batch, rank_many(judge, batch))
+        ]
 
-    rankings = resumable_map(
-        ctx.cache_root, "judgments", _judge_payload(samples, ctx.judge_cfg, "ipr"), samples, process, batch_size=16
-    )
+    # "entry": entries count the judge's unparseable replies since then; older ones, without, are not read
+    payload = {**_judge_payload(samples, ctx.judge_cfg, "ipr"), "entry": "unparseable"}
+    rankings = resumable_map(ctx.cache_root, "judgments", payload, samples, process, batch_size=16)
     ctx.report["judge_calls"] = sum(r["judge_calls"] for r in rankings)
+    ctx.report["judge_unparseable"] = sum(r["unparseable"] for r in rankings)
     ctx.report["comparisons_per_prompt"] = sum(r["comparisons"] for r in rankings) / max(len(rankings), 1)
     choices = [(r["best"], r["worst"]) for r in rankings]
     if ctx.cfg.get("agreement_judge"):
