@@ -69,8 +69,13 @@ def test_each_layout_is_read_as_published(layout: str, tmp_path: Path) -> None:
     rows, (prompt, chosen, rejected) = LAYOUTS[layout]
     second = json.loads(json.dumps(rows[0]).replace("12", "13"))  # the same shape, other numbers
     data = _read(_file(tmp_path, [rows[0], second]))
-    scores = {"score_chosen": 9.0, "score_rejected": 1.0} if layout == "ranked" else {}  # kept with the pair
-    assert data.pairs[0] == {"prompt": prompt, "chosen": chosen, "rejected": rejected, **scores}
+    # kept with the pair: the ranked scores, and every column no layout reads, as it is (lists included)
+    extras = {
+        "ranked": {"score_chosen": 9.0, "score_rejected": 1.0},
+        "ultrafeedback_binarized": {"prompt_id": "a1", "score_chosen": 9.0, "score_rejected": 3.5,
+                                    "messages": _messages(ASK, ("assistant", "It is 42."))},
+    }.get(layout, {})  # fmt: skip
+    assert data.pairs[0] == {"prompt": prompt, "chosen": chosen, "rejected": rejected, **extras}
     assert len(data.pairs) == 2 and data.sft_train[0]["response"] == data.pairs[1]["chosen"]
 
 
@@ -162,7 +167,7 @@ def test_ranked_completions_become_pairs_by_best_worst_or_all_pairs_with_ties_co
     path = _file(tmp_path, [UF_RAW, {**UF_RAW, "instruction": "Name an even number."}])
     best_worst = _read(path, columns=UF_COLUMNS).pairs
     assert best_worst[0] == {"prompt": "Name a prime number.", "chosen": "Seven.", "rejected": "Nine.",
-                             "score_chosen": 8.5, "score_rejected": 2.0}  # fmt: skip
+                             "score_chosen": 8.5, "score_rejected": 2.0, "source": "evol_instruct"}  # fmt: skip
     assert len(best_worst) == 2
     with caplog.at_level("WARNING", logger="bmc.data.hf_prefs"):
         all_pairs = _read(path, columns=UF_COLUMNS, pairing="all_pairs").pairs

@@ -7,7 +7,7 @@ The DataModules tokenize a few thousand rows once in ``setup``; holding them as 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, overload
 
 from torch.utils.data import Dataset
@@ -36,14 +36,17 @@ class ColumnDataset(Dataset):
         encode: Callable[[dict[str, list[Any]]], dict[str, list[Any]]],
         desc: str,
         batch_size: int = 1000,
+        fields: Sequence[str] | None = None,
     ) -> ColumnDataset:
         """``encode`` applied to ``rows`` in batches of ``batch_size`` (a dict of input columns in, a dict of
-        output columns out, one entry per row), with a progress bar."""
+        output columns out, one entry per row), with a progress bar. ``fields`` are the input columns
+        ``encode`` reads (default: the first row's); only they are handed to it, so other keys of the rows
+        (a dataset's extra columns, which rows may lack) never reach the tensors."""
         out: dict[str, list[Any]] = {}
         with tqdm(total=len(rows), desc=desc, unit="rows") as bar:
             for start in range(0, len(rows), batch_size):
                 batch = rows[start : start + batch_size]
-                encoded = encode({name: [row[name] for row in batch] for name in batch[0]})
+                encoded = encode({name: [row[name] for row in batch] for name in fields or batch[0]})
                 for name, values in encoded.items():
                     out.setdefault(name, []).extend(values)
                 bar.update(len(batch))

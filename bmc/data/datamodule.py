@@ -138,7 +138,9 @@ class SFTDataModule(_TokenizedDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split, rows in self.rows.items():
             if split not in self.datasets:
-                self.datasets[split] = ColumnDataset.from_rows(rows, self._encode, desc=f"tokenize sft/{split}")
+                self.datasets[split] = ColumnDataset.from_rows(
+                    rows, self._encode, desc=f"tokenize sft/{split}", fields=("prompt", "response")
+                )
 
     def _encode(self, batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"prompt_ids": [], "response_ids": []}
@@ -187,7 +189,10 @@ class PreferenceDataModule(_TokenizedDataModule):
             if split in self.datasets:
                 continue
             self.datasets[split] = ColumnDataset.from_rows(
-                rows, partial(self._encode, stopwords=stopwords), desc=f"tokenize pairs/{split}"
+                rows,
+                partial(self._encode, stopwords=stopwords),
+                desc=f"tokenize pairs/{split}",
+                fields=("prompt", "chosen", "rejected"),
             )
             self._report_truncation(split)
 

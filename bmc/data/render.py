@@ -20,9 +20,7 @@ from bmc.data.sources import Prompt, TaskData
 from bmc.tasks import Example
 
 
-def render_prompt(
-    prompt: Prompt, chat_template: PreTrainedTokenizerBase | None = None, user_turn: bool = False
-) -> str:
+def render_prompt(prompt: Prompt, chat_template: PreTrainedTokenizerBase | None = None, user_turn: bool = False) -> str:
     """Text of a prompt; message lists (and text with ``user_turn``: one user message) use ``chat_template``'s
     template when it has one."""
     if isinstance(prompt, str):
@@ -35,8 +33,8 @@ def render_prompt(
 
 
 def render_task(task_data: TaskData, chat_template: PreTrainedTokenizerBase | None) -> TaskData:
-    """``task_data`` with the prompts of its SFT examples, preference pairs and reward pairs as text (and, for
-    user-turn tasks, of its verifier-scored examples)."""
+    """``task_data`` with the prompts of its SFT examples, preference (and validation) pairs and reward pairs as
+    text (and, for user-turn tasks, of its verifier-scored examples)."""
 
     def render(prompt: Prompt) -> str:
         return render_prompt(prompt, chat_template, task_data.user_turns)
@@ -52,6 +50,7 @@ def render_task(task_data: TaskData, chat_template: PreTrainedTokenizerBase | No
         sft_train=rows(task_data.sft_train),
         sft_val=rows(task_data.sft_val),
         pairs=rows(task_data.pairs),
+        val_pairs=rows(task_data.val_pairs),
         reward_pairs=rows(task_data.reward_pairs),
         eval_examples=examples(task_data.eval_examples),
         pref_examples=examples(task_data.pref_examples),

@@ -22,12 +22,16 @@ class TaskData:
     Prompts may be message lists until :func:`bmc.data.render.render_task` turns them into text; every stage
     after that reads the rendered copy.
 
-    ``pairs`` are the task's given preference pairs (``data=original``); ``eval_examples`` are held-out
-    prompts scored by ``verifier`` after training (empty for datasets without a verifier).
+    ``pairs`` are the task's given preference pairs (``data=original``), with any extra columns of their rows
+    (ids, scores, ``task_source``) beside ``prompt``/``chosen``/``rejected``; ``eval_examples`` are held-out
+    prompts scored by ``verifier`` after training (a dataset's eval split: its prompts, the first chosen
+    response of each as ``gold``; empty without one). ``val_pairs`` are the eval split's pairs, the validation
+    pairs of ``data=original`` (empty: validation is held out of ``pairs``).
     ``reward_pairs`` are pairs on prompts disjoint from ``pairs`` for training a reward model
     (:func:`bmc.stages.reward_model.train_reward_model`); built-in tasks make them from the SFT split.
     ``sft_val_examples`` are the verifier-scored examples behind ``sft_val``, on which the SFT stage may stop at
     a target accuracy (``sft.target_accuracy``).
+    ``report``: what loading found, for the data report (drops by reason, extra columns, pairs per source).
     ``user_turns``: the text prompts (of the pairs and of the examples) are a user's turn of a chat, rendered
     with the model's chat template like conversational prompts (built-in tasks posed to an instruct model).
     """
@@ -41,6 +45,8 @@ class TaskData:
     pref_examples: list[Example] = field(default_factory=list)
     reward_pairs: list[dict[str, str]] = field(default_factory=list)
     sft_val_examples: list[Example] = field(default_factory=list)
+    val_pairs: list[dict[str, Any]] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
     user_turns: bool = False
 
     def corpus(self) -> list[str]:
@@ -58,6 +64,7 @@ def builtin_task(
     turn (the question without the ``"\nAnswer:"`` cue, then the instruction, which says how to state the
     answer so that the verifier finds it), rendered later by the model's chat template, and responses drop
     the leading space that continues a plain-text prompt."""
+
     def pose(example: Example) -> Example:
         if chat_instruction is None:
             return example

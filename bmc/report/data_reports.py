@@ -18,6 +18,8 @@ COLUMNS = (
     ("edit distance after", "edit_distance_after"),
     ("edits accepted", "edits_accepted"),
     ("chosen verifier accept", "chosen_verifier_accept"),
+    ("sources (pairs)", "sources"),
+    ("extra columns", "extra_columns"),
 )
 
 
@@ -47,8 +49,12 @@ def data_reports_markdown(records: list[RunRecord]) -> str:
 
 
 def _text(value: Any) -> str:
-    if value is None:
+    if value is None or value in ({}, []):
         return "-"
+    if isinstance(value, dict):  # pairs per source of a mixture
+        return "; ".join(f"{name}: {_text(n)}" for name, n in value.items())
+    if isinstance(value, list):  # the names of extra columns
+        return ", ".join(map(str, value))
     if isinstance(value, float) and not value.is_integer():
         return f"{value:.2f}"
     return str(int(value)) if isinstance(value, float) else str(value)

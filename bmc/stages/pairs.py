@@ -3,18 +3,22 @@ sampled from the starting policy, ranked by a judge, and/or bridged by an editor
 
 Samples, judgments and edits are cached item by item under ``<cache>/samples``, ``judgments`` and ``edits``
 (:mod:`bmc.synthesis.store`), keyed by their inputs and config, so a killed run resumes where it stopped and
-every run and sweep job with the same inputs reuses them.
+every run and sweep job with the same inputs reuses them. The pairs themselves, with the extra columns of
+their rows (ids, scores, ``task_source``), are written to ``<cache>/pairs/<key>/pairs.jsonl``, one entry per
+distinct set of pairs, and the data report names that file (``pairs_file``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from bmc.cache import cache_key, cached_dir
 from bmc.data.sources import TaskData
 from bmc.stages.common import container
 from bmc.stages.reward_model import JudgeSetup
@@ -23,14 +27,19 @@ from bmc.synthesis.pipeline import SynthesisContext, build_pairs, samples_from_p
 
 log = logging.getLogger(__name__)
 
+PAIRS_FILE = "pairs.jsonl"
+
 
 @dataclass
 class PreferencePairs:
-    """``pairs``: ``{prompt, chosen, rejected}`` texts; ``report``: what METHODS.md asks of every synthesized
-    dataset (pairs in and out, drops by reason, judge and editor calls, edit distances, verifier acceptance)."""
+    """``pairs``: ``{prompt, chosen, rejected}`` texts (and the extra columns of the task's rows); ``report``:
+    what METHODS.md asks of every synthesized dataset (pairs in and out, drops by reason, judge and editor
+    calls, edit distances, verifier acceptance) and what loading the task found. ``val_pairs``: the validation
+    pairs where the task gives them (the eval split of ``data=original``), else empty: held out of ``pairs``."""
 
-    pairs: list[dict[str, str]]
+    pairs: list[dict[str, Any]]
     report: dict[str, Any]
+    val_pairs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def needs_policy_model(cfg: DictConfig) -> bool:
@@ -55,10 +64,28 @@ def preference_pairs(
     )
     pairs, report = build_pairs(context)
     report.update(judge.report)
-    log.info("data report: %s", json.dumps(report))
+    loaded = dict(task_data.report)
+    report["dropped"] = {**loaded.pop("dropped", {}), **report["dropped"]}
+    report.update(loaded)
+    # the eval split's pairs validate the task's own pairs; synthesized pairs are validated on their own kind
+    val_pairs = task_data.val_pairs if cfg.data.pairs == "original" else []
+    if val_pairs:
+        report["val_pairs"] = len(val_pairs)
     if len(pairs) < 2:
         raise ValueError(
             f"data={cfg.data.name} (pairs={cfg.data.pairs}) produced {len(pairs)} preference pair(s) from "
             f"{report.get('prompts_in')} prompts; dropped: {report['dropped']}"
         )
-    return PreferencePairs(pairs, report)
+    report["pairs_file"] = str(cache_pairs(cfg.paths.cache_dir, pairs))
+    log.info("data report: %s", json.dumps(report))
+    return PreferencePairs(pairs, report, val_pairs)
+
+
+def cache_pairs(cache_dir: str | Path, pairs: list[dict[str, Any]]) -> Path:
+    """The JSON Lines file of ``pairs`` under ``<cache>/pairs/<key of the pairs>/``, written on first use."""
+
+    def write(folder: Path) -> None:
+        with (folder / PAIRS_FILE).open("w", encoding="utf-8") as out:
+            out.writelines(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs)
+
+    return cached_dir(cache_dir, "pairs", {"pairs": cache_key(pairs)}, write) / PAIRS_FILE

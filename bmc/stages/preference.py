@@ -55,10 +55,14 @@ class TrainedPolicy:
 def train_preference(
     cfg: DictConfig, data: PreferencePairs, policy: StartingPolicy, loggers: list[Logger], ckpt_path: str | None
 ) -> TrainedPolicy:
-    """Fit the policy on ``data`` (train/val split by ``data.val_fraction``) and validate the final weights."""
+    """Fit the policy on ``data`` (validated on its ``val_pairs``, else a train/val split by ``data.val_fraction``)
+    and validate the final weights."""
     pl.seed_everything(cfg.seed, workers=True)
     model, reference = _policy_and_reference(cfg, policy)
-    train_pairs, val_pairs = split_pairs(data.pairs, cfg.data.val_fraction, cfg.task.get("seed", 0))
+    if data.val_pairs:
+        train_pairs, val_pairs = data.pairs, data.val_pairs
+    else:
+        train_pairs, val_pairs = split_pairs(data.pairs, cfg.data.val_fraction, cfg.task.get("seed", 0))
     # _partial_: the config's own arguments are bound, and the objects are passed as they are (not converted)
     datamodule = instantiate(cfg.datamodule, _partial_=True)(
         train=train_pairs,
@@ -103,6 +107,7 @@ def train_preference(
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     metrics["train/steps"] = float(trainer.global_step)
     metrics["data/train_pairs"] = float(len(train_pairs))
+    metrics["data/val_pairs"] = float(len(val_pairs))
     metrics["data/truncated_pairs"] = float(sum(datamodule.truncated_rows.values()))
     if not trainer.is_global_zero:
         log.info("rank %d of %d: training done; rank 0 evaluates and writes summary.json",
