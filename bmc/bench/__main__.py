@@ -34,7 +34,15 @@ import torch
 from bmc.bench.flops import Shapes, matmul_peak, step_flops_per_pair
 from bmc.bench.results import MODES, OTHERS, OURS, format_table, summarise, targets
 from bmc.bench.runners import VAL_FRACTION, train_pairs
-from bmc.bench.workload import NAMED_CONFIGS, SIZES, make_pairs, realistic_pairs, write_named_model, write_workload
+from bmc.bench.workload import (
+    MAX_ROW_TOKENS,
+    NAMED_CONFIGS,
+    SIZES,
+    make_pairs,
+    realistic_pairs,
+    write_named_model,
+    write_workload,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the pipeline's default learning rate and DPO beta, given to every implementation
@@ -46,7 +54,7 @@ DEFAULT_IMPLS = {
     "real": ("ours_dpo", "ours_bmc", "trl", "trl_defaults"),
 }
 #: TRL's and model=hf's sequence limit, given to every implementation
-MAX_LENGTH = 1024
+MAX_LENGTH = MAX_ROW_TOKENS
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -58,6 +66,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"a checkpoint folder, hub id or named config ({', '.join(NAMED_CONFIGS)}) with UltraFeedback-like "
         "lengths, instead of --sizes",
+    )
+    parser.add_argument(
+        "--length-scale", type=float, default=1.0, help="--model: every pair length times this (2.1: ~1024-token rows)"
     )
     parser.add_argument("--steps", type=int, default=None, help="steps per measurement (default: calibrated)")
     parser.add_argument(
@@ -123,7 +134,7 @@ class Bench:
             return make_pairs(n, self.args.seed)
         from bmc.models import load_tokenizer
 
-        return realistic_pairs(n, load_tokenizer(self.checkpoints[size]), self.args.seed)
+        return realistic_pairs(n, load_tokenizer(self.checkpoints[size]), self.args.seed, self.args.length_scale)
 
     def _run(self, command: list[str], out: Path) -> dict[str, Any]:
         started = time.perf_counter()

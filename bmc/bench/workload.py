@@ -53,6 +53,8 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
 #: UltraFeedback-like lengths in tokens: prompt log-normal (median, sigma, bounds), responses uniform
 PROMPT_MEDIAN, PROMPT_SIGMA, PROMPT_BOUNDS = 180, 0.45, (64, 512)
 RESPONSE_BOUNDS = (200, 400)
+#: TRL's and model=hf's truncation limits, which a scaled workload stays within (nothing is truncated)
+MAX_PROMPT_TOKENS, MAX_ROW_TOKENS = 512, 1024
 
 
 def _words(rng: random.Random, n: int) -> list[str]:
@@ -104,16 +106,20 @@ def _text_of_length(rng: random.Random, vocabulary: list[str], costs: dict[str, 
     return " " + " ".join(words)
 
 
-def realistic_pairs(n: int, tokenizer: Any, seed: int = 0) -> list[dict[str, str]]:
-    """``n`` pairs with UltraFeedback-like lengths measured in ``tokenizer``'s tokens (module docstring)."""
+def realistic_pairs(n: int, tokenizer: Any, seed: int = 0, scale: float = 1.0) -> list[dict[str, str]]:
+    """``n`` pairs with UltraFeedback-like lengths measured in ``tokenizer``'s tokens (module docstring), every
+    length times ``scale`` (``--length-scale``: 2.1 gives rows of about 1024 tokens), within TRL's and
+    model=hf's limits: prompts of at most 512 tokens, rows of at most 1024."""
     rng = random.Random(seed)
     vocabulary = _words(rng, 400)
     costs = {w: len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in vocabulary}
     low, high = PROMPT_BOUNDS
     pairs = []
     for _ in range(n):
-        prompt_tokens = min(high, max(low, round(rng.lognormvariate(math.log(PROMPT_MEDIAN), PROMPT_SIGMA))))
-        chosen, rejected = (rng.randint(*RESPONSE_BOUNDS) for _ in range(2))
+        drawn = rng.lognormvariate(math.log(PROMPT_MEDIAN), PROMPT_SIGMA)
+        prompt_tokens = min(MAX_PROMPT_TOKENS, round(scale * min(high, max(low, drawn))))
+        longest = MAX_ROW_TOKENS - prompt_tokens - 8  # room for BOS, the terminator and a word's overshoot
+        chosen, rejected = (min(longest, round(scale * rng.randint(*RESPONSE_BOUNDS))) for _ in range(2))
         pairs.append(
             {
                 "prompt": "Question:" + _text_of_length(rng, vocabulary, costs, prompt_tokens - 4) + "\nAnswer:",
