@@ -58,7 +58,7 @@ def train_preference(
     """Fit the policy on ``data`` (train/val split by ``data.val_fraction``) and validate the final weights."""
     pl.seed_everything(cfg.seed, workers=True)
     model, reference = _policy_and_reference(cfg, policy)
-    train_pairs, val_pairs = split_pairs(data.pairs, cfg.data.val_fraction, cfg.task.get("seed", 0))
+    train_pairs, val_pairs = train_val_pairs(cfg, data.pairs)
     # _partial_: the config's own arguments are bound, and the objects are passed as they are (not converted)
     datamodule = instantiate(cfg.datamodule, _partial_=True)(
         train=train_pairs,
@@ -108,6 +108,12 @@ def train_preference(
         log.info("rank %d of %d: training done; rank 0 evaluates and writes summary.json",
                  trainer.global_rank, trainer.world_size)  # fmt: skip
     return TrainedPolicy(module.policy, metrics, trainer)
+
+
+def train_val_pairs(cfg: DictConfig, pairs: list[dict[str, str]]) -> tuple[list, list]:
+    """The preference stage's training and validation pairs (``data.val_fraction`` held out, by prompt): the
+    validation prompts are also the held-out prompts of an evaluation on a dataset without an eval split."""
+    return split_pairs(pairs, cfg.data.val_fraction, cfg.task.get("seed", 0))
 
 
 def _uses_reference(cfg: DictConfig) -> bool:
