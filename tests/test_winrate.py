@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bmc.data.sources import TaskData
+from bmc.pipeline import run
 from bmc.stages.evaluation import evaluation_kind
 from bmc.stages.reward_model import JudgeSetup
 from bmc.stages.warm_start import SFT_EVAL_KEYS
@@ -154,6 +155,31 @@ def test_baselines_and_the_settings_they_cannot_work_with(tmp_path: Path) -> Non
     llm = OmegaConf.to_container(compose_config(["judge=llm"]).judge)
     with pytest.raises(ValueError, match=r"eval=winrate .* judge=llm .* needs `model`"):
         pairwise_judge(_setup("chosen", DATASET, judge=llm))
+
+
+def test_a_dataset_is_judged_against_the_reference_answers_on_its_validation_prompts(make_config, tmp_path) -> None:
+    rows = [{"prompt": f"What is {i} plus one?", "chosen": f" It is {i + 1}.", "rejected": f" It is {i + 2}."}
+            for i in range(30)]  # fmt: skip
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with FakeChatServer(lambda body: "Slot B, always. [[B]]") as server:  # a position bias: every game a tie
+        judge = [
+            f"judge.backend.base_url={server.base_url}",
+            "judge.backend.model=judge",
+            "judge.backend.api_key_env=null",
+        ]
+        winrate = ["eval=winrate", "eval.baseline=reference", "eval.max_new_tokens=8"]
+        task = ["task=hf_prefs", f"task.path={path}", "task.sizes.sft_val=4"]
+        cfg = make_config("debug=default", *task, "judge=llm", *judge, *winrate, "optim.lr=1e-2")
+        metrics = run(cfg)
+    judged = [json.loads(line) for line in (tmp_path / "run" / EVAL_WINRATE).read_text().splitlines()]
+    assert metrics["eval/num_prompts"] == len(judged) == 2  # the 2 validation pairs of debug's 24 rows
+    assert metrics["eval/winrate"] == metrics["eval/winrate_lc"] == 0.5 and metrics["eval/tie_rate"] == 1.0
+    (reference,) = (tmp_path / "cache" / "reference_answers").glob("*/results.jsonl")
+    assert [json.loads(line)["answer"] for line in reference.read_text().splitlines()] == [
+        r["baseline"] for r in judged
+    ]
+    assert len(server.requests) == 2 * sum(r["policy"] != r["baseline"] for r in judged)
 
 
 def _question(body: dict) -> str:
