@@ -126,6 +126,7 @@ def _reference_answers(setup: EvalSetup, held_out: list[HeldOut], budget: int) -
 
 
 def _chosen_answers(setup: EvalSetup, held_out: list[HeldOut], budget: int) -> Baseline:
+    """The data's chosen responses; a held-out prompt without one raises naming ``eval.baseline=chosen``."""
     missing = [h.prompt for h in held_out if h.chosen is None]
     if missing:
         raise ValueError(
