@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 log = logging.getLogger(__name__)
 
 _COMPLETE = "_COMPLETE"
@@ -39,6 +41,18 @@ def checkpoint_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
         return {"path": str(path)}
     files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
     return {"path": str(folder.resolve()), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """What identifies a model held in memory (a trained policy not yet saved) in cache keys: a hash of every
+    tensor of its state dict (name, dtype, shape and bytes), so equal weights give one key, however made."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        # the bytes as uint8: bfloat16 has no numpy dtype
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """The main job, as its stages in order (one module each under :mod:`bmc.stages`):
 
-render the task's data -> warm start (SFT) -> judge (reward model) -> preference pairs -> preference training
--> evaluation -> export -> summary.
+render the task's data -> warm start (SFT) -> judge (reward model) -> preference pairs -> (evaluation prepared)
+-> preference training -> evaluation -> export -> summary.
 
 ``train.py`` only composes the Hydra config and calls :func:`run`; ``python -m bmc.synthesize`` runs the data
 stages alone.
@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from bmc.loggers import build_loggers
 from bmc.module import build_objective
 from bmc.stages.common import container, truncation
-from bmc.stages.evaluation import evaluate
+from bmc.stages.evaluation import EvalSetup, evaluation_kind, prepare_evaluation
 from bmc.stages.export import export_policy
 from bmc.stages.pairs import preference_pairs
 from bmc.stages.preference import resume_checkpoint, train_preference
@@ -40,20 +40,21 @@ def run(cfg: DictConfig) -> dict[str, float]:
         judge = judge_setup(cfg, task_data, policy)
         data = preference_pairs(cfg, task_data, policy, judge)
         results.add_data_report(data.report)
+        evaluation = prepare_evaluation(EvalSetup(cfg, task_data, policy, judge, data))
         trained = train_preference(cfg, data, policy, results.loggers, ckpt_path)
         results.add(trained.metrics)
         results.reports = trained.is_global_zero
         if trained.is_global_zero:
-            step = trained.trainer.global_step
-            results.add(evaluate(cfg, task_data, trained.model, policy.tokenizer, results.loggers, step))
+            results.add(evaluation(trained, results.loggers))
             results.exported = export_policy(cfg, trained, policy.tokenizer)
     return results.metrics
 
 
 def check_config(cfg: DictConfig) -> str | None:
     """Fail in seconds, before any model is built or data stage runs, on out-of-range loss, weighting,
-    regularizer or truncation options and on a ``ckpt_path`` with no checkpoint; returns the checkpoint to
-    resume from."""
+    regularizer or truncation options, an unknown ``eval.kind`` and on a ``ckpt_path`` with no checkpoint;
+    returns the checkpoint to resume from."""
     build_objective(container(cfg.loss), container(cfg.token_weighting), container(cfg.regularizer))
     truncation(cfg)
+    evaluation_kind(cfg)
     return resume_checkpoint(cfg)

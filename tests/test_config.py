@@ -22,6 +22,7 @@ GROUPS = [
     "callbacks",
     "judge",
     "editor",
+    "eval",
     "method",
     "experiment",
     "debug",

@@ -15,7 +15,15 @@ from bmc.report.data_reports import data_reports_markdown
 from bmc.report.records import RunRecord
 
 # shown when the caller names none (those that no run has are dropped)
-DEFAULT_METRICS = ("eval/accuracy", "eval/score", "val/rewards/accuracies", "val/rewards/margins", "val/delta_w")
+DEFAULT_METRICS = (
+    "eval/accuracy",
+    "eval/score",
+    "eval/winrate",
+    "eval/winrate_lc",
+    "val/rewards/accuracies",
+    "val/rewards/margins",
+    "val/delta_w",
+)
 CSV_COLUMNS = ("method", "task", "metric", "mean", "std", "n", "failed", "missing")
 
 

@@ -1,11 +1,21 @@
-"""Stage 5, evaluation: greedy answers of the trained policy to the task's held-out prompts, scored by its
-verifier (``eval/accuracy``, ``eval/score``, ``eval/truncated``), logged to every logger; each answer and its
-score go to ``<run>/eval_answers.jsonl`` (what ``bmc.report`` bootstraps its intervals over). Not cached: it
-is the run's result. Tasks without a verifier (``task=hf_prefs``) report the validation metrics only."""
+"""Stage 5, evaluation, of the kind ``eval.kind`` names (``conf/eval/``; ``eval.enabled=false`` is ``none``):
+
+- ``verifier``: greedy answers of the trained policy to the task's held-out prompts, scored by its verifier
+  (``eval/accuracy``, ``eval/score``, ``eval/truncated``), logged to every logger; each answer and its score
+  go to ``<run>/eval_answers.jsonl`` (what ``bmc.report`` bootstraps its intervals over). Not cached: it is
+  the run's result. Tasks without a verifier (``task=hf_prefs``) report the validation metrics only.
+- ``winrate``: judged win rates against a baseline answer (:mod:`bmc.stages.winrate`).
+- ``none``: no evaluation.
+
+An evaluation is prepared before training (:func:`prepare_evaluation`), so that a setting it cannot work with
+fails in seconds, and run on the trained policy afterwards.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -15,7 +25,27 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from bmc.data.sources import TaskData
 from bmc.generation import score_summary
 from bmc.stages.common import verifier_answers
+from bmc.stages.pairs import PreferencePairs
+from bmc.stages.preference import TrainedPolicy
+from bmc.stages.reward_model import JudgeSetup
+from bmc.stages.warm_start import StartingPolicy
+from bmc.stages.winrate import prepare_winrate
 from bmc.summary import EVAL_ANSWERS
+
+#: a prepared evaluation: the ``eval/*`` metrics of the trained policy, also logged to the loggers
+Evaluation = Callable[[TrainedPolicy, list[Logger]], dict[str, float]]
+
+
+@dataclass
+class EvalSetup:
+    """What an evaluation may draw on before training: the config, the task's data, the starting policy (the
+    reference), the judge and the preference pairs (whose validation prompts are a dataset's held-out ones)."""
+
+    cfg: DictConfig
+    task_data: TaskData
+    policy: StartingPolicy
+    judge: JudgeSetup
+    pairs: PreferencePairs
 
 
 def evaluate(
@@ -26,7 +56,7 @@ def evaluate(
     loggers: list[Logger],
     step: int,
 ) -> dict[str, float]:
-    """The ``eval/*`` metrics of ``model``, also logged at training step ``step``."""
+    """The verifier's ``eval/*`` metrics of ``model``, also logged at training step ``step``."""
     answers = verifier_answers(cfg, task_data, model, tokenizer)
     if not answers:
         return {}
@@ -38,3 +68,37 @@ def evaluate(
     for logger in loggers:
         logger.log_metrics(metrics, step=step)
     return metrics
+
+
+def _verifier(setup: EvalSetup) -> Evaluation:
+    def run(trained: TrainedPolicy, loggers: list[Logger]) -> dict[str, float]:
+        return evaluate(
+            setup.cfg, setup.task_data, trained.model, setup.policy.tokenizer, loggers, trained.trainer.global_step
+        )
+
+    return run
+
+
+def _none(setup: EvalSetup) -> Evaluation:
+    return lambda trained, loggers: {}
+
+
+#: ``eval.kind`` -> the function preparing that evaluation
+EVALUATIONS: dict[str, Callable[[EvalSetup], Evaluation]] = {
+    "verifier": _verifier,
+    "winrate": prepare_winrate,
+    "none": _none,
+}
+
+
+def evaluation_kind(cfg: DictConfig) -> str:
+    """``eval.kind``, ``none`` with ``eval.enabled=false``; an unknown kind raises (checked before any stage)."""
+    kind = cfg.eval.kind if cfg.eval.enabled else "none"
+    if kind not in EVALUATIONS:
+        raise ValueError(f"eval.kind must be one of {sorted(EVALUATIONS)} (conf/eval/), got {kind!r}")
+    return kind
+
+
+def prepare_evaluation(setup: EvalSetup) -> Evaluation:
+    """The evaluation of :func:`evaluation_kind`, ready to run after training."""
+    return EVALUATIONS[evaluation_kind(setup.cfg)](setup)

@@ -59,10 +59,7 @@ def train_preference(
     and validate the final weights."""
     pl.seed_everything(cfg.seed, workers=True)
     model, reference = _policy_and_reference(cfg, policy)
-    if data.val_pairs:
-        train_pairs, val_pairs = data.pairs, data.val_pairs
-    else:
-        train_pairs, val_pairs = split_pairs(data.pairs, cfg.data.val_fraction, cfg.task.get("seed", 0))
+    train_pairs, val_pairs = train_val_pairs(cfg, data)
     # _partial_: the config's own arguments are bound, and the objects are passed as they are (not converted)
     datamodule = instantiate(cfg.datamodule, _partial_=True)(
         train=train_pairs,
@@ -113,6 +110,15 @@ def train_preference(
         log.info("rank %d of %d: training done; rank 0 evaluates and writes summary.json",
                  trainer.global_rank, trainer.world_size)  # fmt: skip
     return TrainedPolicy(module.policy, metrics, trainer)
+
+
+def train_val_pairs(cfg: DictConfig, data: PreferencePairs) -> tuple[list, list]:
+    """The preference stage's training and validation pairs: the data's own ``val_pairs`` (a dataset's eval
+    split), else ``data.val_fraction`` held out by prompt. The validation prompts are also the held-out prompts
+    of an evaluation on a dataset without an eval split."""
+    if data.val_pairs:
+        return data.pairs, data.val_pairs
+    return split_pairs(data.pairs, cfg.data.val_fraction, cfg.task.get("seed", 0))
 
 
 def _uses_reference(cfg: DictConfig) -> bool:

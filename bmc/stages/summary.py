@@ -21,12 +21,15 @@ from bmc.stages.common import container
 from bmc.summary import results_table, write_summary
 
 #: the config groups whose chosen preset summary.json records, and the config nodes it keeps
-PRESET_GROUPS = ("task", "data", "judge", "editor", "loss", "token_weighting", "regularizer", "model")
+PRESET_GROUPS = ("task", "data", "judge", "editor", "loss", "token_weighting", "regularizer", "model", "eval")
 ESSENTIALS = (*PRESET_GROUPS, "optim", "sft")
 HEADLINE = (
     "eval/accuracy",
     "eval/score",
     "eval/sft_accuracy",
+    "eval/winrate",
+    "eval/winrate_lc",
+    "eval/tie_rate",
     "val/rewards/accuracies",
     "val/rewards/margins",
     "val/loss",

@@ -32,6 +32,9 @@ from bmc.stages.common import container, stage_steps, stage_trainer, stage_train
 
 log = logging.getLogger(__name__)
 
+#: the keys of ``cfg.eval`` that change the SFT stage (its stopping check and ``sft_eval.json``)
+SFT_EVAL_KEYS = ("enabled", "batch_size", "max_new_tokens")
+
 
 @dataclass
 class StartingPolicy:
@@ -87,7 +90,9 @@ def _sft_checkpoint(cfg: DictConfig, task_data: TaskData, source: ModelSource) -
         "sft": {**container(cfg.sft), "steps": stage_steps(cfg, cfg.sft.steps)},
         "logprob_chunk": cfg.logprob_chunk,
         "truncation": container(cfg.truncation),
-        "eval": container(cfg.eval),
+        # the evaluation settings the SFT's own check uses, not the kind of the final evaluation: eval=winrate
+        # and eval=verifier share one SFT checkpoint
+        "eval": {k: cfg.eval.get(k) for k in SFT_EVAL_KEYS},
         "trainer": stage_trainer_key(cfg),
     }
 

@@ -1,0 +1,288 @@
+"""The ``winrate`` evaluation (``eval=winrate``): the trained policy's greedy answer to each held-out prompt,
+compared with a baseline answer by the ``judge`` group's pairwise judge in both orders; win rate, tie rate,
+length-controlled win rate and bootstrap intervals by :mod:`bmc.winrate` (the rule and the formulas).
+
+Held-out prompts: the task's eval split (built-in tasks; the gold response is the chosen one), or for a
+dataset without one (``task=hf_prefs``) the prompts of the preference stage's validation pairs, with the
+dataset's chosen response.
+
+Baselines (``eval.baseline``): ``reference``, the starting policy's own greedy answer with the same budget,
+generated before training while the policy still holds the starting weights and cached under
+``<cache>/reference_answers`` by the starting checkpoint; ``chosen``, the dataset's chosen response; anything
+else is the path of a JSONL file of ``{prompt, answer}`` rows. The judge is built before training too, so
+that a setting that cannot work fails in seconds (a local judge model stays loaded meanwhile).
+
+Answers identical to the baseline's are ties without asking the judge: at temperature 0 the two orders of
+identical answers are the same request twice, which the both-order rule makes a tie whatever the verdict.
+
+Cached item by item under ``<cache>/winrate`` (:func:`bmc.synthesis.store.resumable_map`), keyed by the
+trained weights' contents, the starting checkpoint (the tokenizer), the prompts, the baseline's answers, the
+judge config and the answer budget: a rerun with the same policy generates and judges nothing. Every prompt's
+answers and verdicts go to ``<run>/eval_winrate.jsonl`` and, with the wandb logger, to the table
+``eval/winrate_answers``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+from bmc.cache import cache_key, weights_fingerprint
+from bmc.data.tokenize import encode_texts
+from bmc.generation import generate, generation_budget
+from bmc.reference import accelerator_device
+from bmc.stages.preference import TrainedPolicy, train_val_pairs
+from bmc.synthesis._common import ordered_map
+from bmc.synthesis.judges import Judge, build_judge
+from bmc.synthesis.store import resumable_map
+from bmc.tasks import Example
+from bmc.winrate import TIE, both_order_outcome, winrate_summary
+
+if TYPE_CHECKING:
+    from bmc.stages.evaluation import EvalSetup, Evaluation
+
+log = logging.getLogger(__name__)
+
+#: the run folder's file of judged answers, one JSON line per held-out prompt
+EVAL_WINRATE = "eval_winrate.jsonl"
+#: the columns of a row (and of the W&B table), in order
+COLUMNS = (
+    "prompt",
+    "policy",
+    "baseline",
+    "policy_tokens",
+    "baseline_tokens",
+    "truncated",
+    "policy_first",
+    "baseline_first",
+    "outcome",
+    "unparseable",
+)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A held-out prompt and the data's chosen response to it (None where the data has none)."""
+
+    prompt: str
+    chosen: str | None
+
+
+def held_out_prompts(setup: EvalSetup) -> list[HeldOut]:
+    """The task's eval examples, or the distinct prompts of the validation pairs with the dataset's chosen
+    response (the first pair's of that prompt in the task's own pairs)."""
+    task_data = setup.task_data
+    if task_data.eval_examples:
+        return [HeldOut(e.prompt, e.gold) for e in task_data.eval_examples]
+    chosen: dict[str, str] = {}
+    for pair in task_data.pairs:
+        chosen.setdefault(pair["prompt"], pair["chosen"])
+    _, val_pairs = train_val_pairs(setup.cfg, setup.pairs)
+    prompts = dict.fromkeys(pair["prompt"] for pair in val_pairs)
+    return [HeldOut(prompt, chosen.get(prompt)) for prompt in prompts]
+
+
+def answer_budget(cfg: DictConfig, tokenizer: Any, held_out: list[HeldOut]) -> int:
+    """``eval.max_new_tokens``, or (null) the longest chosen response + 16, as the verifier evaluation sizes it."""
+    if cfg.eval.get("max_new_tokens"):
+        return int(cfg.eval.max_new_tokens)
+    known = [Example(h.prompt, h.chosen) for h in held_out if h.chosen]
+    if not known:
+        raise ValueError("eval.max_new_tokens=null sizes answers by the chosen responses, and there are none: set it")
+    return generation_budget(tokenizer, known)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The baseline's answer to each held-out prompt; ``name`` says where they came from."""
+
+    name: str
+    answers: dict[str, str]
+
+    def key(self) -> dict[str, str]:
+        """What identifies the baseline in the stage's cache key: its answers' contents."""
+        return {"name": self.name, "answers": cache_key(self.answers)}
+
+
+def _reference_answers(setup: EvalSetup, held_out: list[HeldOut], budget: int) -> Baseline:
+    """The starting policy's greedy answers, cached by its checkpoint, the prompts and the budget."""
+    cfg, policy = setup.cfg, setup.policy
+    prompts = [h.prompt for h in held_out]
+    payload = {"reference": policy.fingerprint(), "max_new_tokens": budget, "batch_size": cfg.eval.batch_size}
+
+    def answer(batch: list[str], start: int) -> list[dict[str, Any]]:
+        outputs = generate(policy.model, policy.tokenizer, batch, budget, batch_size=len(batch), desc="reference")
+        return [{"answer": text} for text, _ in outputs]
+
+    rows = resumable_map(cfg.paths.cache_dir, "reference_answers", payload, prompts, answer, cfg.eval.batch_size)
+    return Baseline("reference", {p: row["answer"] for p, row in zip(prompts, rows)})
+
+
+def _chosen_answers(setup: EvalSetup, held_out: list[HeldOut], budget: int) -> Baseline:
+    """The data's chosen responses; a held-out prompt without one raises naming ``eval.baseline=chosen``."""
+    missing = [h.prompt for h in held_out if h.chosen is None]
+    if missing:
+        raise ValueError(
+            f"eval.baseline=chosen needs the data's chosen response to every held-out prompt; {len(missing)} of "
+            f"{len(held_out)} have none (first: {missing[0][:80]!r}). Use eval.baseline=reference or a JSONL file"
+        )
+    return Baseline("chosen", {h.prompt: h.chosen for h in held_out})
+
+
+def _file_answers(path: str, held_out: list[HeldOut]) -> Baseline:
+    """``{prompt, answer}`` rows of a JSONL file; every held-out prompt must have one."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"eval.baseline must be reference, chosen or a JSONL file of {{prompt, answer}}: {path!r}")
+    answers: dict[str, str] = {}
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            answers[row["prompt"]] = row["answer"]
+        except (json.JSONDecodeError, TypeError, KeyError):
+            raise ValueError(
+                f'eval.baseline={path}, line {number}: expected {{"prompt": ..., "answer": ...}}'
+            ) from None
+    missing = [h.prompt for h in held_out if not isinstance(answers.get(h.prompt), str)]
+    if missing:
+        raise ValueError(
+            f"eval.baseline={path} has no answer text for {len(missing)} of {len(held_out)} held-out prompts "
+            f"(first: {missing[0][:80]!r}); its prompts must be the rendered held-out prompts"
+        )
+    return Baseline(str(file.resolve()), {h.prompt: answers[h.prompt] for h in held_out})
+
+
+#: ``eval.baseline`` names -> their answers; any other value is a JSONL file (:func:`_file_answers`)
+BASELINES: dict[str, Callable[[EvalSetup, list[HeldOut], int], Baseline]] = {
+    "reference": _reference_answers,
+    "chosen": _chosen_answers,
+}
+
+
+def baseline_answers(setup: EvalSetup, held_out: list[HeldOut], budget: int) -> Baseline:
+    """The baseline of ``eval.baseline`` (module docstring)."""
+    spec = str(setup.cfg.eval.baseline)
+    if spec in BASELINES:
+        return BASELINES[spec](setup, held_out, budget)
+    return _file_answers(spec, held_out)
+
+
+def pairwise_judge(setup: EvalSetup) -> Judge:
+    """The ``judge`` group's judge; a setting it cannot be built with raises naming ``eval=winrate``."""
+    options = setup.judge.options
+    try:
+        return build_judge(options, task=setup.task_data.verifier, examples=setup.task_data.eval_examples or None)
+    except ValueError as error:
+        raise ValueError(
+            f"eval=winrate compares answers with the judge group's pairwise judge, and judge={options.get('kind')} "
+            f"cannot serve here: {error}. An LLM judge: judge=llm judge.backend.model=<served name>"
+        ) from error
+
+
+def judge_both_orders(judge: Judge, prompt: str, policy: str, baseline: str) -> dict[str, Any]:
+    """Both orders' verdicts (from slot A's view) and the outcome; identical answers tie unasked."""
+    if policy == baseline:
+        return {"policy_first": 0, "baseline_first": 0, "outcome": TIE, "unparseable": 0}
+    before = judge.unparseable_by_prompt[prompt]
+    policy_first, baseline_first = judge.prefer_many(prompt, [(policy, baseline), (baseline, policy)])
+    return {
+        "policy_first": policy_first,
+        "baseline_first": baseline_first,
+        "outcome": both_order_outcome(policy_first, baseline_first),
+        "unparseable": judge.unparseable_by_prompt[prompt] - before,
+    }
+
+
+def _metrics(rows: list[dict[str, Any]], cfg: DictConfig) -> dict[str, float]:
+    n = len(rows)
+    stats = winrate_summary(
+        [r["outcome"] for r in rows],
+        [r["policy_tokens"] - r["baseline_tokens"] for r in rows],
+        samples=cfg.eval.bootstrap.samples,
+        seed=cfg.eval.bootstrap.seed,
+    )
+    return {
+        **stats,
+        "num_prompts": float(n),
+        "truncated": sum(bool(r["truncated"]) for r in rows) / n,
+        "identical": sum(r["policy"] == r["baseline"] for r in rows) / n,
+        "judge_unparseable": float(sum(r["unparseable"] for r in rows)),
+        "policy_tokens": sum(r["policy_tokens"] for r in rows) / n,
+        "baseline_tokens": sum(r["baseline_tokens"] for r in rows) / n,
+    }
+
+
+def prepare_winrate(setup: EvalSetup) -> Evaluation:
+    """Resolve the held-out prompts, the baseline's answers and the judge now (errors before training); the
+    returned evaluation answers, judges (or reads the cache), writes the rows and returns ``eval/*``."""
+    cfg, tokenizer = setup.cfg, setup.policy.tokenizer
+    held_out = held_out_prompts(setup)
+    if not held_out:
+        raise ValueError(f"eval=winrate: task {setup.task_data.name} has no held-out prompts")
+    budget = answer_budget(cfg, tokenizer, held_out)
+    baseline = baseline_answers(setup, held_out, budget)
+    judge = pairwise_judge(setup)
+    prompts = [h.prompt for h in held_out]
+
+    def run(trained: TrainedPolicy, loggers: list[Logger]) -> dict[str, float]:
+        model = trained.model.to(accelerator_device(cfg.trainer.accelerator))  # fit leaves it on the CPU
+
+        def answer_and_judge(batch: list[str], start: int) -> list[dict[str, Any]]:
+            outputs = generate(model, tokenizer, batch, budget, batch_size=len(batch), desc="winrate")
+            theirs = [baseline.answers[p] for p in batch]
+            lengths = [len(ids) for ids in encode_texts(tokenizer, [text for text, _ in outputs] + theirs)]
+            items = list(zip(batch, [text for text, _ in outputs], theirs))
+            verdicts = ordered_map(lambda item: judge_both_orders(judge, *item), items, judge.max_concurrency)
+            return [
+                {
+                    "prompt": p,
+                    "policy": text,
+                    "baseline": base,
+                    "policy_tokens": lengths[i],
+                    "baseline_tokens": lengths[len(batch) + i],
+                    "truncated": truncated,
+                    **verdict,
+                }
+                for i, (p, (text, truncated), base, verdict) in enumerate(zip(batch, outputs, theirs, verdicts))
+            ]
+
+        payload = {
+            "policy": weights_fingerprint(trained.model),
+            "start": setup.policy.fingerprint(),
+            "baseline": baseline.key(),
+            "judge": setup.judge.options,
+            "max_new_tokens": budget,
+            "batch_size": cfg.eval.batch_size,
+        }
+        rows = resumable_map(cfg.paths.cache_dir, "winrate", payload, prompts, answer_and_judge, cfg.eval.batch_size)
+        _write_rows(cfg, rows, loggers, trained.trainer.global_step)
+        metrics = {f"eval/{k}": v for k, v in _metrics(rows, cfg).items()}
+        if metrics["eval/judge_unparseable"]:
+            log.warning("eval=winrate: %d judge replies had no verdict and count as ties (eval/judge_unparseable)",
+                        metrics["eval/judge_unparseable"])  # fmt: skip
+        for logger in loggers:
+            logger.log_metrics(metrics, step=trained.trainer.global_step)
+        return metrics
+
+    return run
+
+
+def _write_rows(cfg: DictConfig, rows: list[dict[str, Any]], loggers: list[Logger], step: int) -> None:
+    """The rows to ``<run>/eval_winrate.jsonl`` and to a W&B table where the wandb logger runs."""
+    folder = Path(cfg.paths.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / EVAL_WINRATE).open("w", encoding="utf-8") as out:
+        out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            table = [[row[c] for c in COLUMNS] for row in rows]
+            logger.log_table("eval/winrate_answers", columns=list(COLUMNS), data=table, step=step)
