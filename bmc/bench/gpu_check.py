@@ -59,13 +59,14 @@ class Stage:
 
 
 def _train_command(folder: str, pairs: Path, run_dir: Path, steps: int, gpu: bool, *extra: str) -> list[str]:
-    """``train.py`` on ``pairs`` with a pretrained-style checkpoint: no SFT, no evaluation, ``steps`` steps."""
+    """``train.py`` on ``pairs`` with a pretrained-style checkpoint: no SFT, no generation, ``steps`` steps, then
+    the validation pairs (val/loss, val/reward_accuracy in summary.json)."""
     return [
         sys.executable, str(ROOT / "train.py"), "task=hf_prefs", f"task.path={pairs}", "task.sizes.sft_val=1",
         "model=hf", f"model.path={folder}", "model.use_chat_template=false", "eval.enabled=false",
         "logger=csv", "callbacks=minimal", "batch_size=4", "trainer.accumulate_grad_batches=1",
-        f"trainer.max_steps={steps}", "trainer.max_epochs=-1", "+trainer.limit_val_batches=0",
-        "trainer.enable_progress_bar=false", "export.enabled=false", f"hydra.run.dir={run_dir}",
+        f"trainer.max_steps={steps}", "trainer.max_epochs=-1", "trainer.enable_progress_bar=false",
+        "export.enabled=false", f"hydra.run.dir={run_dir}",
         f"paths.cache_dir={run_dir.parent / 'cache'}", *(["trainer=gpu"] if gpu else []), *extra,
     ]  # fmt: skip
 
@@ -152,8 +153,9 @@ def _summary(stage: Stage) -> dict[str, Any]:
             if mode in ("in_step", "precomputed")
             for impl, row in cell["implementations"].items()
         }
-    metrics = result.get("metrics", result)
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and ("loss" in k or "accuracy" in k)}
+    metrics = result.get("metrics", {})
+    kept = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/") and ("loss" in k or "accuracy" in k)}
+    return {**kept, "train/steps": metrics.get("train/steps"), "wall_time_s": result.get("wall_time_s")}
 
 
 def run_stages(stages: list[Stage], budget_s: float, env: dict[str, str]) -> list[dict[str, Any]]:
