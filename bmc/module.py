@@ -61,6 +61,11 @@ class _CausalLMModule(pl.LightningModule):
         scheduler = cosine_with_warmup(optimizer, int(self.optim["warmup_ratio"] * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        # from_pretrained returns a model in eval mode and Lightning 2.6 leaves modes as they are: without this
+        # a pretrained policy trains in eval mode, where activation checkpointing (and dropout) silently stays off
+        self.train()
+
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         """The loss of a batch, logging its metrics under ``<stage>/``."""
         raise NotImplementedError

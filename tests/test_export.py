@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.models.llama.modeling_llama import LlamaMLP
 
 import bmc.pipeline
 from bmc.generation import generate
@@ -100,12 +101,25 @@ def test_lora_exports_its_adapter_or_a_merged_model_and_checkpoints_only_the_ada
 
 
 def test_gradient_checkpointing_trains_to_the_same_weights(checkpoint: Path, make_config, tmp_path, monkeypatch):
-    """Activation checkpointing recomputes the forward in the backward pass: same gradients, same weights."""
-    trained = {}
+    """Activation checkpointing recomputes the forward in the backward pass: same gradients, same weights. The
+    pretrained policy trains in train mode (from_pretrained loads it in eval mode, where checkpointing would
+    silently stay off): with checkpointing each training step runs the decoder layer's MLP twice (the layer's own
+    forward is wrapped by transformers' checkpointing, so the count sits one module inside it)."""
+    trained, layer_calls = {}, {}
+    mlp_forward = LlamaMLP.forward
     for flag in ("false", "true"):
+        calls = layer_calls.setdefault(flag, {"train": 0, "eval": 0})
+
+        def counted(self, *args, calls=calls, **kwargs):
+            calls["train" if self.training else "eval"] += 1
+            return mlp_forward(self, *args, **kwargs)
+
+        monkeypatch.setattr(LlamaMLP, "forward", counted)
         cfg = make_config(*MOVES, "model=hf", f"model.path={checkpoint}", f"model.gradient_checkpointing={flag}")
         cfg.paths.output_dir = str(tmp_path / f"run_{flag}")
         trained[flag] = _run_and_capture(cfg, monkeypatch)
     assert trained["true"].is_activation_checkpointing and not trained["false"].is_activation_checkpointing
+    steps = cfg.trainer.max_steps
+    assert layer_calls["false"]["train"] == steps and layer_calls["true"]["train"] == 2 * steps
     for name, value in trained["false"].state_dict().items():
         assert torch.allclose(trained["true"].state_dict()[name], value, atol=1e-6), name
