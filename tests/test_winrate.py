@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from bmc.data.sources import TaskData
 from bmc.pipeline import run
 from bmc.stages.evaluation import evaluation_kind
+from bmc.stages.pairs import PreferencePairs
 from bmc.stages.reward_model import JudgeSetup
 from bmc.stages.warm_start import SFT_EVAL_KEYS
 from bmc.stages.winrate import (
@@ -125,7 +126,7 @@ def test_unparseable_judge_replies_are_counted() -> None:
 def _setup(baseline: str, task_data: TaskData, judge: dict | None = None, pairs: list | None = None) -> SimpleNamespace:
     cfg = OmegaConf.create({"eval": {"baseline": baseline}, "data": {"val_fraction": 0.5}, "task": {"seed": 0}})
     return SimpleNamespace(
-        cfg=cfg, task_data=task_data, judge=JudgeSetup(judge or {}), pairs=SimpleNamespace(pairs=pairs)
+        cfg=cfg, task_data=task_data, judge=JudgeSetup(judge or {}), pairs=PreferencePairs(pairs or [], {})
     )
 
 
