@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 from bmc.loggers import build_loggers
 from bmc.module import build_objective
 from bmc.stages.common import container, truncation
-from bmc.stages.evaluation import EvalSetup, evaluation_kind, prepare_evaluation
+from bmc.stages.eval_setup import EvalSetup
+from bmc.stages.evaluation import evaluation_kind, prepare_evaluation
 from bmc.stages.export import export_policy
 from bmc.stages.pairs import preference_pairs
 from bmc.stages.preference import resume_checkpoint, train_preference

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -25,27 +24,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from bmc.data.sources import TaskData
 from bmc.generation import score_summary
 from bmc.stages.common import verifier_answers
-from bmc.stages.pairs import PreferencePairs
+from bmc.stages.eval_setup import EvalSetup, Evaluation
 from bmc.stages.preference import TrainedPolicy
-from bmc.stages.reward_model import JudgeSetup
-from bmc.stages.warm_start import StartingPolicy
 from bmc.stages.winrate import prepare_winrate
 from bmc.summary import EVAL_ANSWERS
-
-#: a prepared evaluation: the ``eval/*`` metrics of the trained policy, also logged to the loggers
-Evaluation = Callable[[TrainedPolicy, list[Logger]], dict[str, float]]
-
-
-@dataclass
-class EvalSetup:
-    """What an evaluation may draw on before training: the config, the task's data, the starting policy (the
-    reference), the judge and the preference pairs (whose validation prompts are a dataset's held-out ones)."""
-
-    cfg: DictConfig
-    task_data: TaskData
-    policy: StartingPolicy
-    judge: JudgeSetup
-    pairs: PreferencePairs
 
 
 def evaluate(

@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import Logger, WandbLogger
@@ -38,15 +38,13 @@ from bmc.cache import cache_key, weights_fingerprint
 from bmc.data.tokenize import encode_texts
 from bmc.generation import generate, generation_budget
 from bmc.reference import accelerator_device
+from bmc.stages.eval_setup import EvalSetup, Evaluation
 from bmc.stages.preference import TrainedPolicy, train_val_pairs
 from bmc.synthesis._common import ordered_map
 from bmc.synthesis.judges import Judge, build_judge
 from bmc.synthesis.store import resumable_map
 from bmc.tasks import Example
 from bmc.winrate import TIE, both_order_outcome, winrate_summary
-
-if TYPE_CHECKING:
-    from bmc.stages.evaluation import EvalSetup, Evaluation
 
 log = logging.getLogger(__name__)
 
