@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from bmc.bench.flops import Shapes, matmul_peak, step_flops_per_pair
 from bmc.bench.results import MODES, OTHERS, OURS, format_table, summarise, targets
@@ -252,8 +253,6 @@ def _machine(args: argparse.Namespace) -> dict[str, Any]:
 
 def _prepare_models(args: argparse.Namespace, workdir: Path, bench: Bench) -> dict[str, int]:
     """Write or resolve each size's checkpoint into ``bench.checkpoints``; return the parameter counts."""
-    from transformers import AutoConfig
-
     if args.model is None:
         info = write_workload(workdir, 2000, args.sizes.split(","), args.seed)
         bench.checkpoints = {s: c["path"] for s, c in info["checkpoints"].items()}
@@ -261,8 +260,6 @@ def _prepare_models(args: argparse.Namespace, workdir: Path, bench: Bench) -> di
     label = _model_label(args.model)
     path = write_named_model(workdir, args.model, args.seed) if args.model in NAMED_CONFIGS else args.model
     bench.checkpoints = {label: str(path)}
-    from transformers import AutoModelForCausalLM
-
     with torch.device("meta"):  # counts the parameters without allocating them
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)))
     return {label: sum(p.numel() for p in model.parameters())}
@@ -286,8 +283,6 @@ def _peak(args: argparse.Namespace, shapes: Shapes, tokens: int) -> dict[str, fl
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from transformers import AutoConfig
-
     args = _parse(argv)
     modes = args.modes.split(",")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bmc-bench-"))
