@@ -44,6 +44,8 @@ from bmc.bench.workload import (
     write_named_model,
     write_workload,
 )
+from bmc.data.tokenize import encode_prompts, encode_responses
+from bmc.models import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the pipeline's default learning rate and DPO beta, given to every implementation
@@ -133,8 +135,6 @@ class Bench:
     def make_pairs(self, size: str, n: int) -> list[dict[str, str]]:
         if self.args.model is None:
             return make_pairs(n, self.args.seed)
-        from bmc.models import load_tokenizer
-
         return realistic_pairs(n, load_tokenizer(self.checkpoints[size]), self.args.seed, self.args.length_scale)
 
     def _run(self, command: list[str], out: Path) -> dict[str, Any]:
@@ -218,9 +218,6 @@ class Bench:
 
 def pair_lengths(checkpoint: str, pairs: Path) -> list[tuple[int, int, int]]:
     """(prompt, chosen, rejected) tokens of each training pair as train.py encodes them (BOS, terminator)."""
-    from bmc.data.tokenize import encode_prompts, encode_responses
-    from bmc.models import load_tokenizer
-
     tokenizer = load_tokenizer(checkpoint)
     rows = train_pairs(str(pairs))
     prompts = encode_prompts(tokenizer, [r["prompt"] for r in rows])

@@ -79,10 +79,11 @@ def plan(workdir: Path, dry_run: bool, real_checkpoint: Path = REAL_CHECKPOINT) 
     small = "llama-smoke" if dry_run else (str(real_checkpoint) if real else "smollm2-135m")
     large = "llama-smoke" if dry_run else "llama-1b"
     models = {"smollm2": small, "llama1b": large}
-    folders = {
-        key: str(write_named_model(workdir / "models", name) if not Path(name).exists() else name)
-        for key, name in models.items()
+    written = {  # each named config once (the dry run uses one for both models)
+        name: str(write_named_model(workdir / "models", name) if not Path(name).exists() else name)
+        for name in set(models.values())
     }
+    folders = {key: written[name] for key, name in models.items()}
     stages = []
     for key, folder in folders.items():
         pairs = workdir / f"pairs-{key}.jsonl"
