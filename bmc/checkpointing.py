@@ -3,11 +3,13 @@
 A run writes ``<output_dir>/checkpoints/last.ckpt`` (and the best one by a ``val/`` metric). To resume a
 killed run, run the same command again in its output folder with ``ckpt_path=last``
 (``python train.py ... hydra.run.dir=<that run's folder> ckpt_path=last``), or pass any checkpoint file
-as ``ckpt_path=<path>``.
+as ``ckpt_path=<path>``. ``ckpt_path=auto`` resumes from ``last.ckpt`` when the folder has one and starts
+afresh otherwise: what a job that a cluster may requeue into its own folder passes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -19,7 +21,10 @@ from lightning_fabric.utilities.cloud_io import get_filesystem
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+log = logging.getLogger(__name__)
+
 LAST = "last"
+AUTO = "auto"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -54,13 +59,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> str | None:
     """The checkpoint ``Trainer.fit`` resumes from: ``None`` starts afresh, ``last`` is ``last.ckpt`` in
-    ``checkpoint_dir`` (the run's own checkpoint folder), anything else is a checkpoint file.
+    ``checkpoint_dir`` (the run's own checkpoint folder), ``auto`` is that one when it exists and a fresh start
+    otherwise (a job that a cluster may requeue into its own folder), anything else is a checkpoint file.
 
     A missing checkpoint is an error: Lightning would warn and silently train from scratch instead.
     """
     if ckpt_path is None:
         return None
-    path = Path(checkpoint_dir) / "last.ckpt" if ckpt_path == LAST else Path(ckpt_path)
+    last = Path(checkpoint_dir) / "last.ckpt"
+    if ckpt_path == AUTO:
+        log.info("ckpt_path=auto: %s", f"resuming from {last}" if last.is_file() else f"no {last}, a fresh start")
+        return str(last) if last.is_file() else None
+    path = last if ckpt_path == LAST else Path(ckpt_path)
     if not path.is_file():
         hint = (
             "ckpt_path=last resumes the run whose output folder this is: pass the killed run's folder as "

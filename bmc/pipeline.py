@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from bmc.loggers import build_loggers
 from bmc.module import build_objective
+from bmc.preemption import handed_back_signals
 from bmc.stages.common import container, truncation
 from bmc.stages.eval_setup import EvalSetup
 from bmc.stages.evaluation import evaluation_kind, prepare_evaluation
@@ -31,7 +32,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Run the whole job for a composed config; returns the final metrics (also in ``summary.json``)."""
     if cfg.get("torch_threads"):
         torch.set_num_threads(cfg.torch_threads)
-    with summarized(cfg) as results:
+    with handed_back_signals(), summarized(cfg) as results:
         ckpt_path = check_config(cfg)
         results.loggers = build_loggers(cfg)
         source = instantiate(cfg.model)

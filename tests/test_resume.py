@@ -12,11 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.demos.boring_classes import BoringModel
 
 from bmc.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from bmc.pipeline import run
+from bmc.preemption import Preempted, PreemptionCheckpoint, handed_back_signals
 from tests.conftest import ROOT, THREADS, run_cli
 
 # three epochs of six steps on the debug sizes, checkpoints after every epoch's validation
@@ -100,41 +103,117 @@ def _kill_at_first_checkpoint(args: list[str], run_dir: Path, cwd: Path) -> dict
     return torch.load(last, map_location="cpu", weights_only=False)
 
 
-def test_a_run_killed_mid_training_resumes_to_the_same_final_metrics(tmp_path: Path, shared_cache: Path) -> None:
-    args = [*RESUMABLE, "logger=none", f"paths.cache_dir={shared_cache}"]
-    reference = run_cli([*args, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path)
-    assert "cache hit: sft" in reference or "cache write: sft" in reference
-    expected = json.loads((tmp_path / "uninterrupted" / "summary.json").read_text())["metrics"]
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> dict[str, float]:
+    """The final metrics of the RESUMABLE run trained without interruption (what every resumed run must end at)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    output = run_cli([*RESUMABLE, "logger=none", f"paths.cache_dir={shared_cache}", f"hydra.run.dir={folder}"], folder)
+    assert "cache hit: sft" in output or "cache write: sft" in output
+    return json.loads((folder / "summary.json").read_text())["metrics"]
 
-    run_dir = tmp_path / "killed"
-    killed_at = _kill_at_first_checkpoint(args, run_dir, cwd=tmp_path)
-    assert not (run_dir / "summary.json").exists()
-    assert killed_at["global_step"] < expected["train/steps"] and killed_at["best_metrics"]
 
-    run_cli([*args, f"hydra.run.dir={run_dir}", "ckpt_path=last"], cwd=tmp_path)
-    resumed = json.loads((run_dir / "summary.json").read_text())
+def _assert_same_metrics(resumed: dict, expected: dict[str, float]) -> None:
     assert resumed["status"] == "completed"
     assert resumed["metrics"].keys() == expected.keys()
     for key, value in expected.items():
         assert resumed["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_same_final_metrics(tmp_path: Path, shared_cache: Path) -> None:
+def test_a_run_killed_mid_training_resumes_to_the_same_final_metrics(
+    tmp_path: Path, shared_cache: Path, uninterrupted: dict[str, float]
+) -> None:
+    args = [*RESUMABLE, "logger=none", f"paths.cache_dir={shared_cache}"]
+    run_dir = tmp_path / "killed"
+    killed_at = _kill_at_first_checkpoint(args, run_dir, cwd=tmp_path)
+    assert not (run_dir / "summary.json").exists()
+    assert killed_at["global_step"] < uninterrupted["train/steps"] and killed_at["best_metrics"]
+
+    run_cli([*args, f"hydra.run.dir={run_dir}", "ckpt_path=last"], cwd=tmp_path)
+    _assert_same_metrics(json.loads((run_dir / "summary.json").read_text()), uninterrupted)
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_final_metrics(
+    tmp_path: Path, shared_cache: Path, uninterrupted: dict[str, float]
+) -> None:
     """A checkpoint every 2 optimizer steps (an epoch is 6): the run is killed after the first, at step 2 of
-    epoch 0, and the resumed run skips the 2 batches it trained on, as the uninterrupted run does not see them
-    twice."""
+    epoch 0, and the resumed run skips the 2 batches it trained on, as the uninterrupted run (which wrote no
+    mid-epoch checkpoints) does not see them twice."""
     args = [*RESUMABLE, "logger=none", "callbacks.last_checkpoint.every_n_train_steps=2",
             f"paths.cache_dir={shared_cache}"]  # fmt: skip
-    run_cli([*args, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path)
-    expected = json.loads((tmp_path / "uninterrupted" / "summary.json").read_text())["metrics"]
-
     run_dir = tmp_path / "killed"
     killed_at = _kill_at_first_checkpoint(args, run_dir, cwd=tmp_path)
     assert killed_at["global_step"] % 6 != 0, killed_at["global_step"]  # inside an epoch
     assert killed_at["PreferenceDataModule"] == {"epoch": killed_at["epoch"], "batches": killed_at["global_step"] % 6}
 
     run_cli([*args, f"hydra.run.dir={run_dir}", "ckpt_path=last"], cwd=tmp_path)
-    resumed = json.loads((run_dir / "summary.json").read_text())
-    assert resumed["status"] == "completed" and resumed["metrics"].keys() == expected.keys()
-    for key, value in expected.items():
-        assert resumed["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+    _assert_same_metrics(json.loads((run_dir / "summary.json").read_text()), uninterrupted)
+
+
+def test_a_preempted_run_saves_at_the_next_step_and_resumes_with_ckpt_path_auto_to_the_same_final_metrics(
+    tmp_path: Path, shared_cache: Path, uninterrupted: dict[str, float]
+) -> None:
+    """SIGTERM (SLURM's preemption signal) as soon as training has started, with no periodic checkpoints: the
+    run writes last.ckpt at the next optimizer step, says `preempted`, and ends by the signal (no handler was
+    there before training). The same command with ckpt_path=auto ends where the uninterrupted run ends; on a
+    folder without a checkpoint, ckpt_path=auto starts afresh."""
+    args = [*RESUMABLE, "logger=none", f"paths.cache_dir={shared_cache}", "ckpt_path=auto"]
+    run_dir = tmp_path / "preempted"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env={**os.environ, **THREADS, "WANDB_SILENT": "true"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log_file = run_dir / "train.log"
+    try:
+        while proc.poll() is None and "preemption: SIGTERM" not in (log_file.read_text() if log_file.exists() else ""):
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGTERM
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "preempted" and "preempted by SIGTERM" in summary["error"]
+    assert "ckpt_path=auto" in summary["error"]
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert 1 <= saved["global_step"] < uninterrupted["train/steps"]
+    assert "ckpt_path=auto: no " in log_file.read_text()  # the first start found no checkpoint
+
+    output = run_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert "ckpt_path=auto: resuming from" in output
+    _assert_same_metrics(json.loads((run_dir / "summary.json").read_text()), uninterrupted)
+
+
+def test_a_preemption_signal_waits_for_the_optimizer_step_then_goes_to_the_handler_from_before(
+    tmp_path: Path,
+) -> None:
+    """SIGUSR1 at the first batch of an accumulation pair: the checkpoint is written after the pair's optimizer
+    step (step 2), not inside it; after the run stops, the handler installed before training (submitit's
+    requeue, here a recorder) gets the signal once, and is the handler again."""
+    received: list[int] = []
+
+    def previous(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    class SignalAtThirdBatch(pl.Callback):
+        def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch, batch_idx: int) -> None:
+            if batch_idx == 2:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    checkpoint = tmp_path / "last.ckpt"
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=8, accumulate_grad_batches=2, accelerator="cpu", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[SignalAtThirdBatch(), PreemptionCheckpoint(str(checkpoint))],
+    )  # fmt: skip
+    before = signal.signal(signal.SIGUSR1, previous)
+    try:
+        with pytest.raises(Preempted) as stop, handed_back_signals():
+            trainer.fit(BoringModel())
+        assert signal.getsignal(signal.SIGUSR1) is previous
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert stop.value.step == 2 and stop.value.code == 128 + signal.SIGUSR1
+    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"] == 2
+    assert received == [signal.SIGUSR1]

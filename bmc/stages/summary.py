@@ -1,6 +1,7 @@
 """The last stage, the summary: ``summary.json`` in the run folder (status, metrics, the essential config with
 the preset chosen in each config group, the data report, the exported model's folder, versions), attached to
-the W&B run, and the headline metrics printed. Written when the run ends, completed or failed, by rank 0 only."""
+the W&B run, and the headline metrics printed. Written when the run ends (completed, preempted or failed), by
+rank 0 only."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pytorch_lightning.loggers import Logger
 
 from bmc.distributed import is_global_zero
 from bmc.loggers import finish_wandb
+from bmc.preemption import Preempted
 from bmc.stages.common import container
 from bmc.summary import results_table, write_summary
 
@@ -68,8 +70,9 @@ def preset_names() -> dict[str, str]:
 
 @contextmanager
 def summarized(cfg: DictConfig) -> Iterator[RunResults]:
-    """Collect the run's results in the block; write ``summary.json`` when it ends, ``failed`` with the error
-    if it raised (the error is raised on), else ``completed``, and print the headline table."""
+    """Collect the run's results in the block; write ``summary.json`` when it ends: ``preempted`` (with where
+    its checkpoint is) if a preemption signal stopped it, ``failed`` with the error if it raised (either is
+    raised on), else ``completed``, and print the headline table."""
     started = time.time()
     config = {key: container(cfg[key]) for key in ESSENTIALS}
     config["seed"] = cfg.seed
@@ -86,11 +89,15 @@ def summarized(cfg: DictConfig) -> Iterator[RunResults]:
             error=error,
             extra={"data_report": results.data_report, "model_dir": results.exported and str(results.exported)},
         )
-        finish_wandb(results.loggers, path, failed=status == "failed")
+        finish_wandb(results.loggers, path, failed=status != "completed")
         return path
 
     try:
         yield results
+    except Preempted as stop:
+        if results.reports:
+            write("preempted", str(stop))
+        raise
     except BaseException as error:
         if results.reports:
             write("failed", f"{type(error).__name__}: {error}")
