@@ -135,12 +135,16 @@ class TokenRewardLogger(pl.Callback):
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        if trainer.sanity_checking or not pl_module.needs_reference or not trainer.is_global_zero:
+        if trainer.sanity_checking or not pl_module.needs_reference:
             return
         datamodule = trainer.datamodule
         rows = [datamodule.datasets["val"][i] for i in range(min(self.num_pairs, len(datamodule.datasets["val"])))]
         batch = {k: v.to(pl_module.device) for k, v in datamodule.collate(rows).items()}
+        # every rank runs the forward: under FSDP it gathers each layer's shards from all ranks, and a forward
+        # on rank 0 alone would wait forever for the others; only rank 0 writes
         rewards, mask = pl_module.token_rewards(batch)
+        if not trainer.is_global_zero:
+            return
         tokenizer, n = datamodule.tokenizer, len(rows)
         examples = []
         for i in range(2 * n):

@@ -163,3 +163,36 @@ def test_ddp_on_two_cpu_processes_matches_one_process_on_the_same_global_batch(t
     assert ddp["metrics"]["val/loss"] != pytest.approx(0.6931, abs=1e-3)  # the policy moved
     for key, value in single["metrics"].items():
         assert ddp["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-5), key
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_token_rewards_run_their_forward_on_every_rank_and_rank_0_alone_writes(rank: int, tmp_path: Path) -> None:
+    """Under FSDP a forward gathers each layer's shards from every rank: the callback's forward must run on all
+    of them (a rank-0-only forward waits forever), and only rank 0 writes token_rewards.json."""
+    import torch
+
+    from bmc.callbacks import TokenRewardLogger
+
+    forwards = []
+
+    def token_rewards(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        forwards.append(batch["input_ids"].shape)
+        return torch.zeros(2, 3), torch.tensor([[True, False, False], [False, True, False]])
+
+    rows = [{"input_ids": torch.tensor([5, 6, 7, 8]), "diff_mask": torch.tensor([0, 1, 1, 0])}]
+    datamodule = SimpleNamespace(
+        datasets={"val": rows},
+        collate=lambda batch: {k: torch.stack([r[k] for r in batch] * 2) for k in batch[0]},
+        tokenizer=SimpleNamespace(decode=lambda ids: f"<{ids[0]}>"),
+    )
+    trainer = SimpleNamespace(sanity_checking=False, datamodule=datamodule, is_global_zero=rank == 0, global_step=3,
+                              default_root_dir=str(tmp_path), loggers=[])  # fmt: skip
+    module = SimpleNamespace(needs_reference=True, device="cpu", reward_scale=0.1, token_rewards=token_rewards)
+    TokenRewardLogger(num_pairs=4).on_validation_epoch_end(trainer, module)
+    assert forwards == [torch.Size([2, 4])]
+    written = tmp_path / "token_rewards.json"
+    assert written.exists() == (rank == 0)
+    if rank == 0:
+        record = json.loads(written.read_text())
+        assert record["step"] == 3 and [e["tokens"] for e in record["examples"]] == [["<6>"], ["<7>"]]
+        assert [e["marked"] for e in record["examples"]] == [[1], [1]]
