@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -23,6 +24,8 @@ from bmc.losses import (
 )
 from bmc.losses.registry import LossFn
 from bmc.schedule import cosine_with_warmup
+
+log = logging.getLogger(__name__)
 
 
 def build_objective(
@@ -143,6 +146,7 @@ class PreferenceModule(_CausalLMModule):
     With ``share_prompt`` each pair's prompt goes through the model once (:func:`shared_prompt_token_logps`),
     for the policy and an in-step reference alike; each model's first batch is also scored the plain way, and
     a model whose log-probs differ (one that ignores ``position_ids`` or a 4D attention mask) stops the run.
+    A model on a flash-attention kernel, which takes no 4D mask, scores its rows the plain way (one log line).
     """
 
     #: the largest per-token log-prob difference between shared-prompt and plain scoring that the first-batch
@@ -164,7 +168,8 @@ class PreferenceModule(_CausalLMModule):
     ) -> None:
         super().__init__(policy, optim, logprob_chunk)
         self.share_prompt = share_prompt
-        self._share_prompt_checked: set[int] = set()  # ids of the models (policy, reference) checked so far
+        # id of a model (policy, reference) -> whether it scores with shared prompts, decided at its first batch
+        self._shares_prompt: dict[int, bool] = {}
         self.loss_name = loss["name"]
         self.loss_fn, self.weighting, self.regularizer = build_objective(loss, token_weighting, regularizer)
         self.weighting_name, self.regularizer_name = token_weighting["name"], regularizer["name"]
@@ -204,11 +209,21 @@ class PreferenceModule(_CausalLMModule):
             return self._token_logps(self.policy, batch)[0]
 
     def _token_logps(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.share_prompt:
-            return response_token_logps(model, batch, self.logprob_chunk)
-        if id(model) not in self._share_prompt_checked:
-            self._check_shared_prompt(model, batch)
-        return shared_prompt_token_logps(model, batch, self.logprob_chunk)
+        if self.share_prompt and self._packs(model, batch):
+            return shared_prompt_token_logps(model, batch, self.logprob_chunk)
+        return response_token_logps(model, batch, self.logprob_chunk)
+
+    def _packs(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> bool:
+        """Whether ``model`` scores this run's pairs with a shared prompt, decided at its first batch."""
+        if id(model) not in self._shares_prompt:
+            attention = str(getattr(getattr(model, "config", None), "_attn_implementation", None) or "")
+            if "flash" in attention:
+                log.info("share_prompt: %s runs %s, which takes no 4D attention mask: its pairs are scored as "
+                         "separate rows", type(model).__name__, attention)  # fmt: skip
+            else:
+                self._check_shared_prompt(model, batch)
+            self._shares_prompt[id(model)] = "flash" not in attention
+        return self._shares_prompt[id(model)]
 
     @torch.no_grad()
     def _check_shared_prompt(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> None:
@@ -226,7 +241,6 @@ class PreferenceModule(_CausalLMModule):
                 f"(largest per-token log-prob gap {gap:.3g}); it does not honour position_ids or a 4D attention "
                 "mask. Run with share_prompt=false."
             )
-        self._share_prompt_checked.add(id(model))
 
     @torch.no_grad()
     def token_rewards(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -287,3 +287,43 @@ def test_module_with_shared_prompts_gives_the_plain_loss_and_refuses_a_model_tha
     module = PreferenceModule(IgnoresPositions(), None, share_prompt=True, **objective)
     with pytest.raises(RuntimeError, match="share_prompt=false"):
         module._step(batch, "train")
+
+
+def test_a_flash_attention_model_with_shared_prompts_falls_back_to_plain_rows_with_one_log_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """flash-attention kernels take no 4D mask: the module scores such a model's pairs as separate rows (the
+    same loss as share_prompt=false), says so once, and never calls the packed path or its first-batch check."""
+    import logging
+
+    import bmc.module
+    from bmc.module import PreferenceModule
+
+    model, batch = _tiny_model_and_pair_batch()
+    objective = {"loss": {"name": "dpo", "beta": 0.1}, "token_weighting": {"name": "uniform"},
+                 "regularizer": {"name": "none"}, "optim": {}}  # fmt: skip
+    batch["ref_token_logps"] = torch.zeros(batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
+    plain = PreferenceModule(model, None, share_prompt=False, **objective)
+    plain.log_dict = lambda *args, **kwargs: None
+    expected = plain._step(batch, "train")
+
+    def packed(*args, **kwargs):
+        raise AssertionError("the packed path needs a 4D mask")
+
+    class OnFlashAttention(torch.nn.Module):  # the same weights; its config names the kernel (absent on CPU)
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+            self.config = SimpleNamespace(_attn_implementation="flash_attention_2")
+
+        def forward(self, **inputs) -> SimpleNamespace:
+            return self.inner(**inputs)
+
+    monkeypatch.setattr(bmc.module, "shared_prompt_token_logps", packed)
+    module = PreferenceModule(OnFlashAttention(), None, share_prompt=True, **objective)
+    module.log_dict = lambda *args, **kwargs: None
+    with caplog.at_level(logging.INFO, logger="bmc.module"):
+        losses = [module._step(batch, "train") for _ in range(2)]
+    assert all(torch.allclose(loss, expected) for loss in losses)
+    notes = [r.getMessage() for r in caplog.records if "share_prompt" in r.getMessage()]
+    assert len(notes) == 1 and "flash_attention_2" in notes[0] and "separate rows" in notes[0]
