@@ -1,7 +1,7 @@
 """The main job, as its stages in order (one module each under :mod:`bmc.stages`):
 
 render the task's data -> warm start (SFT) -> judge (reward model) -> preference pairs -> (evaluation prepared)
--> preference training -> evaluation -> export -> summary.
+-> preference training -> evaluation -> export (and push to the Hub) -> summary.
 
 ``train.py`` only composes the Hydra config and calls :func:`run`; ``python -m bmc.synthesize`` runs the data
 stages alone.
@@ -19,7 +19,7 @@ from bmc.preemption import handed_back_signals
 from bmc.stages.common import container, truncation
 from bmc.stages.eval_setup import EvalSetup
 from bmc.stages.evaluation import evaluation_kind, prepare_evaluation
-from bmc.stages.export import export_policy
+from bmc.stages.export import check_push, export_policy, push_to_hub
 from bmc.stages.pairs import preference_pairs
 from bmc.stages.preference import resume_checkpoint, train_preference
 from bmc.stages.reward_model import judge_setup
@@ -49,14 +49,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if trained.is_global_zero:
             results.add(evaluation(trained, results.loggers))
             results.exported = export_policy(cfg, trained, policy.tokenizer)
+            results.pushed = push_to_hub(cfg, results.exported)
     return results.metrics
 
 
 def check_config(cfg: DictConfig) -> str | None:
     """Fail in seconds, before any model is built or data stage runs, on out-of-range loss, weighting,
-    regularizer or truncation options, an unknown ``eval.kind`` and on a ``ckpt_path`` with no checkpoint;
-    returns the checkpoint to resume from."""
+    regularizer or truncation options, an unknown ``eval.kind``, an ``export.push_to_hub`` that cannot upload
+    (no ``HF_TOKEN``) and on a ``ckpt_path`` with no checkpoint; returns the checkpoint to resume from."""
     build_objective(container(cfg.loss), container(cfg.token_weighting), container(cfg.regularizer))
     truncation(cfg)
     evaluation_kind(cfg)
+    check_push(cfg)
     return resume_checkpoint(cfg)

@@ -6,15 +6,23 @@ that serves with vLLM or TGI as it is.
 ``best.ckpt`` of ``callbacks=default``, by ``val/loss``). A LoRA policy is written as its adapter in PEFT format
 (``adapter_config.json`` + ``adapter_model.safetensors``, loadable onto the base checkpoint), or with
 ``export.merge=true`` as a plain model with the adapter merged in. Not cached: it is the run's product.
+
+``export.push_to_hub=<namespace>/<name>`` then uploads the folder to that Hugging Face Hub repo (created private
+unless ``export.private=false``), with the token of the ``HF_TOKEN`` environment variable: read there only, so
+that it never reaches the config, the logs, ``summary.json`` or W&B.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import HfApi, constants
+from huggingface_hub.utils import validate_repo_id
 from omegaconf import DictConfig
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -24,6 +32,24 @@ from bmc.stages.preference import TrainedPolicy
 log = logging.getLogger(__name__)
 
 POLICY_PREFIX = "policy."  # the policy's keys in a PreferenceModule checkpoint
+HUB_TOKEN_ENV = "HF_TOKEN"
+
+
+@dataclass(frozen=True)
+class HubPush:
+    """Where ``export.push_to_hub`` put the exported folder: the repo and the commit it made."""
+
+    repo_id: str
+    commit: str
+    commit_url: str
+
+    def summary(self) -> dict[str, str]:
+        """Its ``summary.json`` entries."""
+        return {
+            "export/hub_repo": self.repo_id,
+            "export/hub_commit": self.commit,
+            "export/hub_commit_url": self.commit_url,
+        }
 
 
 def export_policy(cfg: DictConfig, trained: TrainedPolicy, tokenizer: PreTrainedTokenizerBase) -> Path | None:
@@ -45,6 +71,48 @@ def export_policy(cfg: DictConfig, trained: TrainedPolicy, tokenizer: PreTrained
     _generation_config(model, tokenizer).save_pretrained(folder)  # also beside a LoRA adapter
     log.info("exported the %s policy to %s", options.which, folder)
     return folder
+
+
+def check_push(cfg: DictConfig) -> None:
+    """Fail before any stage runs, rather than after training, on an ``export.push_to_hub`` that cannot upload:
+    no export to push, a malformed repo id, no ``HF_TOKEN``, or huggingface_hub's offline mode."""
+    repo_id = cfg.export.push_to_hub
+    if not repo_id:
+        return
+    if not cfg.export.enabled:
+        raise ValueError("export.push_to_hub uploads the exported folder: it needs export.enabled=true")
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        # without a namespace the Hub would pick the token's user: the config names the repo in full instead
+        raise ValueError(f"export.push_to_hub must be a repo id <namespace>/<name>, got {repo_id!r}")
+    validate_repo_id(repo_id)
+    _hub_token()
+    if constants.HF_HUB_OFFLINE:  # read by huggingface_hub once, at import
+        raise ValueError("export.push_to_hub cannot upload in huggingface_hub's offline mode (HF_HUB_OFFLINE)")
+
+
+def push_to_hub(cfg: DictConfig, folder: Path | None) -> HubPush | None:
+    """Upload the exported ``folder`` to the repo ``export.push_to_hub`` names (created if missing; an existing
+    repo keeps its visibility); None without a push or an export. The pipeline calls it on rank 0, after the
+    export."""
+    options = cfg.export
+    if not options.push_to_hub or folder is None:
+        return None
+    api = HfApi(endpoint=options.hub_endpoint, token=_hub_token())
+    api.create_repo(options.push_to_hub, private=bool(options.private), exist_ok=True)
+    commit = api.upload_folder(
+        folder_path=folder,
+        repo_id=options.push_to_hub,
+        commit_message=f"bmc: the {options.which} policy of run {Path(cfg.paths.output_dir).name}",
+    )
+    log.info("pushed %s to the Hub repo %s: %s", folder, options.push_to_hub, commit.commit_url)
+    return HubPush(options.push_to_hub, commit.oid, commit.commit_url)
+
+
+def _hub_token() -> str:
+    token = os.environ.get(HUB_TOKEN_ENV)
+    if not token:
+        raise ValueError(f"export.push_to_hub needs {HUB_TOKEN_ENV} in the environment (a token with write access)")
+    return token
 
 
 def _generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:

@@ -1,7 +1,7 @@
 """The last stage, the summary: ``summary.json`` in the run folder (status, metrics, the essential config with
-the preset chosen in each config group, the data report, the exported model's folder, versions), attached to
-the W&B run, and the headline metrics printed. Written when the run ends (completed, preempted or failed), by
-rank 0 only."""
+the preset chosen in each config group, the data report, the exported model's folder, the Hub repo and commit
+``export.push_to_hub`` made, versions), attached to the W&B run, and the headline metrics printed. Written when
+the run ends (completed, preempted or failed), by rank 0 only."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from bmc.distributed import is_global_zero
 from bmc.loggers import finish_wandb
 from bmc.preemption import Preempted
 from bmc.stages.common import container
+from bmc.stages.export import HubPush
 from bmc.summary import results_table, write_summary
 
 #: the config groups whose chosen preset summary.json records, and the config nodes it keeps
@@ -48,6 +49,7 @@ class RunResults:
     loggers: list[Logger] = field(default_factory=list)
     reports: bool = field(default_factory=lambda: is_global_zero(None))
     exported: Path | None = None
+    pushed: HubPush | None = None
 
     def add(self, metrics: dict[str, float]) -> None:
         self.metrics.update(metrics)
@@ -87,7 +89,11 @@ def summarized(cfg: DictConfig) -> Iterator[RunResults]:
             config=config,
             started=started,
             error=error,
-            extra={"data_report": results.data_report, "model_dir": results.exported and str(results.exported)},
+            extra={
+                "data_report": results.data_report,
+                "model_dir": results.exported and str(results.exported),
+                **(results.pushed.summary() if results.pushed else {}),
+            },
         )
         finish_wandb(results.loggers, path, failed=status != "completed")
         return path
