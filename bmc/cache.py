@@ -32,15 +32,31 @@ def cache_key(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def checkpoint_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+def checkpoint_fingerprint(path: str | os.PathLike, revision: str | None = None) -> dict[str, Any]:
     """What identifies a model checkpoint in cache keys: its folder's files (name, size, mtime), so that a
-    checkpoint rewritten in place (an iterative round) is a new key; a hub id, which is not a local folder, is
-    identified by its name alone."""
+    checkpoint rewritten in place (an iterative round) is a new key; a hub id, which is not a local folder, by
+    the commit its ``revision`` resolves to (:func:`hub_commit`), so that a repo pushed to is a new key too."""
     folder = Path(path)
     if not folder.is_dir():
-        return {"path": str(path)}
+        return {"hub": str(path), "commit": hub_commit(str(path), revision)}
     files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
     return {"path": str(folder.resolve()), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+
+
+def hub_commit(repo_id: str, revision: str | None = None) -> str:
+    """The commit of the hub repo ``repo_id`` at ``revision`` (a branch, tag or commit; None: the default
+    branch) that ``from_pretrained`` loads: the hub's current one, or with ``HF_HUB_OFFLINE=1`` the one in the
+    local cache. It is the name of the snapshot folder that the repo's ``config.json`` is downloaded into."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config = hf_hub_download(repo_id, "config.json", revision=revision)
+    except Exception as error:  # offline and not cached, unknown repo, no access: name what was asked for
+        raise ValueError(
+            f"model {repo_id!r} (revision {revision or 'main'}) is not a local folder and does not resolve to a hub "
+            f"commit: {type(error).__name__}: {error}"
+        ) from error
+    return Path(config).parent.name
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

@@ -3,8 +3,10 @@ round of an iterative experiment) gets new samples."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from bmc.models import TinyLlama
@@ -36,3 +38,31 @@ def test_a_checkpoint_rewritten_in_place_invalidates_the_sample_cache(make_confi
     _save_checkpoint(checkpoint, seed=1)  # the same path, other weights
     prepare_data(make_config(*overrides))
     assert sample_entries() == 2  # new samples from the new weights, not the old ones under the old path
+
+
+def test_a_hub_id_is_keyed_by_the_commit_its_revision_resolves_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, a hub id resolves through the local Hugging Face cache (refs/<branch> -> snapshots/<commit>): the
+    key names that commit, moves when the branch does, and a pinned commit keys by itself. An id that resolves
+    nowhere is an error naming it, not a key made of the name alone."""
+    from huggingface_hub import constants
+
+    from bmc.cache import checkpoint_fingerprint
+
+    repo = tmp_path / "hub" / "models--org--policy"
+    old, new = "a" * 40, "b" * 40
+    for commit in (old, new):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(old)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    assert checkpoint_fingerprint("org/policy") == {"hub": "org/policy", "commit": old}
+    (repo / "refs" / "main").write_text(new)  # the branch moved: a pushed repo is a new key
+    assert checkpoint_fingerprint("org/policy") == {"hub": "org/policy", "commit": new}
+    assert checkpoint_fingerprint("org/policy", revision=old)["commit"] == old
+    with pytest.raises(ValueError, match=r"'org/absent' \(revision main\) is not a local folder"):
+        checkpoint_fingerprint("org/absent")

@@ -51,7 +51,8 @@ class StartingPolicy:
         """What identifies the starting policy in the cache keys of later stages (samples, judgments of a
         reward model trained from it, reference log-probs): the checkpoint's files, not its path alone, so a
         checkpoint rewritten in place is a new key."""
-        return {"checkpoint": checkpoint_fingerprint(self.checkpoint), "spec": self.source.spec()}
+        revision = getattr(self.source, "revision", None)  # a hub id's branch, tag or commit
+        return {"checkpoint": checkpoint_fingerprint(self.checkpoint, revision), "spec": self.source.spec()}
 
 
 def warm_start(cfg: DictConfig, task_data: TaskData, source: ModelSource) -> StartingPolicy:
