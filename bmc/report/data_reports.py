@@ -1,5 +1,6 @@
 """The data reports of a sweep's runs (``summary.json``'s ``data_report``), one row per task and data setting:
-what went in, what came out, what was dropped and why, and the edit distances before and after Bridging.
+what went in, what came out, what was dropped and why, the edit distances before and after Bridging, and how
+many judge replies gave no verdict.
 Runs with the same task and data share their pairs (cached), so the first completed run of each speaks for all."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ COLUMNS = (
     ("edit distance after", "edit_distance_after"),
     ("edits accepted", "edits_accepted"),
     ("chosen verifier accept", "chosen_verifier_accept"),
+    ("judge replies without verdict", "judge_unparseable"),  # an LLM judge's; each counted as a tie
     ("sources (pairs)", "sources"),
     ("extra columns", "extra_columns"),
 )
