@@ -184,3 +184,26 @@ def test_llm_judge_position_bias_and_unparseable_replies_are_ties() -> None:
 def test_llm_judge_template_must_have_its_placeholders() -> None:
     with pytest.raises(ValueError, match=r"placeholders \['a', 'b', 'prompt'\]"):
         LLMJudge(backend=None, template="{prompt} {a}")  # type: ignore[arg-type]
+
+
+def test_a_reward_model_scores_the_completions_of_many_prompts_in_full_batches(reward_model_dir: Path) -> None:
+    """IPR and rm_score over 8 prompts x 5 completions with batch_size 16: 40 texts in 3 forwards (16, 16, 8),
+    not one forward per prompt, and the same choices as a judge that scores one text at a time."""
+    from bmc.synthesis.ipr import rank_many
+
+    samples = [{"prompt": f"Q{i}: {PROMPT}", "completions": [f"{r} ({i})" for r in RESPONSES]} for i in range(8)]
+    judge = RewardModelJudge(str(reward_model_dir), batch_size=16)
+    forward = judge.model.forward
+    rows: list[int] = []
+
+    def counted(*args, **kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    judge.model.forward = counted
+    ranked = rank_many(judge, samples)
+    assert rows == [16, 16, 8]
+    one_by_one = RewardModelJudge(str(reward_model_dir), batch_size=1)
+    assert [(r.best_index, r.worst_index) for r in ranked] == [
+        (r.best_index, r.worst_index) for r in (rank(one_by_one, s["prompt"], s["completions"]) for s in samples)
+    ]

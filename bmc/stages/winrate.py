@@ -239,6 +239,7 @@ def prepare_winrate(setup: EvalSetup) -> Evaluation:
             theirs = [baseline.answers[p] for p in batch]
             lengths = [len(ids) for ids in encode_texts(tokenizer, [text for text, _ in outputs] + theirs)]
             items = list(zip(batch, [text for text, _ in outputs], theirs))
+            judge.prepare([(p, answer) for p, *answers in items for answer in answers])
             verdicts = ordered_map(lambda item: judge_both_orders(judge, *item), items, judge.max_concurrency)
             return [
                 {

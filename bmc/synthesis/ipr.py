@@ -72,7 +72,9 @@ def rank(judge: Judge, prompt: str, completions: Sequence[str]) -> IPRResult:
 
 def rank_many(judge: Judge, samples: Sequence[Mapping[str, Any]]) -> list[IPRResult]:
     """:func:`rank` of each ``{prompt, completions}`` sample, in order, with up to ``judge.max_concurrency``
-    prompts judged at once (each prompt's comparisons stay in sequence: winner-stays depends on them)."""
+    prompts judged at once (each prompt's comparisons stay in sequence: winner-stays depends on them). The judge
+    is told every completion first (:meth:`Judge.prepare`: a reward model scores them in batches across prompts)."""
+    judge.prepare([(s["prompt"], completion) for s in samples for completion in s["completions"]])
     return ordered_map(lambda s: rank(judge, s["prompt"], s["completions"]), samples, judge.max_concurrency)
 
 

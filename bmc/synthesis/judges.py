@@ -45,6 +45,12 @@ class Judge(ABC):
         self.unparseable_by_prompt: Counter[str] = Counter()
         self._lock = threading.Lock()  # the counters are updated from the threads judging different prompts
 
+    def prepare(self, items: Sequence[tuple[str, str]]) -> None:
+        """Told every (prompt, response) that the comparisons to come will judge, across prompts: a judge that
+        gains from scoring them together does so now (a reward model: full batches, not one prompt's few
+        responses at a time). The others need nothing."""
+        return None
+
     def prefer(self, prompt: str, first: str, second: str) -> int:
         """ONE judgment with ``first`` in slot A: +1 first better, −1 second better, 0 tie."""
         return self.prefer_many(prompt, [(first, second)])[0]
@@ -154,11 +160,15 @@ class RewardModelJudge(PointwiseJudge):
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False)
 
+    def prepare(self, items: Sequence[tuple[str, str]]) -> None:
+        self.score([p for p, _ in items], [r for _, r in items])
+
     @torch.no_grad()
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        """Reward r(x, y) of each (prompt, response); batched, cached per pair."""
+        """Reward r(x, y) of each (prompt, response); batched (texts of similar length together, for less
+        padding), cached per pair."""
         keys = list(zip(prompts, responses))
-        todo = [k for k in dict.fromkeys(keys) if k not in self._cache]
+        todo = sorted((k for k in dict.fromkeys(keys) if k not in self._cache), key=lambda k: len(k[0]) + len(k[1]))
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start : start + self.batch_size]
             inputs = self.tokenizer(

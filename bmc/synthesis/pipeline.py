@@ -115,7 +115,10 @@ def _rm_choices(ctx: SynthesisContext, samples: list[dict[str, Any]], judge_cfg:
     judge = build_judge(judge_cfg)
 
     def process(batch: list[dict[str, Any]], first_index: int) -> list[dict[str, Any]]:
-        return [{"scores": judge.score([s["prompt"]] * len(s["completions"]), s["completions"])} for s in batch]
+        # one call for the batch's prompts: the reward model fills its batches across prompts
+        scores = iter(judge.score([s["prompt"] for s in batch for _ in s["completions"]],
+                                  [c for s in batch for c in s["completions"]]))  # fmt: skip
+        return [{"scores": [next(scores) for _ in s["completions"]]} for s in batch]
 
     payload = _judge_payload(samples, judge_cfg, "rm_score")
     scored = resumable_map(ctx.cache_root, "judgments", payload, samples, process, batch_size=16)
