@@ -38,9 +38,21 @@ def checkpoint_fingerprint(path: str | os.PathLike, revision: str | None = None)
     the commit its ``revision`` resolves to (:func:`hub_commit`), so that a repo pushed to is a new key too."""
     folder = Path(path)
     if not folder.is_dir():
+        if not _is_repo_id(str(path)):  # no folder and no hub id: nothing to read, and loading it will fail
+            return {"path": str(path)}
         return {"hub": str(path), "commit": hub_commit(str(path), revision)}
     files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
     return {"path": str(folder.resolve()), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+
+
+def _is_repo_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def hub_commit(repo_id: str, revision: str | None = None) -> str:

@@ -44,7 +44,7 @@ def test_a_hub_id_is_keyed_by_the_commit_its_revision_resolves_to(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Offline, a hub id resolves through the local Hugging Face cache (refs/<branch> -> snapshots/<commit>): the
-    key names that commit, moves when the branch does, and a pinned commit keys by itself. An id that resolves
+    key names that commit, moves when the branch does, and a pinned commit keys by itself. A hub id that resolves
     nowhere is an error naming it, not a key made of the name alone."""
     from huggingface_hub import constants
 
@@ -66,3 +66,5 @@ def test_a_hub_id_is_keyed_by_the_commit_its_revision_resolves_to(
     assert checkpoint_fingerprint("org/policy", revision=old)["commit"] == old
     with pytest.raises(ValueError, match=r"'org/absent' \(revision main\) is not a local folder"):
         checkpoint_fingerprint("org/absent")
+    # neither a folder nor a hub id (a path on another machine): nothing to read; whatever loads it reports it
+    assert checkpoint_fingerprint("/ckpts/missing") == {"path": "/ckpts/missing"}

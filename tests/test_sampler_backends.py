@@ -274,3 +274,30 @@ def test_backend_configs_compose_and_mistakes_are_named(chat_ctx: SynthesisConte
     assert samples_from_policy({"pairs": "ipr", "sampler": {"backend": "hf"}})
     assert not samples_from_policy({"pairs": "ipr", "sampler": served["sampler"]})
     assert not samples_from_policy({"pairs": "ipr", "sampler": {"backend": "task"}})
+
+
+def test_a_served_prompt_keeps_bos_once_where_the_server_adds_it(tiny_lm: Path) -> None:
+    """A chat template's output that starts with BOS, for a tokenizer that adds BOS itself (Llama 3): the server
+    would encode two; the sampler sends the text without it. A tokenizer that adds none keeps the text as it is."""
+    from tokenizers.processors import TemplateProcessing
+
+    from bmc.data.tokenize import encode_prompts
+
+    plain = AutoTokenizer.from_pretrained(tiny_lm)
+    adds_bos = AutoTokenizer.from_pretrained(tiny_lm)
+    bos = adds_bos.bos_token
+    adds_bos._tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, adds_bos.bos_token_id)]
+    )
+    prompts = [f"{bos}<|user|>hello\n<|assistant|>", "<|user|>hi\n<|assistant|>"]
+    settings = SamplingSettings(n=1, max_new_tokens=3, prompts_per_batch=2, seed=0)
+    sent = {}
+    for name, tokenizer in (("adds", adds_bos), ("plain", plain)):
+        with FakeChatServer(_deterministic) as server:
+            OpenAISampler(_endpoint(server), tokenizer).sample_batch(prompts, 0, settings)
+        sent[name] = sorted(r.json["prompt"] for r in server.requests)
+        # what the server's encoding (special tokens on) gives equals what the hf backend samples from
+        served_ids = sorted(tokenizer(p)["input_ids"] for p in sent[name])
+        assert served_ids == sorted(encode_prompts(tokenizer, prompts))
+    assert sent["adds"] == sorted(["<|user|>hello\n<|assistant|>", "<|user|>hi\n<|assistant|>"])
+    assert sent["plain"] == sorted(prompts)

@@ -85,6 +85,14 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list
     return [ids if ids[:1] == prefix else prefix + ids for ids in encode_texts(tokenizer, texts)]
 
 
+def served_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    """``text`` as sent to a server that encodes it with special tokens, as this tokenizer does (the completions
+    endpoint of vLLM, llama.cpp or TGI): without a leading BOS where the tokenizer adds one itself, so that the
+    served model sees BOS once, as :func:`encode_prompts` gives it to the ``hf`` backend."""
+    bos = tokenizer.bos_token
+    return text[len(bos) :] if bos and bos_prefix(tokenizer) and text.startswith(bos) else text
+
+
 def encode_responses(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     end = response_end_id(tokenizer)
     return [ids + [end] for ids in encode_texts(tokenizer, texts)]

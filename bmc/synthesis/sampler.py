@@ -30,7 +30,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.cache import checkpoint_fingerprint
-from bmc.data.tokenize import encode_prompts
+from bmc.data.tokenize import encode_prompts, served_prompt
 from bmc.generation import generate, stop_token_ids
 from bmc.synthesis._common import ExampleIndex, build_from_options, ordered_map
 from bmc.synthesis.chat import MISSING, OpenAIEndpoint
@@ -169,16 +169,18 @@ def _required(options: Mapping[str, Any], keys: Sequence[str], kind: str, exampl
 class OpenAISampler(ModelSampler):
     """``POST {base_url}/completions`` per prompt with the rendered prompt text and ``n``, ``temperature``,
     ``top_p``, ``max_tokens`` and a per-prompt ``seed``; up to the endpoint's ``max_concurrency`` prompts in
-    flight. A choice with ``finish_reason == "length"`` is truncated."""
+    flight. A choice with ``finish_reason == "length"`` is truncated. With the policy's ``tokenizer``, a
+    prompt that begins with the BOS the server will add itself is sent without it (:func:`served_prompt`)."""
 
-    def __init__(self, endpoint: OpenAIEndpoint) -> None:
+    def __init__(self, endpoint: OpenAIEndpoint, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
         self.endpoint = endpoint
+        self.tokenizer = tokenizer
 
     @classmethod
     def from_options(cls, options: dict[str, Any], ctx: SynthesisContext) -> OpenAISampler:
         _required(options, ["base_url", "model"], "openai", "data.sampler.backend.base_url=http://127.0.0.1:8000/v1 "
                   "data.sampler.backend.model=served-name")  # fmt: skip
-        return cls(build_from_options(OpenAIEndpoint, options, "data.sampler.backend kind 'openai'"))
+        return cls(build_from_options(OpenAIEndpoint, options, "data.sampler.backend kind 'openai'"), ctx.tokenizer)
 
     def identity(self) -> Any:
         # the served model's name, not the URL: the same checkpoint behind another port is the same samples
@@ -186,8 +188,9 @@ class OpenAISampler(ModelSampler):
 
     def sample_batch(self, prompts: Sequence[str], first_index: int, settings: SamplingSettings) -> list[PromptSamples]:
         def one(index: int) -> PromptSamples:
+            prompt = prompts[index] if self.tokenizer is None else served_prompt(self.tokenizer, prompts[index])
             body = {
-                "prompt": prompts[index],
+                "prompt": prompt,
                 "n": settings.n,
                 "temperature": settings.temperature,
                 "top_p": settings.top_p,
