@@ -153,8 +153,33 @@ def test_openai_sampler_retries_a_failed_request_then_succeeds(status: int) -> N
 
 def test_openai_sampler_rejects_a_reply_with_the_wrong_number_of_samples() -> None:
     with FakeChatServer(lambda body: completions(["only one"])) as server:
-        with pytest.raises(ChatError, match="no 2 completions .* for prompt 4"):
+        with pytest.raises(ChatError, match="no 2 completions .* for prompt 4.*max_n_per_request=1"):
             OpenAISampler(_endpoint(server)).sample_batch(["x"], 4, SamplingSettings(n=2))
+
+
+def test_a_server_that_ignores_n_gets_one_request_per_sample_with_max_n_per_request(tmp_path: Path) -> None:
+    """llama-cpp-python's server returns one choice whatever `n` asks: with max_n_per_request=1, each of a
+    prompt's n samples is its own request, seeded apart, in order; with 2, n=3 takes requests of 2 and 1."""
+
+    def one_choice_per_request(body: dict[str, Any]) -> dict[str, Any]:
+        return completions([f"{body['prompt']}|{body['seed']}|{k}" for k in range(min(body["n"], 2))])
+
+    settings = SamplingSettings(n=3, max_new_tokens=4, prompts_per_batch=2, seed=1)
+    stride = OpenAISampler.REQUEST_SEED_STRIDE
+    for per_request, sizes in ((1, [1, 1, 1]), (2, [2, 1])):
+        with FakeChatServer(one_choice_per_request) as server:
+            sampler = OpenAISampler(_endpoint(server, max_concurrency=2), max_n_per_request=per_request)
+            drawn = sampler.sample_batch(["p", "q"], 5, settings)
+        for index, prompt in ((5, "p"), (6, "q")):
+            seeds = [settings.prompt_seed(index) + j * stride for j in range(len(sizes))]
+            requests = sorted((r.json for r in server.requests if r.json["prompt"] == prompt), key=lambda b: b["seed"])
+            assert [(b["n"], b["seed"]) for b in requests] == list(zip(sizes, seeds))
+            texts = [t for seed, n in zip(seeds, sizes) for t in (f"{prompt}|{seed}|{k}" for k in range(n))]
+            assert drawn[index - 5] == [(t, False) for t in texts]
+        assert sampler.identity() == {"backend": "openai", "model": "policy", "n_per_request": per_request}
+    assert OpenAISampler(_endpoint(server)).identity() == {"backend": "openai", "model": "policy"}  # keys kept
+    with pytest.raises(ValueError, match="max_n_per_request must be >= 1"):
+        OpenAISampler(_endpoint(server), max_n_per_request=0)
 
 
 def test_the_api_key_is_sent_but_never_cached_or_configured(

@@ -170,9 +170,10 @@ class OpenAIEndpoint:
                 continue
             try:
                 return answer(json.loads(payload))
-            except (ValueError, KeyError, IndexError, TypeError):
+            except (ValueError, KeyError, IndexError, TypeError) as error:
                 excerpt = _redact(payload[:300].decode("utf-8", errors="replace"), key)
-                raise ChatError(f"POST {url} returned no {what}: {excerpt!r}") from None
+                why = f" ({error})" if isinstance(error, ValueError) else ""  # the answer's own account of it
+                raise ChatError(f"POST {url} returned no {what}{why}: {excerpt!r}") from None
         # `from None` above: the chained urllib exception adds nothing the message lacks.
         raise ChatError(f"POST {url} failed after {self.max_retries + 1} attempt(s); last error: {problem}")
 
