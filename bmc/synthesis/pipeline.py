@@ -16,9 +16,11 @@ Every expensive stage (samples, judgments, edits) is cached and resumable (:mod:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from bmc.cache import cache_key
+from bmc.data.tokenize import encode_texts
 from bmc.generation import generation_budget
 from bmc.synthesis._common import build_from_options
 from bmc.synthesis.bridging import bridge, mean_token_edit_distance
@@ -41,11 +43,22 @@ def _samples(ctx: SynthesisContext) -> list[dict[str, Any]]:
         sampler["max_new_tokens"] = generation_budget(ctx.tokenizer, ctx.task_data.pref_examples)
     settings = build_from_options(SamplingSettings, sampler, "data.sampler")
     prompts = list(dict.fromkeys(p["prompt"] for p in ctx.task_data.pairs))
+    started = time.perf_counter()
     samples = backend.sample(prompts, settings, ctx.cache_root)
+    _log_throughput(ctx, samples, time.perf_counter() - started)
     ctx.report["prompts_in"] = len(prompts)
     ctx.report["completions"] = sum(len(s["completions"]) for s in samples)
     ctx.report["truncated_completions"] = sum(sum(s["truncated"]) for s in samples)
     return samples
+
+
+def _log_throughput(ctx: SynthesisContext, samples: list[dict[str, Any]], seconds: float) -> None:
+    """How fast the backend sampled: completions and their tokens (the policy's tokenizer) per second."""
+    completions = [c for s in samples for c in s["completions"]]
+    tokens = sum(map(len, encode_texts(ctx.tokenizer, completions))) if completions else 0
+    log.info("sampling: %d completions of %d prompts, %d tokens in %.1f s: %.2f completions/s, %.1f tokens/s "
+             "(entries already cached are read, not drawn)", len(completions), len(samples), tokens, seconds,
+             len(completions) / max(seconds, 1e-9), tokens / max(seconds, 1e-9))  # fmt: skip
 
 
 def samples_from_policy(data_cfg: dict[str, Any]) -> bool:
