@@ -1,11 +1,19 @@
-"""Preemption: a job told to stop (SIGTERM, as SLURM sends on preemption and at the time limit; SIGUSR1, as
-``sbatch --signal`` and submitit use ahead of the limit) saves an exact mid-epoch checkpoint first.
+"""Preemption: a job told to stop saves an exact mid-epoch checkpoint first, then does what the signal would
+have done. The signals: SIGTERM (SLURM on preemption and at the time limit), SIGUSR1 (``sbatch --signal``,
+Lightning's SLURM requeue signal) and SIGUSR2 (submitit's preemption signal, ``--signal=USR2@<delay>``).
 
-:class:`PreemptionCheckpoint` catches the signal during training, lets the running optimizer step finish (a
-step whose accumulated gradients were cut short could not resume exactly), writes ``last.ckpt`` (weights,
-optimizer, loop state and the position inside the epoch) and stops the run with :class:`Preempted`: the
-summary says ``preempted``. :func:`handed_back_signals` then gives the signal to the handler that was in place
-before training: submitit's requeues the job, the default one ends the process as the signal would have.
+:class:`PreemptionCheckpoint` catches them during training, lets the running optimizer step finish (a step
+whose accumulated gradients were cut short could not resume exactly) and writes ``last.ckpt`` (weights,
+optimizer, loop state and the position inside the epoch). Then the handler that was in place before training
+decides:
+
+- the default action (a plain job): the run stops as ``preempted`` and, once its summary is written
+  (:func:`handed_back_signals`), the process ends by the signal;
+- a Python handler (submitit's): it is called; if it exits (submitit requeues the job, then exits), the run
+  stops as ``preempted`` and the process leaves with the handler's exit, after the summary; if it returns
+  (submitit's SIGTERM handler only logs, the real notice being SIGUSR2), training goes on;
+- an ignored signal: training goes on, with the checkpoint taken.
+
 A requeued job, or the same command with ``ckpt_path=auto``, resumes from that checkpoint.
 """
 
@@ -26,13 +34,18 @@ log = logging.getLogger(__name__)
 
 
 class Preempted(SystemExit):
-    """The run stopped on a preemption signal after writing its checkpoint. A ``SystemExit`` (exit status
-    128 + the signal's number, as a shell reports a process ended by it): a sweep does not go on to the next job
-    in a process that was told to stop."""
+    """The run stopped on a preemption signal after writing its checkpoint. A ``SystemExit``, so that a sweep does
+    not go on to the next job in a process that was told to stop: with the exit of the handler that stopped it
+    (``handler_exit``), or ``128 + signum`` as a shell reports a process ended by the signal. ``kill``: end the
+    process by the signal's default action once the summary is written."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path, previous: Any) -> None:
-        super().__init__(128 + signum)
-        self.signum, self.step, self.checkpoint, self.previous = signum, step, checkpoint, previous
+    def __init__(
+        self, signum: int, step: int, checkpoint: Path, handler_exit: BaseException | None = None, kill: bool = False
+    ) -> None:
+        code = handler_exit.code if isinstance(handler_exit, SystemExit) else 128 + signum
+        super().__init__(code)
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.handler_exit, self.kill = handler_exit, kill
 
     def __str__(self) -> str:
         return (
@@ -42,18 +55,19 @@ class Preempted(SystemExit):
 
 
 class PreemptionCheckpoint(pl.Callback):
-    """On ``signals`` during training: finish the optimizer step, write ``checkpoint`` and raise :class:`Preempted`.
+    """On ``signals`` during training: finish the optimizer step, write ``checkpoint``, then let the handler from
+    before training decide whether the run stops (see the module docstring).
 
     The handlers are installed when training starts (over Lightning's own SIGTERM handler, which would stop
     after the current batch, inside a gradient accumulation, without a checkpoint) and the ones in place before
-    ``fit`` come back when it ends. Every rank stops at the same step: the decision is reduced across ranks at
-    each optimizer step, so a signal that reached one rank stops them all.
+    ``fit`` come back when it ends. Every rank saves and stops at the same step: both decisions are reduced
+    across ranks, so a signal that reached one rank, or a handler that exits on one, stops them all.
     """
 
-    def __init__(self, checkpoint: str, signals: Sequence[str] = ("SIGTERM", "SIGUSR1")) -> None:
+    def __init__(self, checkpoint: str, signals: Sequence[str] = ("SIGTERM", "SIGUSR1", "SIGUSR2")) -> None:
         self.checkpoint = Path(checkpoint)
         self.signals = [signal.Signals[name] for name in signals]
-        self._before_fit: dict[signal.Signals, Any] = {}
+        self._before_fit: dict[int, Any] = {}
         self._received: int | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -65,11 +79,10 @@ class PreemptionCheckpoint(pl.Callback):
         for signum in self.signals:
             signal.signal(signum, self._note)
         names = ", ".join(s.name for s in self.signals)
-        log.info("preemption: %s write %s at the next optimizer step and stop the run", names, self.checkpoint)
+        log.info("preemption (pid %d): %s write %s at the next optimizer step", os.getpid(), names, self.checkpoint)
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
-        if self._received is None:
-            log.warning("received %s: stopping after the current optimizer step", signal.Signals(signum).name)
+        log.warning("received %s: a checkpoint after the current optimizer step", signal.Signals(signum).name)
         self._received = signum
 
     def on_train_batch_end(
@@ -77,35 +90,52 @@ class PreemptionCheckpoint(pl.Callback):
     ) -> None:
         done = batch_idx + 1
         if done % trainer.accumulate_grad_batches == 0 or done == trainer.num_training_batches:  # a step was taken
-            self._stop_if_signalled(trainer)
+            self._act_on_signal(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop_if_signalled(trainer)  # a signal during the last validation: the final state is saved
+        self._act_on_signal(trainer)  # a signal during the last validation: the final state is saved
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for signum, handler in self._before_fit.items():
             signal.signal(signum, handler)
 
-    def _stop_if_signalled(self, trainer: pl.Trainer) -> None:
+    def _act_on_signal(self, trainer: pl.Trainer) -> None:
         if not trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
             return
+        signum, self._received = self._received, None
         trainer.save_checkpoint(self.checkpoint)
-        signum = self._received if self._received is not None else self.signals[0]  # another rank's signal
-        log.warning("preempted: wrote %s at step %d", self.checkpoint, trainer.global_step)
-        raise Preempted(signum, trainer.global_step, self.checkpoint, self._before_fit.get(signum))
+        log.warning("preemption: wrote %s at step %d", self.checkpoint, trainer.global_step)
+        stop = self._hand_over(signum, trainer.global_step) if signum is not None else None
+        if trainer.strategy.reduce_boolean_decision(stop is not None, all=False):
+            # another rank's signal or handler stopped the run: this rank stops with it
+            raise stop or Preempted(self.signals[0], trainer.global_step, self.checkpoint)
+        log.info("preemption: the handler from before training let the run go on")
+
+    def _hand_over(self, signum: int, step: int) -> Preempted | None:
+        """What the handler from before training makes of ``signum``: a :class:`Preempted` to stop with, or None
+        to go on."""
+        previous = self._before_fit[signum]
+        if previous == signal.SIG_DFL:
+            return Preempted(signum, step, self.checkpoint, kill=True)
+        if not callable(previous):  # ignored
+            return None
+        try:
+            previous(signum, None)
+        except BaseException as handler_exit:  # submitit's requeue ends in sys.exit
+            return Preempted(signum, step, self.checkpoint, handler_exit=handler_exit)
+        return None
 
 
 @contextmanager
 def handed_back_signals() -> Iterator[None]:
-    """Around the main job: a :class:`Preempted` run, once its summary is written, hands its signal to the
-    handler that was there before training (submitit's requeue, or the default: the process ends by it). An
-    ignored signal, or one a Python handler returns from, leaves the ``SystemExit`` to end the process."""
+    """Around the main job: a :class:`Preempted` run, once its summary is written, leaves as the handler from
+    before training made it (its exit, e.g. submitit's requeue code), or ends by the signal's default action."""
     try:
         yield
     except Preempted as stop:
-        if callable(stop.previous):
-            stop.previous(stop.signum, None)
-        elif stop.previous == signal.SIG_DFL:
+        if stop.handler_exit is not None:
+            raise stop.handler_exit from None
+        if stop.kill:
             logging.shutdown()  # the default action ends the process at once: flush the logs first
             signal.signal(stop.signum, signal.SIG_DFL)
             os.kill(os.getpid(), stop.signum)

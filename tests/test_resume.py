@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,8 +168,9 @@ def test_a_preempted_run_saves_at_the_next_step_and_resumes_with_ckpt_path_auto_
     )
     log_file = run_dir / "train.log"
     try:
-        while proc.poll() is None and "preemption: SIGTERM" not in (log_file.read_text() if log_file.exists() else ""):
+        while proc.poll() is None and "preemption (pid" not in (log_file.read_text() if log_file.exists() else ""):
             time.sleep(0.005)
+        assert proc.poll() is None, "the run ended before training started"
         proc.send_signal(signal.SIGTERM)
     finally:
         proc.wait(timeout=120)
@@ -185,21 +187,61 @@ def test_a_preempted_run_saves_at_the_next_step_and_resumes_with_ckpt_path_auto_
     _assert_same_metrics(json.loads((run_dir / "summary.json").read_text()), uninterrupted)
 
 
-def test_a_preemption_signal_waits_for_the_optimizer_step_then_goes_to_the_handler_from_before(
-    tmp_path: Path,
+def test_a_job_preempted_under_the_submitit_launcher_is_requeued_and_resumes_to_the_same_final_metrics(
+    tmp_path: Path, shared_cache: Path, uninterrupted: dict[str, float]
 ) -> None:
-    """SIGUSR1 at the first batch of an accumulation pair: the checkpoint is written after the pair's optimizer
-    step (step 2), not inside it; after the run stops, the handler installed before training (submitit's
-    requeue, here a recorder) gets the signal once, and is the handler again."""
+    """The submitit launcher, run locally (hydra/launcher=submitit_local): SIGUSR2, submitit's preemption signal,
+    to the training job. The job writes last.ckpt at the next optimizer step and hands the signal to submitit,
+    which checkpoints the submission and requeues it; the requeued job (ckpt_path=auto) resumes from that
+    checkpoint and ends with the uninterrupted run's metrics."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *RESUMABLE, "logger=none", f"paths.cache_dir={shared_cache}", "ckpt_path=auto",
+            "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20", f"hydra.sweep.dir={sweep}",
+            "hydra.sweep.subdir=job"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env={**os.environ, **THREADS, "WANDB_SILENT": "true"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log_file, pid = sweep / "job" / "train.log", None
+    try:
+        deadline = time.time() + 240
+        while pid is None and proc.poll() is None and time.time() < deadline:
+            found = re.search(r"preemption \(pid (\d+)\)", log_file.read_text() if log_file.exists() else "")
+            pid = int(found.group(1)) if found else time.sleep(0.005)
+        assert pid is not None, "the job never started training"
+        os.kill(pid, signal.SIGUSR2)
+        assert proc.wait(timeout=300) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = log_file.read_text()
+    assert "received SIGUSR2" in log and "preemption: wrote" in log
+    assert "ckpt_path=auto: no " in log and "ckpt_path=auto: resuming from" in log  # started afresh, then resumed
+    _assert_same_metrics(json.loads((sweep / "job" / "summary.json").read_text()), uninterrupted)
+
+
+@pytest.mark.parametrize("exits", [False, True], ids=["handler-returns", "handler-exits"])
+def test_a_preemption_signal_waits_for_the_optimizer_step_then_the_handler_from_before_decides(
+    exits: bool, tmp_path: Path
+) -> None:
+    """SIGUSR2 at the first batch of an accumulation pair: the checkpoint is written after the pair's optimizer
+    step (step 2), not inside it, and the handler installed before training gets the signal once. One that
+    returns (submitit's SIGTERM handler only logs) lets training go on to its end (step 4); one that exits
+    (submitit's requeue, sys.exit(144)) stops the run, and the process leaves with that exit."""
     received: list[int] = []
 
     def previous(signum: int, frame: object) -> None:
         received.append(signum)
+        if exits:
+            sys.exit(144)
 
     class SignalAtThirdBatch(pl.Callback):
         def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch, batch_idx: int) -> None:
-            if batch_idx == 2:
-                os.kill(os.getpid(), signal.SIGUSR1)
+            if batch_idx == 2 and trainer.current_epoch == 0:
+                os.kill(os.getpid(), signal.SIGUSR2)
 
     checkpoint = tmp_path / "last.ckpt"
     trainer = pl.Trainer(
@@ -207,13 +249,19 @@ def test_a_preemption_signal_waits_for_the_optimizer_step_then_goes_to_the_handl
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
         callbacks=[SignalAtThirdBatch(), PreemptionCheckpoint(str(checkpoint))],
     )  # fmt: skip
-    before = signal.signal(signal.SIGUSR1, previous)
+    before = signal.signal(signal.SIGUSR2, previous)
     try:
-        with pytest.raises(Preempted) as stop, handed_back_signals():
-            trainer.fit(BoringModel())
-        assert signal.getsignal(signal.SIGUSR1) is previous
+        if exits:
+            with pytest.raises(SystemExit) as stop, handed_back_signals():
+                trainer.fit(BoringModel())
+            assert stop.value.code == 144 and not isinstance(stop.value, Preempted)
+            assert isinstance(stop.value.__context__, Preempted) and stop.value.__context__.step == 2
+        else:
+            with handed_back_signals():
+                trainer.fit(BoringModel())
+            assert trainer.global_step == 4
+        assert signal.getsignal(signal.SIGUSR2) is previous
     finally:
-        signal.signal(signal.SIGUSR1, before)
-    assert stop.value.step == 2 and stop.value.code == 128 + signal.SIGUSR1
+        signal.signal(signal.SIGUSR2, before)
     assert torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"] == 2
-    assert received == [signal.SIGUSR1]
+    assert received == [signal.SIGUSR2]
