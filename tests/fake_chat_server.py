@@ -15,8 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.local_server import LocalServer
 
 # A reply is the assistant's content of a chat completion (HTTP 200), a whole JSON body (HTTP 200, e.g.
 # :func:`completions`), or (status, raw body) to simulate a failure.
@@ -40,7 +42,7 @@ class RecordedRequest:
         return json.loads(self.raw_body)
 
 
-class FakeChatServer:
+class FakeChatServer(LocalServer):
     """Answers any ``POST`` (``.../chat/completions``, ``.../completions``) with ``reply(body)`` after ``delay_s``
     seconds.
 
@@ -53,22 +55,11 @@ class FakeChatServer:
         self.max_in_flight = 0
         self._in_flight = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        # A short poll interval: shutdown() waits for the serving loop's next poll.
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
+        super().__init__(self._handler())
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-
-    def __enter__(self) -> FakeChatServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        return f"http://127.0.0.1:{self.port}/v1"
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self

@@ -24,8 +24,10 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.local_server import LocalServer
 
 _REPO_ACTION = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<action>preupload|commit)/(?P<revision>[^/?]+)")
 
@@ -45,7 +47,7 @@ class FakeRepo:
     commits: list[str] = field(default_factory=list)  # commit oids, oldest first
 
 
-class FakeHub:
+class FakeHub(LocalServer):
     """``endpoint`` is the URL to give ``HfApi(endpoint=...)``; ``requests`` lists what arrived, in order;
     ``repos`` maps a repo id (``namespace/name``) to its :class:`FakeRepo`."""
 
@@ -53,22 +55,11 @@ class FakeHub:
         self.requests: list[HubRequest] = []
         self.repos: dict[str, FakeRepo] = {}
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        # A short poll interval: shutdown() waits for the serving loop's next poll.
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
+        super().__init__(self._handler())
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> FakeHub:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        return f"http://127.0.0.1:{self.port}"
 
     def answer(self, request: HubRequest) -> tuple[int, dict[str, Any]]:
         """The status and JSON body the Hub would send back."""

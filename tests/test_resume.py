@@ -83,17 +83,22 @@ def test_resuming_a_run_without_checkpoints_fails_before_the_data_stages(make_co
     assert summary["status"] == "failed" and "ckpt_path=last" in summary["error"]
 
 
-def _kill_at_first_checkpoint(args: list[str], run_dir: Path, cwd: Path) -> dict:
-    """Start ``train.py`` in ``run_dir``, SIGKILL it as soon as ``last.ckpt`` is in place, and return that
-    checkpoint."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+def _start_train(args: list[str], cwd: Path) -> subprocess.Popen:
+    """``train.py`` with ``args`` in the background, its output discarded (the tests read the run's files)."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
         cwd=cwd,
         env={**os.environ, **THREADS, "WANDB_SILENT": "true"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def _kill_at_first_checkpoint(args: list[str], run_dir: Path, cwd: Path) -> dict:
+    """Start ``train.py`` in ``run_dir``, SIGKILL it as soon as ``last.ckpt`` is in place, and return that
+    checkpoint."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    proc = _start_train([*args, f"hydra.run.dir={run_dir}"], cwd)
     try:
         while not last.exists() and proc.poll() is None:
             time.sleep(0.005)
@@ -159,13 +164,7 @@ def test_a_preempted_run_saves_at_the_next_step_and_resumes_with_ckpt_path_auto_
     folder without a checkpoint, ckpt_path=auto starts afresh."""
     args = [*RESUMABLE, "logger=none", f"paths.cache_dir={shared_cache}", "ckpt_path=auto"]
     run_dir = tmp_path / "preempted"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path,
-        env={**os.environ, **THREADS, "WANDB_SILENT": "true"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _start_train([*args, f"hydra.run.dir={run_dir}"], tmp_path)
     log_file = run_dir / "train.log"
     try:
         while proc.poll() is None and "preemption (pid" not in (log_file.read_text() if log_file.exists() else ""):
@@ -198,13 +197,7 @@ def test_a_job_preempted_under_the_submitit_launcher_is_requeued_and_resumes_to_
     args = ["-m", *RESUMABLE, "logger=none", f"paths.cache_dir={shared_cache}", "ckpt_path=auto",
             "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20", f"hydra.sweep.dir={sweep}",
             "hydra.sweep.subdir=job"]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=tmp_path,
-        env={**os.environ, **THREADS, "WANDB_SILENT": "true"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _start_train(args, tmp_path)
     log_file, pid = sweep / "job" / "train.log", None
     try:
         deadline = time.time() + 240
