@@ -80,3 +80,22 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> str 
         )
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no checkpoint at {path}. {hint}")
     return str(path)
+
+
+POLICY_PREFIX = "policy."  # the policy's keys in a PreferenceModule state dict
+
+
+def load_policy_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """The policy weights of a PreferenceModule state dict (a Lightning checkpoint's, or the gathered weights of
+    an FSDP run), loaded into ``model``; ``source`` names where they come from in the error.
+
+    Checkpoints keep only the trainable weights (a LoRA checkpoint holds the adapters), so every key must
+    exist in ``model`` and every trainable weight must be in the state."""
+    weights = {k[len(POLICY_PREFIX) :]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    if unexpected or trainable & set(missing):
+        raise ValueError(
+            f"{source}: does not match the policy (unexpected keys {unexpected[:3]}, "
+            f"missing trainable {sorted(trainable & set(missing))[:3]})"
+        )

@@ -1,13 +1,19 @@
 """Runs with several processes (Lightning strategies ddp, ddp_spawn, fsdp, deepspeed): which process reports,
-and which launches cannot work.
+which launches cannot work, and work split across the processes.
 
 The SFT warm start and the data stages run once (the first process to take the cache lock of
-:mod:`bmc.cache`), the preference stage on every rank, the evaluation and ``summary.json`` on rank 0.
+:mod:`bmc.cache`), the preference stage on every rank, the evaluation's generation split across the ranks
+(:func:`split_across_ranks`) and ``summary.json`` on rank 0.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
 import pytorch_lightning as pl
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
@@ -36,3 +42,29 @@ def check_launch(trainer: pl.Trainer) -> None:
             "starts its ranks by re-running the command, which would re-run the whole -m sweep: use "
             "trainer=ddp_spawn in a local sweep, or hydra/launcher=slurm with one task per device"
         )
+
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def split_across_ranks(items: Sequence[T], work: Callable[[list[T]], list[Any]], block: int = 1) -> list[Any]:
+    """``work``'s results for ``items``, in order, on every process, each process doing its share: ``items`` cut
+    into blocks of ``block`` (a generation batch, so each batch holds the prompts it holds in one process, and
+    gives the same answers), rank r taking blocks r, r + world_size, ...; the shares are gathered with
+    ``all_gather_object``. In one process (or without a process group) it is ``work(items)``."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return work(list(items))
+    world, rank = dist.get_world_size(), dist.get_rank()
+    blocks = [list(items[i : i + block]) for i in range(0, len(items), block)]
+    share = [item for b in blocks[rank::world] for item in b]
+    log.info("rank %d of %d: %d of the %d items", rank, world, len(share), len(items))
+    mine = work(share) if share else []  # fewer blocks than ranks: nothing to do here
+    shares: list[list[Any]] = [[] for _ in range(world)]
+    dist.all_gather_object(shares, mine)
+    results, taken = [], [0] * world
+    for index, b in enumerate(blocks):  # block i is the next len(b) results of rank i % world
+        owner = index % world
+        results += shares[owner][taken[owner] : taken[owner] + len(b)]
+        taken[owner] += len(b)
+    return results

@@ -46,8 +46,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         trained = train_preference(cfg, data, policy, results.loggers, ckpt_path)
         results.add(trained.metrics)
         results.reports = trained.is_global_zero
+        results.add(evaluation(trained, results.loggers))  # every rank: DDP ranks generate shares of the answers
         if trained.is_global_zero:
-            results.add(evaluation(trained, results.loggers))
             results.exported = export_policy(cfg, trained, policy.tokenizer)
             results.pushed = push_to_hub(cfg, results.exported)
     return results.metrics

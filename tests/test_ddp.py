@@ -125,8 +125,9 @@ def test_ddp_on_two_cpu_processes_matches_one_process_on_the_same_global_batch(t
     """Per-rank batch 4 on 2 ranks vs batch 8 in one process, same seed: each rank takes every other pair of
     one (seed, epoch) order, so every step's global batch is the same pairs and averaged gradients agree.
     The SFT warm start and the sampled pairs are computed once, by rank 0, and read by rank 1; validation
-    metrics are reduced over both ranks' pairs (each rank holds one of the two validation pairs); only
-    rank 0 evaluates and writes summary.json and the W&B run."""
+    metrics are reduced over both ranks' pairs (each rank holds one of the two validation pairs); each rank
+    generates half of the evaluation answers, and rank 0 alone scores them and writes summary.json and the
+    W&B run."""
     cache = tmp_path / "cache"
     common = [
         "debug=default",
@@ -136,6 +137,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process_on_the_same_global_batch(t
         "trainer.max_epochs=2",
         "optim.lr=2e-3",
         "optim.warmup_ratio=0",
+        "eval.batch_size=2",  # the final evaluation's 8 prompts: two generation batches on each rank
         f"paths.cache_dir={cache}",
     ]
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
@@ -153,6 +155,10 @@ def test_ddp_on_two_cpu_processes_matches_one_process_on_the_same_global_batch(t
         assert f"cache write: {stage}" in rank0_log and f"cache hit: {stage}" in rank1_log
     assert "cache write" not in rank1_log
     assert "rank 1 of 2: training done" in rank1_log
+    # the final evaluation's answers: each rank generated its share of the batches (8 eval prompts here)
+    assert "rank 0 of 2: 4 of the 8 items" in rank0_log and "rank 1 of 2: 4 of the 8 items" in rank1_log
+    answers = [(ddp_dir / "eval_answers.jsonl").read_text(), (single_dir / "eval_answers.jsonl").read_text()]
+    assert len(answers[0].splitlines()) == 8 and answers[0] == answers[1]  # gathered whole and in order
     assert len(list((ddp_dir / "wandb").glob("offline-run-*"))) == 1
 
     ddp = json.loads((ddp_dir / "summary.json").read_text())
@@ -196,3 +202,72 @@ def test_token_rewards_run_their_forward_on_every_rank_and_rank_0_alone_writes(r
         record = json.loads(written.read_text())
         assert record["step"] == 3 and [e["tokens"] for e in record["examples"]] == [["<6>"], ["<7>"]]
         assert [e["marked"] for e in record["examples"]] == [[1], [1]]
+
+
+def _split_in_rank(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from bmc.distributed import split_across_ranks
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        results = split_across_ranks(list(range(10)), lambda share: [(x, x * x, rank) for x in share], block=3)
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"{rank}.json").write_text(json.dumps(results))
+
+
+def test_work_split_across_two_processes_comes_back_whole_and_in_order_on_both(tmp_path: Path) -> None:
+    """Blocks of 3 of 10 items on 2 gloo ranks: rank 0 does blocks 0 and 2 (items 0-2, 6-8), rank 1 blocks 1 and
+    3 (3-5, 9); both get all 10 results in the items' order. One process without a group does all of them."""
+    import socket
+
+    from bmc.distributed import split_across_ranks
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ranks = [FORK.Process(target=_split_in_rank, args=(r, port, str(tmp_path))) for r in (0, 1)]
+    for r in ranks:
+        r.start()
+    for r in ranks:
+        r.join(timeout=120)
+    assert [r.exitcode for r in ranks] == [0, 0]
+    owner = [0, 0, 0, 1, 1, 1, 0, 0, 0, 1]
+    expected = [[x, x * x, owner[x]] for x in range(10)]
+    assert [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)] == [expected, expected]
+    assert split_across_ranks([1, 2], lambda share: [x + 1 for x in share], block=1) == [2, 3]
+
+
+def test_an_fsdp_policy_reaches_rank_0_as_a_plain_model_with_the_gathered_weights(tmp_path: Path) -> None:
+    """Under FSDP on several devices the trained policy holds shards: rank 0 gets a fresh model loaded from the
+    starting checkpoint with the gathered weights (Lightning's full state dict; a stand-in strategy returns it
+    here, FSDP itself needs GPUs), equal to the trained ones and not the sharded module itself."""
+    import torch
+
+    from bmc.models import TinyLlama
+    from bmc.stages.preference import _runnable_alone
+    from bmc.stages.warm_start import StartingPolicy
+
+    source = TinyLlama(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300)
+    start, tokenizer = source.build(["What is 2 plus 3? The answer is 5."] * 8)
+    start.save_pretrained(tmp_path / "start")
+    tokenizer.save_pretrained(tmp_path / "start")
+    trained = source.load(tmp_path / "start")[0]
+    with torch.no_grad():
+        for weight in trained.parameters():
+            weight.add_(0.01)
+
+    class GatheringStrategy(FSDPStrategy):
+        def lightning_module_state_dict(self) -> dict:
+            return {f"policy.{k}": v for k, v in trained.state_dict().items()}
+
+    module = SimpleNamespace(policy=trained)
+    trainer = SimpleNamespace(strategy=GatheringStrategy(), is_global_zero=True, lightning_module=module)
+    policy = StartingPolicy(source, tokenizer, checkpoint=tmp_path / "start", model=start)
+    alone = _runnable_alone(trainer, policy)
+    assert alone is not trained and alone is not start
+    for (name, got), expected in zip(alone.state_dict().items(), trained.state_dict().values()):
+        assert torch.equal(got, expected), name
+    trainer.is_global_zero = False  # another rank joins the gathering and keeps its own module
+    assert _runnable_alone(trainer, policy) is trained

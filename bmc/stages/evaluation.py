@@ -8,7 +8,8 @@
 - ``none``: no evaluation.
 
 An evaluation is prepared before training (:func:`prepare_evaluation`), so that a setting it cannot work with
-fails in seconds, and run on the trained policy afterwards.
+fails in seconds, and run on the trained policy afterwards, on every rank of a multi-process run: the verifier's
+answers are generated in shares across the ranks that hold the whole policy (DDP), the win rate on rank 0.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pytorch_lightning.loggers import Logger
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.data.sources import TaskData
+from bmc.distributed import is_global_zero
 from bmc.generation import score_summary
 from bmc.stages.common import verifier_answers
 from bmc.stages.eval_setup import EvalSetup, Evaluation
@@ -37,10 +39,12 @@ def evaluate(
     tokenizer: PreTrainedTokenizerBase,
     loggers: list[Logger],
     step: int,
+    across_ranks: bool = False,
 ) -> dict[str, float]:
-    """The verifier's ``eval/*`` metrics of ``model``, also logged at training step ``step``."""
-    answers = verifier_answers(cfg, task_data, model, tokenizer)
-    if not answers:
+    """The verifier's ``eval/*`` metrics of ``model``, also logged at training step ``step``; with
+    ``across_ranks``, every process generates its share and rank 0 alone writes, logs and returns them."""
+    answers = verifier_answers(cfg, task_data, model, tokenizer, across_ranks)
+    if not answers or not is_global_zero(None):
         return {}
     folder = Path(cfg.paths.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -54,9 +58,10 @@ def evaluate(
 
 def _verifier(setup: EvalSetup) -> Evaluation:
     def run(trained: TrainedPolicy, loggers: list[Logger]) -> dict[str, float]:
-        return evaluate(
-            setup.cfg, setup.task_data, trained.model, setup.policy.tokenizer, loggers, trained.trainer.global_step
-        )
+        if not (trained.is_global_zero or trained.on_every_rank):
+            return {}
+        return evaluate(setup.cfg, setup.task_data, trained.model, setup.policy.tokenizer, loggers,
+                        trained.trainer.global_step, across_ranks=trained.on_every_rank)  # fmt: skip
 
     return run
 

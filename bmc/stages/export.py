@@ -26,12 +26,12 @@ from huggingface_hub.utils import validate_repo_id
 from omegaconf import DictConfig
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from bmc.checkpointing import load_policy_weights
 from bmc.generation import stop_token_ids
 from bmc.stages.preference import TrainedPolicy
 
 log = logging.getLogger(__name__)
 
-POLICY_PREFIX = "policy."  # the policy's keys in a PreferenceModule checkpoint
 HUB_TOKEN_ENV = "HF_TOKEN"
 
 
@@ -61,7 +61,8 @@ def export_policy(cfg: DictConfig, trained: TrainedPolicy, tokenizer: PreTrained
         raise ValueError(f"export.which must be last or best, got {options.which!r}")
     model = trained.model
     if options.which == "best":
-        _load_policy_weights(model, _best_checkpoint(trained))
+        best = _best_checkpoint(trained)
+        load_policy_weights(model, torch.load(best, map_location="cpu", weights_only=True)["state_dict"], str(best))
     if options.merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     folder = Path(options.dir)
@@ -136,19 +137,3 @@ def _best_checkpoint(trained: TrainedPolicy) -> Path:
             "this run wrote none: use export.which=last"
         )
     return Path(best)
-
-
-def _load_policy_weights(model: PreTrainedModel, checkpoint: Path) -> None:
-    """The policy weights stored in a Lightning checkpoint of the preference stage, loaded into ``model``.
-
-    Checkpoints keep only the trainable weights (a LoRA checkpoint holds the adapters), so every key must
-    exist in ``model`` and every trainable weight must be in the checkpoint."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    weights = {k[len(POLICY_PREFIX) :]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    if unexpected or trainable & set(missing):
-        raise ValueError(
-            f"{checkpoint}: does not match the policy (unexpected keys {unexpected[:3]}, "
-            f"missing trainable {sorted(trainable & set(missing))[:3]})"
-        )

@@ -19,9 +19,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import Logger
+from pytorch_lightning.strategies import FSDPStrategy
 from transformers import PreTrainedModel
 
-from bmc.checkpointing import resolve_ckpt_path
+from bmc.checkpointing import load_policy_weights, resolve_ckpt_path
 from bmc.data.sources import split_pairs
 from bmc.distributed import check_launch
 from bmc.models import add_lora, frozen_copy
@@ -41,11 +42,16 @@ warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*
 @dataclass
 class TrainedPolicy:
     """The preference stage's product: the trained ``model`` (the policy, LoRA-wrapped where trained so), the
-    final ``val/*`` and ``train/steps`` metrics, and the Trainer (its rank says who reports)."""
+    final ``val/*`` and ``train/steps`` metrics, and the Trainer (its rank says who reports).
+
+    ``on_every_rank``: every process holds the whole policy (one process, DDP), so the stages after training
+    may split work across the ranks. Under FSDP on several devices it is False, and ``model`` is, on rank 0,
+    a plain copy with the gathered weights (:func:`_runnable_alone`)."""
 
     model: PreTrainedModel
     metrics: dict[str, float]
     trainer: pl.Trainer
+    on_every_rank: bool = True
 
     @property
     def is_global_zero(self) -> bool:
@@ -107,9 +113,27 @@ def train_preference(
     metrics["data/val_pairs"] = float(len(val_pairs))
     metrics["data/truncated_pairs"] = float(sum(datamodule.truncated_rows.values()))
     if not trainer.is_global_zero:
-        log.info("rank %d of %d: training done; rank 0 evaluates and writes summary.json",
-                 trainer.global_rank, trainer.world_size)  # fmt: skip
-    return TrainedPolicy(module.policy, metrics, trainer)
+        log.info("rank %d of %d: training done; rank 0 writes summary.json", trainer.global_rank, trainer.world_size)
+    sharded = isinstance(trainer.strategy, FSDPStrategy) and trainer.world_size > 1
+    model = _runnable_alone(trainer, policy) if sharded else module.policy
+    return TrainedPolicy(model, metrics, trainer, on_every_rank=not sharded)
+
+
+def _runnable_alone(trainer: pl.Trainer, policy: StartingPolicy) -> PreTrainedModel:
+    """The FSDP-trained policy as a plain model on rank 0, for the stages after training that run there alone.
+
+    Its layers hold this rank's shards only, which a forward gathers from every rank: a forward on rank 0 alone
+    would wait forever. Every rank joins in collecting the full weights (Lightning's full state dict, what a
+    checkpoint holds), and rank 0 loads them into a fresh copy of the starting model (with fresh LoRA adapters
+    where trained so). Other ranks keep their shards; nothing runs them after training."""
+    state = trainer.strategy.lightning_module_state_dict()
+    if not trainer.is_global_zero:
+        return trainer.lightning_module.policy
+    model, _ = policy.source.load(policy.checkpoint)
+    lora = getattr(policy.source, "lora", None)
+    model = add_lora(model, lora) if lora else model
+    load_policy_weights(model, state, "the FSDP policy's gathered weights")
+    return model
 
 
 def train_val_pairs(cfg: DictConfig, data: PreferencePairs) -> tuple[list, list]:

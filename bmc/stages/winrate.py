@@ -232,6 +232,8 @@ def prepare_winrate(setup: EvalSetup) -> Evaluation:
     prompts = [h.prompt for h in held_out]
 
     def run(trained: TrainedPolicy, loggers: list[Logger]) -> dict[str, float]:
+        if not trained.is_global_zero:  # rank 0 alone: the judge's requests and its cache once
+            return {}
         model = trained.model.to(accelerator_device(cfg.trainer.accelerator))  # fit leaves it on the CPU
 
         def answer_and_judge(batch: list[str], start: int) -> list[dict[str, Any]]:
