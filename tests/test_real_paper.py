@@ -71,7 +71,7 @@ def test_eval_max_new_tokens_replaces_the_gold_length_budget(make_config, monkey
         return [(" The answer is 1.", False) for _ in prompts]
 
     monkeypatch.setattr(bmc.generation, "generate", fake_generate)
-    monkeypatch.setattr(bmc.generation, "generation_budget", lambda tokenizer, examples: 21)
+    monkeypatch.setattr("bmc.stages.common.generation_budget", lambda tokenizer, examples: 21)
     monkeypatch.setattr("bmc.stages.common.accelerator_device", lambda accelerator: "cpu")
     task = _math(None)
     model = type("Model", (), {"to": lambda self, device: self})()
@@ -110,7 +110,7 @@ def test_evaluation_writes_every_answer_and_its_score_for_the_report(make_config
     task = _math(None)
     right = task.eval_examples[0].gold
     monkeypatch.setattr(bmc.generation, "generate", lambda m, t, prompts, n, **k: [(right, False), ("No.", True)])
-    monkeypatch.setattr(bmc.generation, "generation_budget", lambda tokenizer, examples: 21)
+    monkeypatch.setattr("bmc.stages.common.generation_budget", lambda tokenizer, examples: 21)
     monkeypatch.setattr("bmc.stages.common.accelerator_device", lambda accelerator: "cpu")
     model = type("Model", (), {"to": lambda self, device: self})()
     metrics = evaluate(make_config(), task, model, None, [], step=3)
