@@ -19,6 +19,9 @@ from hydra.types import RunMode
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 
 def is_global_zero(trainer: pl.Trainer | None) -> bool:
     """Whether this process writes the run's results (rank 0 of a multi-process run). Before the Trainer
@@ -42,10 +45,6 @@ def check_launch(trainer: pl.Trainer) -> None:
             "starts its ranks by re-running the command, which would re-run the whole -m sweep: use "
             "trainer=ddp_spawn in a local sweep, or hydra/launcher=slurm with one task per device"
         )
-
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def split_across_ranks(items: Sequence[T], work: Callable[[list[T]], list[Any]], block: int = 1) -> list[Any]:
