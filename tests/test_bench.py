@@ -25,6 +25,7 @@ def test_step_clock_times_from_the_end_of_warmup(tmp_path: Path, monkeypatch) ->
     clock.write()
     result = json.loads((tmp_path / "clock.json").read_text())
     assert result["steps"] == 4 and result["timed_steps"] == 3 and result["seconds"] == 3.0
+    assert result["step_seconds"] == [1.0, 0.5, 1.5]
     assert result["peak_rss_mb"] > 0
     with pytest.raises(ValueError, match="warmup"):
         StepClock(tmp_path / "x.json", warmup=0)
@@ -55,6 +56,8 @@ def test_smoke_benchmark_writes_a_well_formed_report(tmp_path: Path) -> None:
         assert sorted(cell["implementations"]) == sorted(expected)
         for row in cell["implementations"].values():
             assert row["pairs_per_s"] > 0 and row["peak_rss_mb"] > 50 and len(row["repeats"]) == 1
+            (steps,) = row["step_seconds"]
+            assert len(steps) == size["steps"] - report["settings"]["warmup_steps"] and all(s > 0 for s in steps)
             assert math.isclose(row["tokens_per_s"], row["pairs_per_s"] * size["tokens_per_pair"])
         ratios = cell["ratios"]
         rows = cell["implementations"]

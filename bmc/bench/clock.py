@@ -42,6 +42,8 @@ class StepClock:
             "steps": len(self.ticks),
             "timed_steps": len(self.ticks) - self.warmup,
             "seconds": self.ticks[-1] - self.ticks[self.warmup - 1],
+            # each timed step on its own: a slow outlier (a page-in, another process) shows instead of averaging in
+            "step_seconds": [round(b - a, 4) for a, b in zip(self.ticks[self.warmup - 1 :], self.ticks[self.warmup :])],
             "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         }

@@ -40,6 +40,7 @@ def summarise(runs: list[dict[str, Any]], sizes: list[str], modes: list[str], im
                     "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in mine),
                     "peak_gpu_mb": statistics.median(gpu) if gpu else None,
                     "repeats": [round(r["pairs_per_s"], 3) for r in mine],
+                    "step_seconds": [r.get("step_seconds") for r in mine],
                 }
             ratios = {}
             for impl in OURS:
@@ -96,9 +97,10 @@ def format_table(report: dict[str, Any]) -> str:
             f"{' / '.join(f'{n:.0f}' for n in info['mean_lengths'])} tokens; matmul peak {peak / 1e9:.0f} GFLOP/s)\n"
         )
         lines.append(
-            "| mode | implementation | pairs/s | tokens/s | MFU | peak RSS MB | peak GPU MB | repeats (pairs/s) |"
+            "| mode | implementation | pairs/s | tokens/s | MFU | peak RSS MB | peak GPU MB | repeats (pairs/s) "
+            "| timed steps, first repeat (s) |"
         )
-        lines.append("|---|---|---:|---:|---:|---:|---:|---|")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---|---|")
         for mode in MODES:
             if mode not in by_mode:
                 continue
@@ -106,7 +108,8 @@ def format_table(report: dict[str, Any]) -> str:
                 gpu = f"{row['peak_gpu_mb']:.0f}" if row["peak_gpu_mb"] is not None else "-"
                 lines.append(
                     f"| {mode} | {impl} | {row['pairs_per_s']:.2f} | {row['tokens_per_s']:.0f} | {row['mfu']:.1%} | "
-                    f"{row['peak_rss_mb']:.0f} | {gpu} | {', '.join(str(v) for v in row['repeats'])} |"
+                    f"{row['peak_rss_mb']:.0f} | {gpu} | {', '.join(str(v) for v in row['repeats'])} | "
+                    f"{' / '.join(f'{s:.2f}' for s in row['step_seconds'][0] or [])} |"
                 )
         for mode in MODES:
             if mode in by_mode:
