@@ -8,9 +8,18 @@ pass: no (rows, length, vocabulary) tensor, nor a float32 copy of one, is ever b
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+#: the largest per-token log-prob difference between shared-prompt and plain scoring that
+#: :func:`scores_with_shared_prompt` accepts: rounding in bf16 stays far below it, a model that ignores the
+#: packing goes far above
+SHARE_PROMPT_TOLERANCE = 0.05
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
@@ -42,8 +51,10 @@ def _decoder_and_head(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.nn
             f"logprob_chunk: {type(base).__name__} rescales its logits after the LM head, which the chunked head "
             "does not reproduce; set logprob_chunk=null"
         )
-    return getattr(base, base.base_model_prefix), base.get_output_embeddings(), config.get_text_config().to_dict().get(
-        "final_logit_softcapping"
+    return (
+        getattr(base, base.base_model_prefix),
+        base.get_output_embeddings(),
+        config.get_text_config().to_dict().get("final_logit_softcapping"),
     )
 
 
@@ -173,3 +184,36 @@ def _attention_mask(model: PreTrainedModel, allowed: torch.Tensor) -> torch.Tens
         return allowed
     dtype = next(model.parameters()).dtype
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+@torch.no_grad()
+def scores_with_shared_prompt(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], chunk_positions: int | None = None
+) -> bool:
+    """Whether ``model`` can score pairs with :func:`shared_prompt_token_logps`, decided on one preference batch.
+
+    A model on a flash-attention kernel, which takes no 4D mask, cannot: False, with one log line. Any other
+    model scores ``batch`` both ways (in eval mode, so that dropout does not make them differ); one whose
+    log-probs differ by more than :data:`SHARE_PROMPT_TOLERANCE` ignores ``position_ids`` or the 4D mask, and
+    raises instead of training on wrong log-probs.
+    """
+    attention = str(getattr(getattr(model, "config", None), "_attn_implementation", None) or "")
+    if "flash" in attention:
+        log.info("share_prompt: %s runs %s, which takes no 4D attention mask: its pairs are scored as separate rows",
+                 type(model).__name__, attention)  # fmt: skip
+        return False
+    was_training = model.training
+    model.eval()
+    try:
+        plain, mask = response_token_logps(model, batch, chunk_positions)
+        shared, _ = shared_prompt_token_logps(model, batch, chunk_positions)
+    finally:
+        model.train(was_training)
+    gap = float((plain - shared)[mask].abs().max()) if mask.any() else 0.0
+    if gap > SHARE_PROMPT_TOLERANCE:
+        raise RuntimeError(
+            f"share_prompt=true: {type(model).__name__} scores a pair differently when its prompt is shared "
+            f"(largest per-token log-prob gap {gap:.3g}); it does not honour position_ids or a 4D attention "
+            "mask. Run with share_prompt=false."
+        )
+    return True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -10,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from transformers import PreTrainedModel
 
-from bmc.logprobs import response_token_logps, shared_prompt_token_logps
+from bmc.logprobs import response_token_logps, scores_with_shared_prompt, shared_prompt_token_logps
 from bmc.losses import (
     Regularizer,
     SequenceLogps,
@@ -24,8 +23,6 @@ from bmc.losses import (
 )
 from bmc.losses.registry import LossFn
 from bmc.schedule import cosine_with_warmup
-
-log = logging.getLogger(__name__)
 
 
 def build_objective(
@@ -149,10 +146,6 @@ class PreferenceModule(_CausalLMModule):
     A model on a flash-attention kernel, which takes no 4D mask, scores its rows the plain way (one log line).
     """
 
-    #: the largest per-token log-prob difference between shared-prompt and plain scoring that the first-batch
-    #: check accepts: rounding in bf16 stays far below it, a model that ignores the packing goes far above
-    SHARE_PROMPT_TOLERANCE = 0.05
-
     best_metrics = {"val/loss": "min", "val/rewards/accuracies": "max", "val/rewards/margins": "max"}
 
     def __init__(
@@ -216,31 +209,8 @@ class PreferenceModule(_CausalLMModule):
     def _packs(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> bool:
         """Whether ``model`` scores this run's pairs with a shared prompt, decided at its first batch."""
         if id(model) not in self._shares_prompt:
-            attention = str(getattr(getattr(model, "config", None), "_attn_implementation", None) or "")
-            if "flash" in attention:
-                log.info("share_prompt: %s runs %s, which takes no 4D attention mask: its pairs are scored as "
-                         "separate rows", type(model).__name__, attention)  # fmt: skip
-            else:
-                self._check_shared_prompt(model, batch)
-            self._shares_prompt[id(model)] = "flash" not in attention
+            self._shares_prompt[id(model)] = scores_with_shared_prompt(model, batch, self.logprob_chunk)
         return self._shares_prompt[id(model)]
-
-    @torch.no_grad()
-    def _check_shared_prompt(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> None:
-        was_training = model.training
-        model.eval()  # dropout would make the two scorings differ for no fault of the packing
-        try:
-            plain, mask = response_token_logps(model, batch, self.logprob_chunk)
-            shared, _ = shared_prompt_token_logps(model, batch, self.logprob_chunk)
-        finally:
-            model.train(was_training)
-        gap = float((plain - shared)[mask].abs().max()) if mask.any() else 0.0
-        if gap > self.SHARE_PROMPT_TOLERANCE:
-            raise RuntimeError(
-                f"share_prompt=true: {type(model).__name__} scores a pair differently when its prompt is shared "
-                f"(largest per-token log-prob gap {gap:.3g}); it does not honour position_ids or a 4D attention "
-                "mask. Run with share_prompt=false."
-            )
 
     @torch.no_grad()
     def token_rewards(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel
 
 from bmc.cache import cached_dir
 from bmc.data.columns import ID_COLUMNS, REF_COLUMNS, ColumnDataset
-from bmc.logprobs import response_token_logps
+from bmc.logprobs import response_token_logps, scores_with_shared_prompt, shared_prompt_token_logps
 
 _AUTOCAST = {"bf16": torch.bfloat16, "16": torch.float16}
 #: part of the cache key, so that entries in an earlier file format are never read as this one
@@ -52,8 +52,7 @@ def load_logps(path: Path) -> dict[str, list[list[float]]]:
     """The columns :func:`save_logps` wrote, one list of floats per row."""
     tensors = load_file(str(path))
     return {
-        name: [row.tolist() for row in tensors[name].split(tensors[f"{name}.lengths"].tolist())]
-        for name in REF_COLUMNS
+        name: [row.tolist() for row in tensors[name].split(tensors[f"{name}.lengths"].tolist())] for name in REF_COLUMNS
     }
 
 
@@ -76,6 +75,31 @@ def accelerator_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
+def _on(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def length_batches(
+    widths: list[int], rows_per_item: int, batch_size: int, batch_tokens: int | None = None
+) -> list[list[int]]:
+    """Indices of items of the given ``widths`` grouped into batches in order of width, each of at most
+    ``batch_size`` items and, with ``batch_tokens``, at most that many padded positions (``rows_per_item`` rows
+    per item, each as wide as the batch's widest). An item wider than ``batch_tokens`` on its own gets a batch
+    of its own: nothing is ever dropped or cut."""
+    batches: list[list[int]] = []
+    for index in sorted(range(len(widths)), key=widths.__getitem__):
+        batch = batches[-1] if batches else []
+        # widths ascend, so the candidate is the widest of its batch
+        fits = len(batch) < batch_size and (
+            batch_tokens is None or (len(batch) + 1) * rows_per_item * widths[index] <= batch_tokens
+        )
+        if batch and fits:
+            batch.append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
 @torch.no_grad()
 def compute_reference_logps(
     model: PreTrainedModel,
@@ -86,29 +110,42 @@ def compute_reference_logps(
     precision: str = "32-true",
     desc: str = "reference log-probs",
     chunk_positions: int | None = None,
+    share_prompt: bool = False,
+    batch_tokens: int | None = None,
 ) -> dict[str, list[torch.Tensor]]:
     """Per-token log-probs of each row's chosen and rejected response under ``model`` (in eval mode): for each
     of the columns :data:`REF_COLUMNS`, one float32 tensor per input row.
 
-    Rows are batched in order of length, so little compute goes into padding. ``chunk_positions``: the chunked
-    LM head of :mod:`bmc.logprobs`.
+    Pairs are batched in order of length (:func:`length_batches`: at most ``batch_size`` pairs and, with
+    ``batch_tokens``, that many padded positions per forward), so little compute goes into padding.
+    ``share_prompt``: each pair's prompt runs once, as in training
+    (:func:`~bmc.logprobs.shared_prompt_token_logps`, after :func:`~bmc.logprobs.scores_with_shared_prompt`
+    accepts the model on the first batch). ``chunk_positions``: the chunked LM head of :mod:`bmc.logprobs`.
     """
     was_training = model.training
     model.eval()
     original_device = next(model.parameters()).device
     model.to(device)
     rows = dataset.rows()
-    order = sorted(
-        range(len(rows)),
-        key=lambda i: len(rows[i]["prompt_ids"]) + max(len(rows[i]["chosen_ids"]), len(rows[i]["rejected_ids"])),
-    )
+    prompts = [len(row["prompt_ids"]) for row in rows]
+    chosen, rejected = [len(row["chosen_ids"]) for row in rows], [len(row["rejected_ids"]) for row in rows]
+    # a packed pair is one row of prompt + both responses; a plain pair two rows of prompt + a response
+    packed_widths = [p + c + r for p, c, r in zip(prompts, chosen, rejected)]
+    plain_widths = [p + max(c, r) for p, c, r in zip(prompts, chosen, rejected)]
     values: dict[str, list[torch.Tensor]] = {name: [torch.zeros(0)] * len(rows) for name in REF_COLUMNS}
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-            indices = order[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in collate([rows[i] for i in indices]).items()}
+        with _autocast(device, precision):
+            packs = (
+                share_prompt
+                and bool(rows)
+                and scores_with_shared_prompt(model, _on(device, collate(rows[:1])), chunk_positions)
+            )
+        score = shared_prompt_token_logps if packs else response_token_logps
+        batches = length_batches(packed_widths if packs else plain_widths, 1 if packs else 2, batch_size, batch_tokens)
+        for indices in tqdm(batches, desc=desc, unit="batch"):
+            batch = _on(device, collate([rows[i] for i in indices]))
             with _autocast(device, precision):
-                logps, mask = response_token_logps(model, batch, chunk_positions)
+                logps, mask = score(model, batch, chunk_positions)
             logps, mask = logps.float().cpu(), mask.cpu()
             for row, index in enumerate(indices):
                 values[REF_COLUMNS[0]][index] = logps[row][mask[row]]
@@ -128,6 +165,8 @@ def attach_reference_logps(
     device: torch.device | None = None,
     batch_size: int = 64,
     chunk_positions: int | None = None,
+    share_prompt: bool = False,
+    batch_tokens: int | None = None,
 ) -> Path:
     """Add the cached (or, on a miss, freshly computed) reference log-probs to every split of a set-up
     ``PreferenceDataModule``; returns the cache folder.
@@ -146,7 +185,8 @@ def attach_reference_logps(
         },
         "precision": str(precision),
         "format": _FILE_FORMAT,
-    }  # not batch_size or chunk_positions: they lay out the computation, its values agree to float rounding
+    }  # not the batching, chunk_positions or share_prompt: they lay out the computation, whose values agree to
+    # float rounding
 
     def build(folder: Path) -> None:
         for split, dataset in datamodule.datasets.items():
@@ -159,6 +199,8 @@ def attach_reference_logps(
                 precision,
                 desc=f"reference log-probs/{split}",
                 chunk_positions=chunk_positions,
+                share_prompt=share_prompt,
+                batch_tokens=batch_tokens,
             )
             save_logps(logps, folder / f"{split}.safetensors")
 

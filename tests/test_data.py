@@ -296,6 +296,7 @@ def test_a_flash_attention_model_with_shared_prompts_falls_back_to_plain_rows_wi
     same loss as share_prompt=false), says so once, and never calls the packed path or its first-batch check."""
     import logging
 
+    import bmc.logprobs
     import bmc.module
     from bmc.module import PreferenceModule
 
@@ -319,10 +320,11 @@ def test_a_flash_attention_model_with_shared_prompts_falls_back_to_plain_rows_wi
         def forward(self, **inputs) -> SimpleNamespace:
             return self.inner(**inputs)
 
-    monkeypatch.setattr(bmc.module, "shared_prompt_token_logps", packed)
+    for owner in (bmc.module, bmc.logprobs):
+        monkeypatch.setattr(owner, "shared_prompt_token_logps", packed)
     module = PreferenceModule(OnFlashAttention(), None, share_prompt=True, **objective)
     module.log_dict = lambda *args, **kwargs: None
-    with caplog.at_level(logging.INFO, logger="bmc.module"):
+    with caplog.at_level(logging.INFO, logger="bmc.logprobs"):
         losses = [module._step(batch, "train") for _ in range(2)]
     assert all(torch.allclose(loss, expected) for loss in losses)
     notes = [r.getMessage() for r in caplog.records if "share_prompt" in r.getMessage()]

@@ -120,3 +120,70 @@ def test_a_cache_hit_run_builds_no_reference_and_matches_the_in_step_reference(m
         assert math.isclose(cached[key], in_step[key], rel_tol=1e-4, abs_tol=1e-6), key
     for a, b in zip(cached_rewards["examples"], in_step_rewards["examples"]):  # TokenRewardLogger uses the cache
         assert a["tokens"] == b["tokens"] and a["rewards"] == pytest.approx(b["rewards"], abs=1e-4)
+
+
+def test_length_batches_cap_pairs_and_padded_positions_and_drop_nothing() -> None:
+    from bmc.reference import length_batches
+
+    widths = [5, 1, 3, 9, 2]  # by width: items 1, 4, 2, 0, 3
+    assert length_batches(widths, rows_per_item=2, batch_size=3) == [[1, 4, 2], [0, 3]]
+    # 2 rows x 2 items x width 2 = 8 <= 12 fits; 2 x 3 x 3 = 18 does not; item 3 (2 x 9 = 18) is alone
+    assert length_batches(widths, rows_per_item=2, batch_size=3, batch_tokens=12) == [[1, 4], [2], [0], [3]]
+    assert length_batches(widths, rows_per_item=1, batch_size=8, batch_tokens=12) == [[1, 4, 2], [0], [3]]
+    assert length_batches([], 1, 4, 10) == []
+
+
+def test_shared_prompt_precompute_equals_the_plain_one_in_fewer_positions(tiny, monkeypatch) -> None:
+    """The precompute scores each prompt once (as training does) in token-capped batches, to the same values."""
+    model, tokenizer = tiny
+    dm = _datamodule(tokenizer)
+    dataset = dm.datasets["train"]
+    forwards: list[tuple[int, int]] = []
+    original = bmc.reference.shared_prompt_token_logps
+
+    def counted(model, batch, chunk_positions=None):
+        forwards.append(tuple(batch["input_ids"].shape))
+        return original(model, batch, chunk_positions)
+
+    monkeypatch.setattr(bmc.reference, "shared_prompt_token_logps", counted)
+    compute = bmc.reference.compute_reference_logps
+    plain = compute(model, dataset, dm.collate, 64, torch.device("cpu"))
+    assert forwards == []
+    shared = compute(model, dataset, dm.collate, 64, torch.device("cpu"), share_prompt=True, batch_tokens=80)
+    rows = dataset.rows()
+    widths = [len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows]
+    assert len(forwards) == len(bmc.reference.length_batches(widths, 1, 64, 80)) > 1
+    assert sum(rows // 2 for rows, _ in forwards) == len(dataset)  # every pair scored once
+    for name in plain:
+        assert [len(v) for v in plain[name]] == [len(v) for v in shared[name]]
+        for a, b in zip(plain[name], shared[name]):
+            assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_precompute_asks_the_shared_prompt_check_once_and_follows_it(tiny, monkeypatch) -> None:
+    """The check of bmc.logprobs (tested with the module in test_data.py) decides, on the first pair: a model it
+    turns down (flash-attention) is scored in plain rows; one it refuses stops the precompute."""
+    model, tokenizer = tiny
+    dm = _datamodule(tokenizer)
+    asked: list[int] = []
+
+    def declines(model, batch, chunk_positions=None):
+        asked.append(batch["input_ids"].shape[0])
+        return False
+
+    def never(*args, **kwargs):
+        raise AssertionError("the check declined the shared-prompt layout")
+
+    monkeypatch.setattr(bmc.reference, "scores_with_shared_prompt", declines)
+    monkeypatch.setattr(bmc.reference, "shared_prompt_token_logps", never)
+    compute = bmc.reference.compute_reference_logps
+    values = compute(model, dm.datasets["train"], dm.collate, 4, torch.device("cpu"), share_prompt=True)
+    assert asked == [2]  # one pair: its chosen and rejected rows
+    assert values["ref_chosen_logps"][0].shape == (len(dm.datasets["train"].rows()[0]["chosen_ids"]),)
+
+    def refuses(*args, **kwargs):
+        raise RuntimeError("share_prompt=true: ... Run with share_prompt=false.")
+
+    monkeypatch.setattr(bmc.reference, "scores_with_shared_prompt", refuses)
+    with pytest.raises(RuntimeError, match="share_prompt=false"):
+        compute(model, dm.datasets["train"], dm.collate, 4, torch.device("cpu"), share_prompt=True)

@@ -86,6 +86,8 @@ def train_preference(
             device=accelerator_device(cfg.trainer.accelerator),
             batch_size=cfg.reference.batch_size,
             chunk_positions=cfg.logprob_chunk,
+            share_prompt=cfg.share_prompt,
+            batch_tokens=cfg.reference.get("batch_tokens"),
         )
     module = instantiate(cfg.module, _partial_=True)(
         policy=model,
