@@ -58,6 +58,13 @@ def test_smoke_benchmark_writes_a_well_formed_report(tmp_path: Path) -> None:
             assert row["pairs_per_s"] > 0 and row["peak_rss_mb"] > 50 and len(row["repeats"]) == 1
             (steps,) = row["step_seconds"]
             assert len(steps) == size["steps"] - report["settings"]["warmup_steps"] and all(s > 0 for s in steps)
+        for impl in ("ours_dpo", "ours_bmc"):  # train.py's steps also in phases, within each step's time
+            (phases,) = cell["implementations"][impl]["phase_seconds"]
+            (steps,) = cell["implementations"][impl]["step_seconds"]
+            assert sorted(phases) == ["backward", "forward", "optimizer"]
+            for i, step in enumerate(steps):
+                parts = [phases[name][i] for name in phases]
+                assert all(p > 0 for p in parts) and sum(parts) <= step + 1e-3
             assert math.isclose(row["tokens_per_s"], row["pairs_per_s"] * size["tokens_per_pair"])
         ratios = cell["ratios"]
         rows = cell["implementations"]

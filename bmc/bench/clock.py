@@ -29,6 +29,7 @@ class StepClock:
         self.path = Path(path)
         self.warmup = warmup
         self.ticks: list[float] = []
+        self.extra: dict[str, Any] = {}  # written beside the result (a caller's finer timings)
 
     def tick(self) -> None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -46,6 +47,7 @@ class StepClock:
             "step_seconds": [round(b - a, 4) for a, b in zip(self.ticks[self.warmup - 1 :], self.ticks[self.warmup :])],
             "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+            **self.extra,
         }
 
     def write(self) -> None:

@@ -41,6 +41,7 @@ def summarise(runs: list[dict[str, Any]], sizes: list[str], modes: list[str], im
                     "peak_gpu_mb": statistics.median(gpu) if gpu else None,
                     "repeats": [round(r["pairs_per_s"], 3) for r in mine],
                     "step_seconds": [r.get("step_seconds") for r in mine],
+                    "phase_seconds": [r.get("phase_seconds") for r in mine],  # train.py's runs only
                 }
             ratios = {}
             for impl in OURS:
