@@ -108,6 +108,10 @@ def test_preference_datamodule_stacks_chosen_then_rejected() -> None:
     assert marked == "3"  # the one differing token; "The answer is" and EOS are shared
     assert dm.truncated_rows == {"train": 0, "val": 0}
 
+    empty = PreferenceDataModule(train=pairs, val=[], tokenizer=tokenizer, truncation=Truncation(64, 32), batch_size=2)
+    with pytest.raises(ValueError, match="the val split has no pairs"):  # not a KeyError from inside tokenization
+        empty.setup()
+
 
 def test_split_pairs_is_disjoint_and_seeded() -> None:
     pairs = [{"prompt": str(i)} for i in range(20)]

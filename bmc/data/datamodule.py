@@ -188,6 +188,8 @@ class PreferenceDataModule(_TokenizedDataModule):
         for split, rows in self.rows.items():
             if split in self.datasets:
                 continue
+            if not rows:  # training needs pairs, validation a loss to report; the pipeline never passes none
+                raise ValueError(f"PreferenceDataModule: the {split} split has no pairs")
             self.datasets[split] = ColumnDataset.from_rows(
                 rows,
                 partial(self._encode, stopwords=stopwords),

@@ -87,7 +87,7 @@ def train_preference(
             batch_size=cfg.reference.batch_size,
             chunk_positions=cfg.logprob_chunk,
             share_prompt=cfg.share_prompt,
-            batch_tokens=cfg.reference.get("batch_tokens"),
+            batch_tokens=cfg.reference.batch_tokens,
         )
     module = instantiate(cfg.module, _partial_=True)(
         policy=model,
