@@ -11,7 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from bmc.generation import generate
-from bmc.synthesis.chat import ChatError, LocalChat, OpenAIChat, build_chat_backend, render_messages
+from bmc.synthesis.chat import LocalChat, OpenAIChat, build_chat_backend, render_messages
+from bmc.synthesis.endpoint import ChatError
 from tests.conftest import compose_config
 from tests.fake_chat_server import FakeChatServer
 

@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bmc.data.render import render_task
 from bmc.data.sources import TaskData
 from bmc.data.tokenize import encode_prompts
-from bmc.synthesis.chat import ChatError, OpenAIEndpoint
 from bmc.synthesis.context import SynthesisContext
+from bmc.synthesis.endpoint import ChatError, OpenAIEndpoint
 from bmc.synthesis.pipeline import _samples, samples_from_policy
 from bmc.synthesis.sampler import OpenAISampler, SamplingSettings, build_sampler_backend
 from tests.conftest import compose_config

@@ -13,6 +13,8 @@ from bmc.tasks import Example
 
 T = TypeVar("T")
 R = TypeVar("R")
+#: an unset mandatory value (``???``) as it reads after OmegaConf.to_container
+MISSING = "???"
 
 
 def sign(x: float) -> int:

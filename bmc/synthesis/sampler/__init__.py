@@ -4,7 +4,7 @@
 - ``hf``: the starting policy in this process with HF ``generate``, batched on the training device;
 - ``openai``: an OpenAI-compatible completions endpoint serving the checkpoint (vLLM, llama.cpp server, TGI),
   ``n`` samples per request, up to ``max_concurrency`` prompts in flight, retries and backoff of
-  :class:`~bmc.synthesis.chat.OpenAIEndpoint`;
+  :class:`~bmc.synthesis.endpoint.OpenAIEndpoint`;
 - ``vllm``: an in-process ``vllm.LLM`` (the optional ``vllm`` package; GPU);
 - ``task``: a built-in task's gold response and realistic errors, no model (:func:`task_completions`).
 

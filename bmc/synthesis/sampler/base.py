@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bmc.synthesis.chat import MISSING
+from bmc.synthesis._common import MISSING
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.store import resumable_map
 

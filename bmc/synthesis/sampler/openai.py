@@ -1,5 +1,5 @@
 """The ``openai`` sampler backend: an OpenAI-compatible completions endpoint serving the checkpoint (vLLM,
-llama.cpp server, TGI), with the retries and backoff of :class:`~bmc.synthesis.chat.OpenAIEndpoint`."""
+llama.cpp server, TGI), with the retries and backoff of :class:`~bmc.synthesis.endpoint.OpenAIEndpoint`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from transformers import PreTrainedTokenizerBase
 
 from bmc.data.tokenize import served_prompt
 from bmc.synthesis._common import build_from_options, ordered_map
-from bmc.synthesis.chat import OpenAIEndpoint
 from bmc.synthesis.context import SynthesisContext
+from bmc.synthesis.endpoint import OpenAIEndpoint
 from bmc.synthesis.sampler.base import ModelSampler, PromptSamples, SamplingSettings, require_options
 
 
