@@ -1,5 +1,6 @@
-"""Helpers shared by the judges, editors, samplers and their factories: verdict signs, option checking, template
-placeholders, prompt -> Example lookup, a bounded concurrent map that keeps input order."""
+"""Helpers shared by the judges, editors, samplers and their factories: verdict signs, option checking (and the
+unset-value marker ``MISSING``), template placeholders, prompt -> Example lookup, a bounded concurrent map that
+keeps input order."""
 
 from __future__ import annotations
 
