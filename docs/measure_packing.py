@@ -68,8 +68,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
     report: dict = {"threads": args.threads, "padding": {}}
-    for n in (32, 512):
-        widths = packed_widths(tokenizer, n)
+    widths_of = {n: packed_widths(tokenizer, n) for n in (32, 512)}
+    for n, widths in widths_of.items():
         shuffled = widths[:]
         random.Random(0).shuffle(shuffled)
         report["padding"][n] = {
@@ -80,7 +80,7 @@ def main() -> None:
         print(n, json.dumps(report["padding"][n]), flush=True)
 
     # one length-grouped batch of the 32-pair set: its middle one
-    widths = sorted(packed_widths(tokenizer, 32))
+    widths = sorted(widths_of[32])
     middle = len(widths) // PAIRS_PER_BATCH // 2 * PAIRS_PER_BATCH
     batch = widths[middle : middle + PAIRS_PER_BATCH]
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32)
