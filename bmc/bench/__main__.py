@@ -33,6 +33,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from bmc.bench.flops import Shapes, matmul_peak, step_flops_per_pair
 from bmc.bench.jobs import BETA, LR, MAX_LENGTH, Bench, model_label, pair_lengths, tokens_per_pair
 from bmc.bench.results import MODES, OTHERS, OURS, format_table, summarise, targets
+from bmc.bench.runners import PRECISIONS
 from bmc.bench.workload import NAMED_CONFIGS, SIZES, write_named_model, write_workload
 
 
@@ -59,6 +60,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per step")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every implementation")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default=None,
+        help="of every implementation (default: float32 on CPU, bf16-mixed on GPU)",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each measurement")
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--workdir", default=None, help="checkpoints, pairs, caches (default: a temporary folder)")
@@ -73,6 +80,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--impls", default=None, help=f"comma-separated subset of {','.join([*OURS, *OTHERS])} (default: by workload)"
     )
     args = parser.parse_args(argv)
+    if args.precision is None:
+        args.precision = "bf16-mixed" if args.device == "gpu" else "float32"
     if args.model is not None and args.batch_tokens is None:
         args.batch_tokens = 16384 if args.device == "gpu" else 4096
     if args.model is not None and args.steps is None:
@@ -93,7 +102,7 @@ def _machine(args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": "cpu" if args.device == "cpu" else torch.cuda.get_device_name(0),
-        "precision": "float32" if args.device == "cpu" else "bf16-mixed",
+        "precision": args.precision,
         "threads": args.threads,
     }
     for package in ("transformers", "pytorch_lightning", "trl"):
@@ -128,9 +137,7 @@ def _batch_size(args: argparse.Namespace, bench: Bench, size: str) -> int:
 def _peak(args: argparse.Namespace, shapes: Shapes, tokens: int) -> dict[str, float]:
     """The dense-matmul peak of this device, dtype and thread count at the model's shapes."""
     torch.set_num_threads(args.threads)
-    if args.device == "gpu":
-        return matmul_peak(shapes, tokens, "cuda", torch.bfloat16)
-    return matmul_peak(shapes, tokens)
+    return matmul_peak(shapes, tokens, "cuda" if args.device == "gpu" else "cpu", PRECISIONS[args.precision])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

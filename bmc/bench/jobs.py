@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bmc.bench.results import OTHERS, OURS
-from bmc.bench.runners import VAL_FRACTION, train_pairs
+from bmc.bench.runners import LIGHTNING_PRECISION, VAL_FRACTION, train_pairs
 from bmc.bench.workload import MAX_ROW_TOKENS, NAMED_CONFIGS, make_pairs, realistic_pairs
 from bmc.data.tokenize import encode_prompts, encode_responses
 from bmc.models import load_tokenizer
@@ -102,11 +102,13 @@ class Bench:
                 command.append(f"loss.beta={BETA}")
             if self.args.device == "gpu":
                 command.append("trainer=gpu")
+            command.append(f"trainer.precision={LIGHTNING_PRECISION[self.args.precision]}")
             command += self.args.train_args.split()
         else:
             spec = {
                 "impl": impl, "mode": mode, "checkpoint": checkpoint, "pairs": str(pairs), "steps": steps,
                 "batch_size": batch_size, "max_length": MAX_LENGTH, "lr": LR, "beta": BETA, "device": self.args.device,
+                "precision": self.args.precision,
                 "seed": self.args.seed, "threads": self.args.threads, "warmup": self.args.warmup, "out": str(out),
             }  # fmt: skip
             command = [sys.executable, "-m", "bmc.bench.runners", json.dumps(spec)]

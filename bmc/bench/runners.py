@@ -6,7 +6,8 @@ TRL's ``DPOTrainer`` and a bare PyTorch DPO loop. (This framework is timed throu
 The spec names the implementation (``trl``: TRL in its fastest offline settings; ``trl_defaults``: the same with
 TRL's default gradient checkpointing; ``bare``), the mode (``in_step``: the reference forward runs
 in every step; ``precomputed``: reference log-probs are computed before training), the checkpoint, the pairs,
-the number of steps, the batch size, the learning rate, beta, the device and where the clock writes.
+the number of steps, the batch size, the learning rate, beta, the device, the precision and where the clock
+writes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from bmc.bench.clock import StepClock
 from bmc.data.sources import split_pairs
 from bmc.data.tokenize import encode_prompts, encode_responses, pad_sequences
 from bmc.models import frozen_copy, load_causal_lm
+
+#: the bench's precisions, each implementation's dtype for its matmuls: Lightning's ``trainer.precision`` of the
+#: same name (``32-true`` for float32), TRL's ``bf16`` flag, autocast in the bare loop
+PRECISIONS = {"float32": torch.float32, "bf16-mixed": torch.bfloat16}
+LIGHTNING_PRECISION = {"float32": "32-true", "bf16-mixed": "bf16-mixed"}
 
 #: the pipeline's split (data.val_fraction and the task seed of hf_prefs), so every implementation trains on
 #: exactly the pairs train.py trains on
@@ -64,7 +70,7 @@ def run_trl(spec: dict[str, Any], clock: StepClock) -> None:
         eval_strategy="no",
         dataloader_num_workers=0,
         use_cpu=not on_gpu,
-        bf16=on_gpu,
+        bf16=spec["precision"] == "bf16-mixed",
         # TRL's default is True (less memory, one more forward); train.py and the bare loop keep activations
         gradient_checkpointing=spec["impl"] == "trl_defaults",
         disable_tqdm=True,
@@ -84,7 +90,7 @@ def _sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
 def run_bare(spec: dict[str, Any], clock: StepClock) -> None:
     """Concatenated forward, DPO loss, AdamW: nothing else (no scheduler, no clipping, no logging)."""
     device = torch.device("cuda" if spec["device"] == "gpu" else "cpu")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16-mixed")
     model, tokenizer = load_causal_lm(spec["checkpoint"])
     model.to(device).train()
     pairs = train_pairs(spec["pairs"])
