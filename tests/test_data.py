@@ -13,6 +13,7 @@ from bmc.data.sources import split_pairs
 from bmc.data.tokenize import Truncation
 from bmc.logprobs import response_token_logps, token_logps
 from bmc.tokenizer import train_bpe_tokenizer
+from tests.ignores_packing import IgnoresPacking
 
 
 def test_truncation_keeps_prompt_end_and_never_empties_a_response() -> None:
@@ -275,22 +276,47 @@ def test_module_with_shared_prompts_gives_the_plain_loss_and_refuses_a_model_tha
         layer.self_attn.o_proj.weight.data *= 30
     sharp.lm_head.weight.data *= 20
 
-    class IgnoresPositions(torch.nn.Module):  # e.g. an architecture that rebuilds its own mask and positions
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = sharp
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> SimpleNamespace:
-            mask = attention_mask if attention_mask.dim() == 2 else None
-            return self.inner(input_ids=input_ids, attention_mask=mask)
-
     batch["ref_token_logps"] = torch.zeros(batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
     sharp_module = PreferenceModule(sharp, None, share_prompt=True, **objective)
     sharp_module.log_dict = lambda *args, **kwargs: None
     sharp_module._step(batch, "train")  # the same weights, packed properly: the check passes
-    module = PreferenceModule(IgnoresPositions(), None, share_prompt=True, **objective)
+    module = PreferenceModule(IgnoresPacking(sharp), None, share_prompt=True, **objective)
     with pytest.raises(RuntimeError, match="share_prompt=false"):
         module._step(batch, "train")
+
+
+def test_the_shared_prompt_check_computes_outside_autocast_with_a_tolerance_for_the_weights_dtype() -> None:
+    import copy
+
+    from bmc.logprobs import SHARE_PROMPT_TOLERANCE, scores_with_shared_prompt, share_prompt_tolerance
+
+    assert [share_prompt_tolerance(d) for d in (torch.float64, torch.float32, torch.bfloat16, torch.float16)] == [
+        SHARE_PROMPT_TOLERANCE["32-bit and wider"]
+    ] * 2 + [SHARE_PROMPT_TOLERANCE["16-bit"]] * 2
+    model, batch = _tiny_model_and_pair_batch()
+    seen = []
+
+    class RecordsAutocast(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, **inputs) -> SimpleNamespace:
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return self.inner(**inputs)
+
+    with torch.autocast("cpu", torch.bfloat16):  # as under trainer.precision=bf16-mixed
+        assert scores_with_shared_prompt(RecordsAutocast(), batch)
+    assert seen == [False, False]  # plain rows, then the shared layout: both in float32
+
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)  # model.dtype=bfloat16: checked in bf16, with its tolerance
+    assert scores_with_shared_prompt(bf16, batch)
+    for layer in bf16.model.layers:  # make attention count, as in the test above
+        layer.self_attn.v_proj.weight.data *= 10
+        layer.self_attn.o_proj.weight.data *= 30
+    bf16.lm_head.weight.data *= 20
+    with pytest.raises(RuntimeError, match=r"above 1\.0 for its weights' dtype.*share_prompt=false"):
+        scores_with_shared_prompt(IgnoresPacking(bf16), batch)
 
 
 def test_a_flash_attention_model_with_shared_prompts_falls_back_to_plain_rows_with_one_log_line(

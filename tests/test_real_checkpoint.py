@@ -7,11 +7,22 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bmc.bench.workload import realistic_pairs
+from bmc.data.datamodule import PreferenceDataModule
+from bmc.data.tokenize import Truncation
 from bmc.generation import generate
+from bmc.logprobs import (
+    SHARE_PROMPT_TOLERANCE,
+    response_token_logps,
+    scores_with_shared_prompt,
+    shared_prompt_token_logps,
+)
 from tests import real_checkpoint
 from tests.conftest import run_cli
+from tests.ignores_packing import IgnoresPacking
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +68,27 @@ def test_train_py_on_the_real_checkpoint_with_its_defaults_exports_a_loadable_mo
     )
     ((text, truncated),) = generate(model, tokenizer, [prompt], max_new_tokens=32, progress=False)
     assert text.strip() and not truncated  # an answer that ends with the chat turn's end token
+
+
+def test_the_shared_prompt_check_accepts_the_real_model_in_bf16_and_refuses_one_that_ignores_the_packing(smollm2):
+    """Under bf16 autocast (trainer=gpu) the real model's two layouts differ by more than float32's tolerance from
+    rounding alone; the check computes in the weights' dtype, so bf16-mixed training keeps the shared prompt."""
+    torch.set_num_threads(2)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    model = AutoModelForCausalLM.from_pretrained(smollm2).eval()
+    pairs = realistic_pairs(3, tokenizer, scale=0.25)  # 2 pairs of rows of about 140 tokens
+    datamodule = PreferenceDataModule(
+        train=pairs[:2], val=pairs[2:], tokenizer=tokenizer, truncation=Truncation(1024, 512), batch_size=2
+    )
+    datamodule.setup("fit")
+    batch = datamodule.collate(datamodule.datasets["train"].rows())
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        plain, mask = response_token_logps(model, batch)
+        shared, _ = shared_prompt_token_logps(model, batch)
+        assert float((plain - shared)[mask].abs().max()) > SHARE_PROMPT_TOLERANCE["32-bit and wider"]
+        assert scores_with_shared_prompt(model, batch)
+    bf16 = model.to(torch.bfloat16)
+    assert scores_with_shared_prompt(bf16, batch)
+    for positions, mask_4d in ((True, False), (False, True)):
+        with pytest.raises(RuntimeError, match="share_prompt=false"):
+            scores_with_shared_prompt(IgnoresPacking(bf16, positions, mask_4d), batch)

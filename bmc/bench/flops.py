@@ -16,6 +16,8 @@ throughput ratios:
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -99,24 +101,37 @@ def step_flops_per_pair(shapes: Shapes, lengths: list[tuple[int, int, int]], ref
     return (3 + int(reference_in_step)) * forward
 
 
+def _seconds(a: torch.Tensor, b: torch.Tensor, calls: int) -> float:
+    """Wall time of ``calls`` back-to-back ``a @ b`` on ``a``'s device."""
+    on_gpu = a.device.type != "cpu"
+    if on_gpu:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(calls):
+        a @ b
+    if on_gpu:
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
 def matmul_peak(
-    shapes: Shapes, tokens: int, device: str = "cpu", dtype: torch.dtype = torch.float32, repeats: int = 5
+    shapes: Shapes,
+    tokens: int,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    repeats: int = 5,
+    min_seconds: float = 0.05,
 ) -> dict[str, float]:
-    """FLOP/s of the best of ``repeats`` timed dense matmuls for each of the model's weight shapes at ``tokens``
-    positions, on this device and dtype and the current torch threads; ``peak`` is the highest of them."""
+    """FLOP/s of dense matmuls of each of the model's weight shapes at ``tokens`` positions, on this device and
+    dtype and the current torch threads, the median of ``repeats`` timings; ``peak`` is the highest shape's.
+
+    Each timing runs enough back-to-back matmuls to last ``min_seconds``, and the median (not the best) is
+    kept: on this 2-core CPU the bf16 rate of one shape moved between 490 and 2400 GFLOP/s from one single call
+    to the next, and between 800 and 1600 over 50 ms (docs/performance.md, "bf16 on CPU")."""
     rates = {}
     for name, (m, k, n) in shapes.matmul_shapes(tokens).items():
         a = torch.randn(m, k, device=device, dtype=dtype)
         b = torch.randn(k, n, device=device, dtype=dtype)
-        best = 0.0
-        for attempt in range(repeats + 1):
-            if device != "cpu":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            a @ b
-            if device != "cpu":
-                torch.cuda.synchronize()
-            if attempt:  # the first call warms up
-                best = max(best, 2 * m * k * n / (time.perf_counter() - started))
-        rates[name] = best
+        calls = max(1, math.ceil(min_seconds / _seconds(a, b, 1)))  # the first call also warms up
+        rates[name] = statistics.median(calls * 2 * m * k * n / _seconds(a, b, calls) for _ in range(repeats))
     return {**rates, "peak": max(rates.values())}
