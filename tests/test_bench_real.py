@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
 from bmc.bench import gpu_check
@@ -88,6 +89,9 @@ def test_gpu_check_dry_run_runs_every_stage_on_cpu(tmp_path: Path) -> None:
     for name in ("train_bf16_smollm2", "train_bf16_llama1b", "bench_smollm2", "bench_llama1b"):
         assert stages[name]["status"] == "passed", stages[name].get("output_tail")
     assert any("loss" in k for k in stages["train_bf16_smollm2"]["summary"])
+    config = OmegaConf.load(tmp_path / "work" / "runs" / "train-smollm2" / ".hydra" / "config.yaml")
+    assert config.trainer.precision == "bf16-mixed"  # the GPU's precision, on CPU
+    assert "--precision bf16-mixed" in stages["bench_llama1b"]["command"]
     assert any(
         k.startswith("precomputed ours_dpo") and "MFU" in v for k, v in stages["bench_llama1b"]["summary"].items()
     )

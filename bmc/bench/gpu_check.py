@@ -14,8 +14,8 @@ process with its own time limit; a stage that would start past the budget is ski
 ``gpu-check.json`` and ``gpu-check.md`` (``--out``), the device named in both.
 
 ``--dry-run`` runs the same stages on CPU at tiny sizes (the ``llama-smoke`` config, a few steps, the
-benchmark's smoke mode): the code paths a GPU run takes, in seconds, for the tests. FSDP is skipped there:
-Lightning refuses FSDP on CPU.
+benchmark's smoke mode), in bf16-mixed as on the GPU: the code paths a GPU run takes, in seconds, for the tests.
+FSDP is skipped there: Lightning refuses FSDP on CPU.
 
 On a lent GPU machine without network the project's missing packages travel as wheels (docs/performance.md,
 "GPU check"); then ``python3 -m bmc.bench.gpu_check`` is the command.
@@ -58,7 +58,7 @@ class Stage:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def _train_command(folder: str, pairs: Path, run_dir: Path, steps: int, gpu: bool, *extra: str) -> list[str]:
+def _train_command(folder: str, pairs: Path, run_dir: Path, steps: int, *extra: str) -> list[str]:
     """``train.py`` on ``pairs`` with a pretrained-style checkpoint: no SFT, no generation, ``steps`` steps, then
     the validation pairs (val/loss, val/reward_accuracy in summary.json)."""
     return [
@@ -67,13 +67,14 @@ def _train_command(folder: str, pairs: Path, run_dir: Path, steps: int, gpu: boo
         "logger=csv", "callbacks=minimal", "batch_size=4", "trainer.accumulate_grad_batches=1",
         f"trainer.max_steps={steps}", "trainer.max_epochs=-1", "trainer.enable_progress_bar=false",
         "export.enabled=false", f"hydra.run.dir={run_dir}",
-        f"paths.cache_dir={run_dir.parent / 'cache'}", *(["trainer=gpu"] if gpu else []), *extra,
+        f"paths.cache_dir={run_dir.parent / 'cache'}", *extra,
     ]  # fmt: skip
 
 
 def plan(workdir: Path, dry_run: bool, real_checkpoint: Path = REAL_CHECKPOINT) -> list[Stage]:
     """The stages of the check, with the models and pairs they need written under ``workdir``."""
-    gpu = not dry_run
+    # the dry run trains in bf16-mixed on CPU: autocast, the reference precompute under it, TRL's bf16 flag
+    trainer = ["trainer.precision=bf16-mixed"] if dry_run else ["trainer=gpu"]
     steps = 3 if dry_run else 20
     real = (real_checkpoint / "config.json").exists()
     small = "llama-smoke" if dry_run else (str(real_checkpoint) if real else "smollm2-135m")
@@ -92,8 +93,8 @@ def plan(workdir: Path, dry_run: bool, real_checkpoint: Path = REAL_CHECKPOINT) 
         stages.append(
             Stage(
                 f"train_bf16_{key}",
-                f"train.py, {'float32 CPU' if dry_run else 'bf16-mixed'}, {steps} steps of 4 pairs, {models[key]}",
-                _train_command(folder, pairs, run_dir, steps, gpu),
+                f"train.py, bf16-mixed{' on CPU' if dry_run else ''}, {steps} steps of 4 pairs, {models[key]}",
+                _train_command(folder, pairs, run_dir, steps, *trainer),
                 timeout_s=120,
                 result_file=run_dir / "summary.json",
             )
@@ -102,7 +103,7 @@ def plan(workdir: Path, dry_run: bool, real_checkpoint: Path = REAL_CHECKPOINT) 
         out = workdir / f"bench-{key}.json"
         bench = [sys.executable, "-m", "bmc.bench", "--model", folder, "--repeats", "1", "--out", str(out)]
         bench += ["--impls", "ours_dpo,trl"] + (
-            ["--smoke", "--modes", "precomputed"] if dry_run else ["--device", "gpu"]
+            ["--smoke", "--modes", "precomputed", "--precision", "bf16-mixed"] if dry_run else ["--device", "gpu"]
         )
         stages.append(Stage(f"bench_{key}", f"python -m bmc.bench against TRL, {models[key]}", bench, 180, None, out))
     fsdp_dir = workdir / "runs" / "fsdp"
@@ -110,8 +111,8 @@ def plan(workdir: Path, dry_run: bool, real_checkpoint: Path = REAL_CHECKPOINT) 
         Stage(
             "fsdp_one_device",
             f"train.py trainer=fsdp trainer.devices=1, {models['smollm2']}",
-            _train_command(folders["smollm2"], workdir / "pairs-smollm2.jsonl", fsdp_dir, steps, False)
-            + ["trainer=fsdp", "trainer.devices=1"],
+            _train_command(folders["smollm2"], workdir / "pairs-smollm2.jsonl", fsdp_dir, steps, "trainer=fsdp")
+            + ["trainer.devices=1"],
             timeout_s=120,
             skip="Lightning refuses FSDP on CPU" if dry_run else None,
             result_file=fsdp_dir / "summary.json",
