@@ -97,6 +97,9 @@ def _next_token_logps(
 ) -> torch.Tensor:
     """Log-probs of ``labels`` (N, T-1) from the outputs at positions 0..T-2 of each row of ``inputs``, or at
     the (rows, positions) of ``select`` (the shared-prompt layout), from the full logits or the chunked head."""
+    # scoring never reuses keys and values; transformers would otherwise fill a KV cache in every forward, and
+    # torch.compile recompile each layer on the cache's state
+    inputs = {**inputs, "use_cache": False}
     if chunk_positions is None:
         logits = model(**inputs).logits
         return token_logps(logits[:, :-1] if select is None else logits[select], labels)

@@ -188,3 +188,23 @@ def add_lora(model: PreTrainedModel, lora: dict[str, Any]) -> PreTrainedModel:
 
     options = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear", **lora}
     return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **options))
+
+
+def compile_decoder_layers(model: PreTrainedModel, backend: str = "inductor") -> int:
+    """``torch.compile`` each decoder layer of ``model`` in place, with dynamic shapes; returns how many.
+
+    Regional compilation: the layers share one class and one compiled graph, so compiling costs about one
+    layer's worth, and batches of another width reuse it. In place (``nn.Module.compile``), so state-dict keys,
+    checkpoints and the exported model are unchanged. The layers are the modules of the classes transformers
+    keeps whole when sharding (``_no_split_modules``), through a PEFT wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    blocks = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [module for module in base.modules() if type(module).__name__ in blocks]
+    if not layers:
+        raise ValueError(
+            f"compile.enabled: {type(base).__name__} names no decoder layer class (_no_split_modules); "
+            "set compile.enabled=false"
+        )
+    for layer in layers:
+        layer.compile(backend=backend, dynamic=True)
+    return len(layers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -22,7 +23,10 @@ from bmc.losses import (
     weighting_stats,
 )
 from bmc.losses.registry import LossFn
+from bmc.models import compile_decoder_layers
 from bmc.schedule import cosine_with_warmup
+
+log = logging.getLogger(__name__)
 
 
 def build_objective(
@@ -44,10 +48,20 @@ class _CausalLMModule(pl.LightningModule):
     #: validation metrics tracked as ``<name>_best``, with the direction that counts as better
     best_metrics: dict[str, str] = {"val/loss": "min"}
 
-    def __init__(self, policy: PreTrainedModel, optim: dict[str, Any], logprob_chunk: int | None = None) -> None:
+    def __init__(
+        self,
+        policy: PreTrainedModel,
+        optim: dict[str, Any],
+        logprob_chunk: int | None = None,
+        compile_layers: bool = False,
+        compile_backend: str = "inductor",
+    ) -> None:
         super().__init__()
         self.policy = policy
         self.logprob_chunk = logprob_chunk  # positions per LM-head chunk (bmc.logprobs); None: full logits
+        # torch.compile of the policy's decoder layers (bmc.models.compile_decoder_layers), at configure_model
+        self.compile_layers, self.compile_backend = compile_layers, compile_backend
+        self._compiled = False
         self.optim = {"lr": 1e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_ratio": 0.1, **optim}
         self._best: dict[str, float] = {}
         self._batch_started = 0.0
@@ -60,6 +74,14 @@ class _CausalLMModule(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = cosine_with_warmup(optimizer, int(self.optim["warmup_ratio"] * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_model(self) -> None:
+        # Lightning's hook for compiling, called once the strategy has placed the model; the reference
+        # precompute before it ran eager
+        if self.compile_layers and not self._compiled:
+            compiled = compile_decoder_layers(self.policy, self.compile_backend)
+            log.info("compile: %d decoder layers of the policy, backend %s", compiled, self.compile_backend)
+            self._compiled = True
 
     def on_train_start(self) -> None:
         # from_pretrained returns a model in eval mode and Lightning 2.6 leaves modes as they are: without this
@@ -158,8 +180,10 @@ class PreferenceModule(_CausalLMModule):
         optim: dict[str, Any],
         share_prompt: bool = False,
         logprob_chunk: int | None = None,
+        compile_layers: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
-        super().__init__(policy, optim, logprob_chunk)
+        super().__init__(policy, optim, logprob_chunk, compile_layers, compile_backend)
         self.share_prompt = share_prompt
         # id of a model (policy, reference) -> whether it scores with shared prompts, decided at its first batch
         self._shares_prompt: dict[int, bool] = {}

@@ -27,21 +27,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's bmc
 
-from bmc.bench.workload import realistic_pairs  # noqa: E402
-from bmc.data.datamodule import PreferenceDataModule  # noqa: E402
-from bmc.data.tokenize import Truncation  # noqa: E402
+from bmc.bench.workload import realistic_datamodule  # noqa: E402
 
 PAIRS_PER_BATCH = 4
 
 
 def packed_widths(tokenizer, n: int) -> list[int]:
     """Prompt + chosen + rejected tokens of each of ``n`` benchmark pairs, as model=hf truncates them."""
-    pairs = realistic_pairs(n + 1, tokenizer)  # the last one a validation split, which setup needs
-    datamodule = PreferenceDataModule(
-        train=pairs[:-1], val=pairs[-1:], tokenizer=tokenizer, truncation=Truncation(1024, 512), batch_size=4
-    )
-    datamodule.setup("fit")
-    rows = datamodule.datasets["train"].rows()
+    rows = realistic_datamodule(n, tokenizer).datasets["train"].rows()
     return [len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows]
 
 

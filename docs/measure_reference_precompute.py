@@ -4,7 +4,7 @@ reference-precompute lever.
 
     python docs/measure_reference_precompute.py <checkpoint folder> [--pairs 32] [--threads 2] [--only 4096]
 
-The pairs are the benchmark's (``bmc.bench.workload.realistic_pairs``: UltraFeedback-like lengths in the
+The pairs are the benchmark's (``bmc.bench.workload.realistic_datamodule``: UltraFeedback-like lengths in the
 checkpoint's tokens), truncated as ``model=hf`` does (1024 / 512); the LM head in chunks of 1024 positions.
 """
 
@@ -21,9 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's bmc
 
-from bmc.bench.workload import realistic_pairs  # noqa: E402
-from bmc.data.datamodule import PreferenceDataModule  # noqa: E402
-from bmc.data.tokenize import Truncation  # noqa: E402
+from bmc.bench.workload import realistic_datamodule  # noqa: E402
 from bmc.reference import compute_reference_logps, length_batches  # noqa: E402
 
 #: (name, share_prompt, batch_tokens, Lightning precision); batch_size 64 pairs throughout (the default), the
@@ -57,13 +55,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32)
-    pairs = realistic_pairs(args.pairs + 1, tokenizer)
-    datamodule = PreferenceDataModule(
-        train=pairs[:-1], val=pairs[-1:], tokenizer=tokenizer,
-        truncation=Truncation(1024, 512), batch_size=4,
-    )  # fmt: skip
-    datamodule.setup("fit")
-    dataset = datamodule.datasets["train"]  # the last pair is a validation split, which setup needs
+    datamodule = realistic_datamodule(args.pairs, tokenizer)
+    dataset = datamodule.datasets["train"]
     rows = dataset.rows()
     lengths = [(len(r["prompt_ids"]), len(r["chosen_ids"]), len(r["rejected_ids"])) for r in rows]
     results, baseline, baseline_margins = [], None, None

@@ -4,7 +4,7 @@ measurement behind the first-batch check of ``bmc.logprobs.scores_with_shared_pr
 
     python docs/measure_shared_prompt_check.py <checkpoint folder> [--batches 4] [--threads 2] [--out F]
 
-The pairs are the benchmark's (``bmc.bench.workload.realistic_pairs``), truncated as ``model=hf`` does
+The pairs are the benchmark's (``bmc.bench.workload.realistic_datamodule``), truncated as ``model=hf`` does
 (1024 / 512), in batches of 4 pairs in order. For each batch and precision, the gap of every response token is
 ``|plain - shared|`` of its log-prob; the table gives the largest and the mean gap over each batch's response
 tokens (the worst batch of each), and what the check decides.
@@ -23,9 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's bmc
 
-from bmc.bench.workload import realistic_pairs  # noqa: E402
-from bmc.data.datamodule import PreferenceDataModule  # noqa: E402
-from bmc.data.tokenize import Truncation  # noqa: E402
+from bmc.bench.workload import realistic_datamodule  # noqa: E402
 from bmc.logprobs import response_token_logps, shared_prompt_token_logps  # noqa: E402
 from tests.ignores_packing import IgnoresPacking  # noqa: E402
 
@@ -47,11 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
-    pairs = realistic_pairs(4 * args.batches + 1, tokenizer)
-    datamodule = PreferenceDataModule(
-        train=pairs[:-1], val=pairs[-1:], tokenizer=tokenizer, truncation=Truncation(1024, 512), batch_size=4
-    )
-    datamodule.setup("fit")
+    datamodule = realistic_datamodule(4 * args.batches, tokenizer)
     rows = datamodule.datasets["train"].rows()
     batches = [datamodule.collate(rows[i : i + 4]) for i in range(0, len(rows), 4)]
     results = []

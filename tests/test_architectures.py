@@ -17,8 +17,14 @@ CONFIGS = {
     "llama": {"model_type": "llama", **SMALL, "num_key_value_heads": 2},
     "qwen2": {"model_type": "qwen2", **SMALL, "num_key_value_heads": 2},
     "mistral": {"model_type": "mistral", **SMALL, "num_key_value_heads": 2, "sliding_window": None},
-    "gemma2": {"model_type": "gemma2", **SMALL, "num_key_value_heads": 2, "head_dim": 8, "sliding_window": 64,
-               "final_logit_softcapping": 30.0},  # fmt: skip
+    "gemma2": {
+        "model_type": "gemma2",
+        **SMALL,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "sliding_window": 64,
+        "final_logit_softcapping": 30.0,
+    },  # fmt: skip
     "gpt2": {"model_type": "gpt2", "vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64},
 }
 
@@ -116,3 +122,32 @@ def test_chunked_head_never_builds_the_full_logits() -> None:
     full, chunked = growth_mb("none"), growth_mb("128")
     assert full > 2 * full_logits_mb, full  # logits, their log-softmax and its gradient
     assert chunked < full_logits_mb, (chunked, full)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_compiled_decoder_layers_give_the_eager_log_probs_and_gradients(kind: str) -> None:
+    """Regional compilation (aot_eager: Dynamo and AOT autograd, without generating code) of every decoder layer,
+    in place: the shared-prompt log-probs and gradients equal the eager ones, and the state-dict keys stay."""
+    from bmc.models import compile_decoder_layers
+
+    eager, compiled, batch = _model(kind, "sdpa"), _model(kind, "sdpa"), _batch()
+    keys = list(compiled.state_dict())
+    assert compile_decoder_layers(compiled, backend="aot_eager") == SMALL["num_hidden_layers"]
+    assert list(compiled.state_dict()) == keys
+    weights = torch.randn(batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
+    results = {}
+    for name, model in (("eager", eager), ("compiled", compiled)):
+        logps, _ = shared_prompt_token_logps(model, batch, chunk_positions=3)
+        results[name] = (logps, torch.autograd.grad((logps * weights).sum(), list(model.parameters())))
+    assert torch.allclose(results["compiled"][0], results["eager"][0], atol=1e-5)
+    for want, got in zip(results["eager"][1], results["compiled"][1]):
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_compiling_a_model_without_named_decoder_layers_is_refused() -> None:
+    from bmc.models import compile_decoder_layers
+
+    model = _model("llama", "sdpa")
+    model._no_split_modules = None
+    with pytest.raises(ValueError, match="no decoder layer class.*compile.enabled=false"):
+        compile_decoder_layers(model)

@@ -69,7 +69,8 @@ class _FixedLogits(torch.nn.Module):
         super().__init__()
         self.logits = logits
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool) -> SimpleNamespace:
+        assert use_cache is False  # scoring never fills a KV cache
         return SimpleNamespace(logits=self.logits)
 
 

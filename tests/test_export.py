@@ -123,3 +123,22 @@ def test_gradient_checkpointing_trains_to_the_same_weights(checkpoint: Path, mak
     assert layer_calls["false"]["train"] == steps and layer_calls["true"]["train"] == 2 * steps
     for name, value in trained["false"].state_dict().items():
         assert torch.allclose(trained["true"].state_dict()[name], value, atol=1e-6), name
+
+
+def test_compiled_decoder_layers_train_to_the_same_weights_and_export_loads(checkpoint: Path, make_config, tmp_path,
+                                                                            monkeypatch):  # fmt: skip
+    """compile.enabled compiles the policy's decoder layers in place at configure_model (aot_eager here, which
+    traces without generating code): the same weights as eager training, and an export that loads as usual."""
+    trained = {}
+    for flag in ("false", "true"):
+        cfg = make_config(*MOVES, "model=hf", f"model.path={checkpoint}", f"compile.enabled={flag}",
+                          "compile.backend=aot_eager")  # fmt: skip
+        cfg.paths.output_dir = str(tmp_path / f"run_{flag}")
+        trained[flag] = _run_and_capture(cfg, monkeypatch)
+    layers = {flag: trained[flag].model.layers for flag in trained}
+    assert all(layer._compiled_call_impl is not None for layer in layers["true"])
+    assert all(layer._compiled_call_impl is None for layer in layers["false"])
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "run_true" / "model")
+    for name, value in trained["false"].state_dict().items():
+        assert torch.allclose(trained["true"].state_dict()[name], value, atol=1e-5), name
+        assert torch.allclose(exported.state_dict()[name], trained["true"].state_dict()[name]), name

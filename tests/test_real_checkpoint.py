@@ -10,9 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bmc.bench.workload import realistic_pairs
-from bmc.data.datamodule import PreferenceDataModule
-from bmc.data.tokenize import Truncation
+from bmc.bench.workload import realistic_datamodule
 from bmc.generation import generate
 from bmc.logprobs import (
     SHARE_PROMPT_TOLERANCE,
@@ -76,11 +74,7 @@ def test_the_shared_prompt_check_accepts_the_real_model_in_bf16_and_refuses_one_
     torch.set_num_threads(2)
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     model = AutoModelForCausalLM.from_pretrained(smollm2).eval()
-    pairs = realistic_pairs(3, tokenizer, scale=0.25)  # 2 pairs of rows of about 140 tokens
-    datamodule = PreferenceDataModule(
-        train=pairs[:2], val=pairs[2:], tokenizer=tokenizer, truncation=Truncation(1024, 512), batch_size=2
-    )
-    datamodule.setup("fit")
+    datamodule = realistic_datamodule(2, tokenizer, scale=0.25)  # 2 pairs of rows of about 140 tokens
     batch = datamodule.collate(datamodule.datasets["train"].rows())
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         plain, mask = response_token_logps(model, batch)

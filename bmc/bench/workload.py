@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from bmc.data.datamodule import PreferenceDataModule
+from bmc.data.tokenize import Truncation
 from bmc.models import TinyLlama
 
 #: model sizes: ``small`` and ``medium`` (about 0.5M and 4M parameters) are measured, ``smoke`` is for the test
@@ -128,6 +130,21 @@ def realistic_pairs(n: int, tokenizer: Any, seed: int = 0, scale: float = 1.0) -
             }
         )
     return pairs
+
+
+def realistic_datamodule(n: int, tokenizer: Any, scale: float = 1.0, batch_size: int = 4) -> PreferenceDataModule:
+    """:func:`realistic_pairs` tokenized and truncated as ``model=hf`` does (1024 / 512), set up for fitting: the
+    ``n`` pairs are its ``train`` split, one more pair its validation split (which setup needs)."""
+    pairs = realistic_pairs(n + 1, tokenizer, scale=scale)
+    datamodule = PreferenceDataModule(
+        train=pairs[:-1],
+        val=pairs[-1:],
+        tokenizer=tokenizer,
+        truncation=Truncation(MAX_ROW_TOKENS, MAX_PROMPT_TOKENS),
+        batch_size=batch_size,
+    )
+    datamodule.setup("fit")
+    return datamodule
 
 
 def write_named_model(folder: Path, name: str, seed: int = 0) -> Path:
