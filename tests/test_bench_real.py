@@ -83,15 +83,16 @@ def test_gpu_check_dry_run_runs_every_stage_on_cpu(tmp_path: Path) -> None:
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     stages = {s["name"]: s for s in report["stages"]}
     assert list(stages) == [
-        "train_bf16_smollm2", "train_bf16_llama1b", "bench_smollm2", "bench_llama1b", "fsdp_one_device",
-        "real_paper_dpo_math",
+        "train_bf16_smollm2", "train_bf16_llama1b", "bench_smollm2", "bench_llama1b", "bench_smollm2_compiled",
+        "fsdp_one_device", "real_paper_dpo_math",
     ]  # fmt: skip
-    for name in ("train_bf16_smollm2", "train_bf16_llama1b", "bench_smollm2", "bench_llama1b"):
+    for name in list(stages)[:5]:  # the training runs and the benchmarks
         assert stages[name]["status"] == "passed", stages[name].get("output_tail")
     assert any("loss" in k for k in stages["train_bf16_smollm2"]["summary"])
     config = OmegaConf.load(tmp_path / "work" / "runs" / "train-smollm2" / ".hydra" / "config.yaml")
     assert config.trainer.precision == "bf16-mixed"  # the GPU's precision, on CPU
     assert "--precision bf16-mixed" in stages["bench_llama1b"]["command"]
+    assert "compile.enabled=true" in stages["bench_smollm2_compiled"]["command"]
     assert any(
         k.startswith("precomputed ours_dpo") and "MFU" in v for k, v in stages["bench_llama1b"]["summary"].items()
     )

@@ -4,8 +4,9 @@
 1. bf16 training of SmolLM2-135M (``train.py model=hf trainer=gpu`` on real-size pairs);
 2. bf16 training of a ~1B Llama config (random weights, Llama-3.2-1B's shapes);
 3. the benchmark against TRL at both models (``python -m bmc.bench --model ... --device gpu``);
-4. an FSDP run on one device (``trainer=fsdp trainer.devices=1``);
-5. one job of the real-model experiment (``experiment=real_paper``, DPO on math_chat), when the real
+4. the benchmark of ours at SmolLM2-135M with its decoder layers compiled (``compile.enabled=true``);
+5. an FSDP run on one device (``trainer=fsdp trainer.devices=1``);
+6. one job of the real-model experiment (``experiment=real_paper``, DPO on math_chat), when the real
    checkpoint is there.
 
 SmolLM2-135M is the real checkpoint where ``BMC_REAL_CHECKPOINT`` (or the test cache) has it, else the
@@ -106,6 +107,18 @@ def plan(workdir: Path, dry_run: bool, real_checkpoint: Path = REAL_CHECKPOINT) 
             ["--smoke", "--modes", "precomputed", "--precision", "bf16-mixed"] if dry_run else ["--device", "gpu"]
         )
         stages.append(Stage(f"bench_{key}", f"python -m bmc.bench against TRL, {models[key]}", bench, 180, None, out))
+    # the torch.compile lever: ours alone, its decoder layers compiled (aot_eager in the dry run: no C++ build)
+    out = workdir / "bench-smollm2-compiled.json"
+    backend = "aot_eager" if dry_run else "inductor"
+    compiled = [sys.executable, "-m", "bmc.bench", "--model", folders["smollm2"], "--repeats", "1", "--out", str(out),
+                "--impls", "ours_dpo", "--modes", "precomputed", "--no-rerun",
+                "--train-args", f"compile.enabled=true compile.backend={backend}"]  # fmt: skip
+    compiled += ["--smoke", "--precision", "bf16-mixed"] if dry_run else ["--device", "gpu"]
+    stages.append(
+        Stage(
+            "bench_smollm2_compiled", f"ours with compile.enabled=true, {models['smollm2']}", compiled, 150, None, out
+        )
+    )
     fsdp_dir = workdir / "runs" / "fsdp"
     stages.append(
         Stage(
