@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 #: the largest per-token log-prob difference between shared-prompt and plain scoring that
 #: :func:`scores_with_shared_prompt` accepts, by the dtype of the weights (the check runs outside autocast, so
 #: float32 weights are checked in float32 under any mixed precision). Measured on SmolLM2-135M's pairs
-#: (docs/performance.md, "The shared-prompt check"): rounding reaches 2e-5 in float32 and 0.39 with bfloat16
+#: (docs/performance.md, "bf16 on this CPU"): rounding reaches 2e-5 in float32 and 0.39 with bfloat16
 #: weights; a model that ignores the position ids or the 4D mask is off by 1.9 to 9.7
 SHARE_PROMPT_TOLERANCE = {"32-bit and wider": 0.05, "16-bit": 1.0}
 

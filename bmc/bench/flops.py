@@ -126,8 +126,9 @@ def matmul_peak(
     dtype and the current torch threads, the median of ``repeats`` timings; ``peak`` is the highest shape's.
 
     Each timing runs enough back-to-back matmuls to last ``min_seconds``, and the median (not the best) is
-    kept: on this 2-core CPU the bf16 rate of one shape moved between 490 and 2400 GFLOP/s from one single call
-    to the next, and between 800 and 1600 over 50 ms (docs/performance.md, "bf16 on CPU")."""
+    kept: on this 2-core CPU single bf16 calls of one shape read 490 to 2400 GFLOP/s, so the best of a few was
+    an outlier. The machine itself still moves between runs, from about 800 to 2400 GFLOP/s in bf16
+    (docs/performance.md, "bf16 on this CPU")."""
     rates = {}
     for name, (m, k, n) in shapes.matmul_shapes(tokens).items():
         a = torch.randn(m, k, device=device, dtype=dtype)
