@@ -16,9 +16,8 @@ Conversational prompts stay message lists here; :func:`bmc.data.render.render_ta
 (with the model's chat template when it has one), for the SFT warm start and the preference pairs alike.
 
 Input policy: a bad file or row raises :class:`DataError` naming the file, the row and the field (invalid
-UTF-8, malformed JSON, missing columns, wrong types, nulls, roles that do not alternate). Rows are numbered
-from 1: the line number in JSON Lines files, the element in JSON arrays, the data row (header excluded) in
-CSV and Parquet files. Rows with an empty prompt or response, identical responses, or that repeat an
+UTF-8, malformed JSON, missing columns, wrong types, nulls, roles that do not alternate); rows are numbered as
+:mod:`bmc.data.files` reads them. Rows with an empty prompt or response, identical responses, or that repeat an
 earlier row exactly are dropped with a warning that counts them and lists their row numbers: duplicates
 would weigh a pair twice and could land on both sides of the train/validation split.
 """
@@ -28,89 +27,22 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any
 
 from bmc.data import mixture, ranked
+from bmc.data.files import load_rows
 from bmc.data.layouts import LAYOUTS, DataError, detect_layout, kind_of
 from bmc.data.sources import Prompt, TaskData
 from bmc.tasks import Example
 
 log = logging.getLogger(__name__)
 
-_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 FIELDS = ("prompt", "chosen", "rejected")
 RANKED = "ranked"  # the one layout with several pairs per row (bmc.data.ranked)
 FORMATS = (*LAYOUTS, RANKED)  # what task.format may name besides auto
 #: the row columns a layout reads (by their task.columns names); every other column is an extra one
 _READS = {RANKED: ("prompt", "completions", "scores")}
 EVAL_OVERLAP = "prompt also in the eval split"
-
-
-def _decode_utf8(local: Path) -> str:
-    data = local.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise DataError(
-            f"{local}, line {line}: not valid UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); "
-            "re-encode the file as UTF-8"
-        ) from None
-
-
-def _json_lines(local: Path, text: str) -> list[tuple[int, Any]]:
-    """(line number, value) of every non-blank line; a line that is not JSON raises naming it."""
-    rows = []
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((number, json.loads(line)))
-        except json.JSONDecodeError as error:
-            raise DataError(f"{local}, line {number}: malformed JSON ({error.msg} at column {error.colno})") from None
-    return rows
-
-
-def _json_rows(local: Path) -> list[tuple[int, Any]]:
-    """A ``.json`` file holding one array of rows, or JSON Lines; a ``.jsonl`` file is always JSON Lines."""
-    text = _decode_utf8(local)
-    if local.suffix == ".json":
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError:
-            document = None  # not one JSON document: read it as JSON Lines
-        if isinstance(document, list):
-            return list(enumerate(document, 1))
-    return _json_lines(local, text)
-
-
-def _load_rows(path: str, split: str, data_files: Any = None) -> list[tuple[int, dict[str, Any]]]:
-    """(row number, row) pairs of a local file, a dataset folder or a hub dataset."""
-    local = Path(path)
-    if local.is_file():
-        builder = _BUILDERS.get(local.suffix)
-        if builder is None:
-            raise DataError(f"{path}: unsupported file type {local.suffix!r}; use one of {sorted(_BUILDERS)}")
-        if builder == "json":
-            # read here rather than by pyarrow, whose errors name neither the line nor the row
-            rows = _json_rows(local)
-            for number, row in rows:
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}, row {number}: expected an object with columns, got {kind_of(row)}")
-            return rows
-        if builder == "csv":
-            _decode_utf8(local)
-        loader = {"path": builder, "data_files": str(local), "split": "train"}
-    else:
-        loader = {"path": path, "data_files": data_files, "split": split}
-    from datasets import load_dataset  # here, not at the top: JSON files never need it (about 80 MB resident)
-
-    try:
-        dataset = load_dataset(**loader)
-    except Exception as error:  # pyarrow/pandas/hub errors: say which file, keep the cause for debugging
-        raise DataError(f"{path}: could not be read as a {loader['path']} dataset: {error}") from error
-    return list(enumerate(dataset.to_list(), 1))
 
 
 def _drop_reason(pair: dict[str, Any], duplicate: bool) -> str | None:
@@ -210,7 +142,7 @@ def read_pairs(
     """The pairs of one file, folder or hub dataset split (only its ``first_rows`` rows where given), and how
     many were dropped for each reason."""
     columns = {**{f: f for f in FIELDS}, **ranked.COLUMNS, **(columns or {})}
-    rows = _load_rows(path, split, data_files)[:first_rows]
+    rows = load_rows(path, split, data_files)[:first_rows]
     if not rows:
         raise DataError(f"{path}: no rows in split {split!r}")
     layout = detect_layout(rows[0][1], columns) if format == "auto" else format
