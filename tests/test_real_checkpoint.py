@@ -71,7 +71,6 @@ def test_train_py_on_the_real_checkpoint_with_its_defaults_exports_a_loadable_mo
 def test_the_shared_prompt_check_accepts_the_real_model_in_bf16_and_refuses_one_that_ignores_the_packing(smollm2):
     """Under bf16 autocast (trainer=gpu) the real model's two layouts differ by more than float32's tolerance from
     rounding alone; the check computes in the weights' dtype, so bf16-mixed training keeps the shared prompt."""
-    torch.set_num_threads(2)
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     model = AutoModelForCausalLM.from_pretrained(smollm2).eval()
     datamodule = realistic_datamodule(2, tokenizer, scale=0.25)  # 2 pairs of rows of about 140 tokens
