@@ -134,12 +134,9 @@ def compute_reference_logps(
     plain_widths = [p + max(c, r) for p, c, r in zip(prompts, chosen, rejected)]
     values: dict[str, list[torch.Tensor]] = {name: [torch.zeros(0)] * len(rows) for name in REF_COLUMNS}
     try:
-        with _autocast(device, precision):
-            packs = (
-                share_prompt
-                and bool(rows)
-                and scores_with_shared_prompt(model, _on(device, collate(rows[:1])), chunk_positions)
-            )
+        # the check computes in the weights' dtype whatever the precision (bmc.logprobs)
+        first = _on(device, collate(rows[:1])) if share_prompt and rows else None
+        packs = first is not None and scores_with_shared_prompt(model, first, chunk_positions)
         score = shared_prompt_token_logps if packs else response_token_logps
         batches = length_batches(packed_widths if packs else plain_widths, 1 if packs else 2, batch_size, batch_tokens)
         for indices in tqdm(batches, desc=desc, unit="batch"):
