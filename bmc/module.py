@@ -11,35 +11,11 @@ import torch
 from transformers import PreTrainedModel
 
 from bmc.logprobs import response_token_logps, scores_with_shared_prompt, shared_prompt_token_logps
-from bmc.losses import (
-    Regularizer,
-    SequenceLogps,
-    TokenWeighting,
-    build_loss,
-    build_regularizer,
-    build_token_weighting,
-    is_reference_free,
-    weighted_score,
-    weighting_stats,
-)
-from bmc.losses.registry import LossFn
+from bmc.losses import SequenceLogps, build_objective, needs_reference, weighted_score, weighting_stats
 from bmc.models import compile_decoder_layers
 from bmc.schedule import cosine_with_warmup
 
 log = logging.getLogger(__name__)
-
-
-def build_objective(
-    loss: dict[str, Any], token_weighting: dict[str, Any], regularizer: dict[str, Any]
-) -> tuple[LossFn, TokenWeighting, Regularizer]:
-    """The loss, token weighting and regularizer of a config; unknown names and out-of-range options raise."""
-    return build_loss(**loss), build_token_weighting(**token_weighting), build_regularizer(**regularizer)
-
-
-def needs_reference(loss: dict[str, Any], regularizer: dict[str, Any]) -> bool:
-    """A reference model is needed by reference-based losses and by every likelihood regularizer."""
-    hparams = {k: v for k, v in loss.items() if k != "name"}
-    return not is_reference_free(loss["name"], **hparams) or regularizer["name"] != "none"
 
 
 class _CausalLMModule(pl.LightningModule):

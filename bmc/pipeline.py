@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from bmc.loggers import build_loggers
-from bmc.module import build_objective
+from bmc.losses import build_objective
 from bmc.preemption import handed_back_signals
 from bmc.stages.common import container, truncation
 from bmc.stages.eval_setup import EvalSetup

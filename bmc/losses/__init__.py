@@ -5,6 +5,7 @@ Importing this package registers every loss; see ``registry`` for the interface.
 
 from bmc.losses import pairwise, reference_free  # noqa: F401  (registration side effect)
 from bmc.losses.masks import ENGLISH_STOPWORDS, diff_masks, stopword_token_ids
+from bmc.losses.objective import build_objective, needs_reference
 from bmc.losses.registry import (
     LOSSES,
     LossOutput,
@@ -34,11 +35,13 @@ __all__ = [
     "SequenceLogps",
     "TokenWeighting",
     "build_loss",
+    "build_objective",
     "build_regularizer",
     "build_token_weighting",
     "build_weighted_loss",
     "diff_masks",
     "is_reference_free",
+    "needs_reference",
     "preference_loss",
     "register_loss",
     "stopword_token_ids",

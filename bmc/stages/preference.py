@@ -25,8 +25,8 @@ from transformers import PreTrainedModel
 from bmc.checkpointing import load_policy_weights, resolve_ckpt_path
 from bmc.data.sources import split_pairs
 from bmc.distributed import check_launch
+from bmc.losses import needs_reference
 from bmc.models import add_lora, frozen_copy
-from bmc.module import needs_reference
 from bmc.reference import accelerator_device, attach_reference_logps
 from bmc.stages.common import container, truncation
 from bmc.stages.pairs import PreferencePairs
