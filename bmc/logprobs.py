@@ -8,26 +8,18 @@ pass: no (rows, length, vocabulary) tensor, nor a float32 copy of one, is ever b
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
-log = logging.getLogger(__name__)
+from bmc.attention import packed_attention_mask
 
-#: the largest per-token log-prob difference between shared-prompt and plain scoring that
-#: :func:`scores_with_shared_prompt` accepts, by the dtype of the weights (the check runs outside autocast, so
-#: float32 weights are checked in float32 under any mixed precision). Measured on SmolLM2-135M's pairs
-#: (docs/performance.md, "bf16 on this CPU"): rounding reaches 2e-5 in float32 and 0.39 with bfloat16
-#: weights; a model that ignores the position ids or the 4D mask is off by 1.9 to 9.7
-SHARE_PROMPT_TOLERANCE = {"32-bit and wider": 0.05, "16-bit": 1.0}
-
-
-def share_prompt_tolerance(dtype: torch.dtype) -> float:
-    """The entry of :data:`SHARE_PROMPT_TOLERANCE` for weights of ``dtype``."""
-    return SHARE_PROMPT_TOLERANCE["16-bit" if dtype.itemsize < 4 else "32-bit and wider"]
-
+#: raised whenever a change alters the values a scoring path gives, so that caches of log-probs keyed on it
+#: (bmc.reference) never serve values of an earlier path. 2: the shared-prompt layout keeps sliding windows and
+#: learned position tables, the chunked head applies logit multipliers
+SCORING_REVISION = 2
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
     """``log softmax(logits)[labels]`` per token, in float32.
@@ -48,34 +40,48 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 16
     )
 
 
-def _decoder_and_head(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
-    """The decoder stack, the LM head and the final logit soft-cap (Gemma-2) of a causal LM, through a PEFT
-    wrapper (whose adapters live inside these modules)."""
+def _decoder_and_head(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.nn.Module, Callable | None]:
+    """The decoder stack, the LM head and what the model does to the head's logits (:func:`_logit_transform`)
+    of a causal LM, through a PEFT wrapper (whose adapters live inside these modules)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config
-    if getattr(config, "logit_scale", None) is not None or getattr(config, "logits_scaling", None) is not None:
-        raise ValueError(
-            f"logprob_chunk: {type(base).__name__} rescales its logits after the LM head, which the chunked head "
-            "does not reproduce; set logprob_chunk=null"
-        )
-    return (
-        getattr(base, base.base_model_prefix),
-        base.get_output_embeddings(),
-        config.get_text_config().to_dict().get("final_logit_softcapping"),
-    )
+    return getattr(base, base.base_model_prefix), base.get_output_embeddings(), _logit_transform(base.config)
+
+
+def _logit_transform(config: object) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The scaling and soft-capping a family applies to its LM head's logits, in its own order: Cohere's
+    ``logit_scale`` (times), Granite's ``logits_scaling`` (divided by), Falcon-H1's ``lm_head_multiplier``
+    (times), then Gemma-2/3's ``final_logit_softcapping`` (``tanh(logits / cap) * cap``). A family that does
+    anything else is caught by the first-batch check (:mod:`bmc.scoring_check`), which compares the chunked head
+    with the model's own logits."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    scale = 1.0
+    for name, power in (("logit_scale", 1), ("logits_scaling", -1), ("lm_head_multiplier", 1)):
+        if getattr(text, name, None) is not None:
+            scale *= float(getattr(text, name)) ** power
+    softcap = text.to_dict().get("final_logit_softcapping")
+    if scale == 1.0 and softcap is None:
+        return None
+
+    def transform(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits * scale if scale != 1.0 else logits
+        return logits if softcap is None else torch.tanh(logits / softcap) * softcap
+
+    return transform
 
 
 def _head_token_logps(
-    head: torch.nn.Module, softcap: float | None, hidden: torch.Tensor, labels: torch.Tensor, chunk_positions: int
+    head: torch.nn.Module,
+    transform: Callable | None,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_positions: int,
 ) -> torch.Tensor:
     """``log softmax(head(hidden))[labels]`` in float32, ``chunk_positions`` positions at a time; with
     gradients, each chunk's logits are recomputed in the backward pass instead of kept."""
 
     def chunk(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = head(rows)
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
-        return token_logps(logits, targets)
+        return token_logps(logits if transform is None else transform(logits), targets)
 
     flat, targets = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
     grads = torch.is_grad_enabled() and hidden.requires_grad
@@ -103,10 +109,10 @@ def _next_token_logps(
     if chunk_positions is None:
         logits = model(**inputs).logits
         return token_logps(logits[:, :-1] if select is None else logits[select], labels)
-    decoder, head, softcap = _decoder_and_head(model)
+    decoder, head, transform = _decoder_and_head(model)
     hidden = decoder(**inputs).last_hidden_state
     scored = hidden[:, :-1] if select is None else hidden[select]
-    return _head_token_logps(head, softcap, scored, labels, chunk_positions)
+    return _head_token_logps(head, transform, scored, labels, chunk_positions)
 
 
 def response_token_logps(
@@ -136,11 +142,11 @@ def shared_prompt_token_logps(
 
     Each pair becomes one row ``prompt + chosen + rejected``. The rejected response's position ids restart
     where the prompt ends, and a (B, 1, L, L) attention mask keeps it from seeing the chosen response, so
-    every token attends to exactly what it attends to in its own row. The logits at the prompt's last token
-    predict the first token of both responses. Returns the same (2B, T-1) layout as
-    :func:`response_token_logps`. The model must honour ``position_ids`` and a 4D attention mask (boolean for
-    sdpa, additive float for eager attention, which adds it to the scores); ``PreferenceModule`` checks this on
-    its first batch.
+    every token attends to exactly what it attends to in its own row, sliding windows included (measured on
+    position ids, :mod:`bmc.attention`). The logits at the prompt's last token predict the first token of both
+    responses. Returns the same (2B, T-1) layout as :func:`response_token_logps`. The model must honour
+    ``position_ids`` and a 4D attention mask; :func:`bmc.scoring_check.verify_scoring` checks this on a run's
+    first batch.
     """
     ids, response = batch["input_ids"], batch["response_mask"]
     n_pairs, width = ids.shape[0] // 2, ids.shape[1]
@@ -162,7 +168,9 @@ def shared_prompt_token_logps(
     source_row = torch.where(in_rejected, pair + n_pairs, pair)
     source_col = torch.where(in_rejected, j - chosen[:, None], j).clamp(max=width - 1)
     packed = torch.where(real, ids[source_row, source_col], ids.new_zeros(()))
-    position_ids = torch.where(in_rejected, j - chosen[:, None], j)
+    # padding slots take position 0: a packed row is wider than the plain rows, and positions up to its width
+    # would index past a learned position table (GPT-2) that the plain rows fit
+    position_ids = torch.where(in_rejected, j - chosen[:, None], j).masked_fill(~real, 0)
 
     causal = j.T >= j  # (L, L): query >= key
     sees_chosen = in_rejected[:, :, None] & ((j >= prompt[:, None]) & (j < first_end))[:, None, :]
@@ -181,53 +189,7 @@ def shared_prompt_token_logps(
         chunk_positions,
         select=(rows, positions),
         input_ids=packed,
-        attention_mask=_attention_mask(model, allowed[:, None]),
+        attention_mask=packed_attention_mask(model, allowed, position_ids),
         position_ids=position_ids,
     )
     return logps.masked_fill(~mask, 0.0), mask
-
-
-def _attention_mask(model: PreTrainedModel, allowed: torch.Tensor) -> torch.Tensor:
-    """A 4D mask as the model's attention takes it: boolean (sdpa, flex), or additive float for eager
-    attention, which adds the mask to the scores (a boolean would add 0 and 1)."""
-    if getattr(getattr(model, "config", None), "_attn_implementation", None) != "eager":
-        return allowed
-    dtype = next(model.parameters()).dtype
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-@torch.no_grad()
-def scores_with_shared_prompt(
-    model: PreTrainedModel, batch: dict[str, torch.Tensor], chunk_positions: int | None = None
-) -> bool:
-    """Whether ``model`` can score pairs with :func:`shared_prompt_token_logps`, decided on one preference batch.
-
-    A model on a flash-attention kernel, which takes no 4D mask, cannot: False, with one log line. Any other
-    model scores ``batch`` both ways (in eval mode, so that dropout does not make them differ; outside autocast,
-    in the weights' dtype); one whose log-probs differ by more than :func:`share_prompt_tolerance` ignores
-    ``position_ids`` or the 4D mask, and raises instead of training on wrong log-probs.
-    """
-    attention = str(getattr(getattr(model, "config", None), "_attn_implementation", None) or "")
-    if "flash" in attention:
-        log.info("share_prompt: %s runs %s, which takes no 4D attention mask: its pairs are scored as separate rows",
-                 type(model).__name__, attention)  # fmt: skip
-        return False
-    was_training = model.training
-    model.eval()
-    tolerance = share_prompt_tolerance(next(model.parameters()).dtype)
-    try:
-        # the question is the model's structure, not rounding: under bf16 autocast the two layouts of an honest
-        # model differ by up to 0.38 per token, in float32 by 2e-5
-        with torch.autocast(batch["input_ids"].device.type, enabled=False):
-            plain, mask = response_token_logps(model, batch, chunk_positions)
-            shared, _ = shared_prompt_token_logps(model, batch, chunk_positions)
-    finally:
-        model.train(was_training)
-    gap = float((plain - shared)[mask].abs().max()) if mask.any() else 0.0
-    if gap > tolerance:
-        raise RuntimeError(
-            f"share_prompt=true: {type(model).__name__} scores a pair differently when its prompt is shared "
-            f"(largest per-token log-prob gap {gap:.3g}, above {tolerance} for its weights' dtype); it "
-            "does not honour position_ids or a 4D attention mask. Run with share_prompt=false."
-        )
-    return True

@@ -10,10 +10,11 @@ import pytorch_lightning as pl
 import torch
 from transformers import PreTrainedModel
 
-from bmc.logprobs import response_token_logps, scores_with_shared_prompt, shared_prompt_token_logps
+from bmc.logprobs import response_token_logps, shared_prompt_token_logps
 from bmc.losses import SequenceLogps, build_objective, needs_reference, weighted_score, weighting_stats
 from bmc.models import compile_decoder_layers
 from bmc.schedule import cosine_with_warmup
+from bmc.scoring_check import verify_scoring
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ class PreferenceModule(_CausalLMModule):
     ) -> None:
         super().__init__(policy, optim, logprob_chunk, compile_layers, compile_backend)
         self.share_prompt = share_prompt
-        # id of a model (policy, reference) -> whether it scores with shared prompts, decided at its first batch
+        # id of a model (policy, reference) -> whether it scores with shared prompts, decided (and its scoring
+        # path checked) at its first batch
         self._shares_prompt: dict[int, bool] = {}
         self.loss_name = loss["name"]
         self.loss_fn, self.weighting, self.regularizer = build_objective(loss, token_weighting, regularizer)
@@ -202,14 +204,15 @@ class PreferenceModule(_CausalLMModule):
             return self._token_logps(self.policy, batch)[0]
 
     def _token_logps(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.share_prompt and self._packs(model, batch):
+        if self._packs(model, batch):
             return shared_prompt_token_logps(model, batch, self.logprob_chunk)
         return response_token_logps(model, batch, self.logprob_chunk)
 
     def _packs(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> bool:
-        """Whether ``model`` scores this run's pairs with a shared prompt, decided at its first batch."""
+        """Whether ``model`` scores this run's pairs with a shared prompt, decided at its first batch by the check
+        of the run's scoring path (:func:`verify_scoring`)."""
         if id(model) not in self._shares_prompt:
-            self._shares_prompt[id(model)] = scores_with_shared_prompt(model, batch, self.logprob_chunk)
+            self._shares_prompt[id(model)] = verify_scoring(model, batch, self.logprob_chunk, self.share_prompt)
         return self._shares_prompt[id(model)]
 
     @torch.no_grad()

@@ -27,7 +27,8 @@ from transformers import PreTrainedModel
 
 from bmc.cache import cached_dir
 from bmc.data.columns import ID_COLUMNS, REF_COLUMNS, ColumnDataset
-from bmc.logprobs import response_token_logps, scores_with_shared_prompt, shared_prompt_token_logps
+from bmc.logprobs import SCORING_REVISION, response_token_logps, shared_prompt_token_logps
+from bmc.scoring_check import verify_scoring
 
 _AUTOCAST = {"bf16": torch.bfloat16, "16": torch.float16}
 #: part of the cache key, so that entries in an earlier file format are never read as this one
@@ -119,8 +120,9 @@ def compute_reference_logps(
     Pairs are batched in order of length (:func:`length_batches`: at most ``batch_size`` pairs and, with
     ``batch_tokens``, that many padded positions per forward), so little compute goes into padding.
     ``share_prompt``: each pair's prompt runs once, as in training
-    (:func:`~bmc.logprobs.shared_prompt_token_logps`, after :func:`~bmc.logprobs.scores_with_shared_prompt`
-    accepts the model on the first batch). ``chunk_positions``: the chunked LM head of :mod:`bmc.logprobs`.
+    (:func:`~bmc.logprobs.shared_prompt_token_logps`). ``chunk_positions``: the chunked LM head of
+    :mod:`bmc.logprobs`. Either is checked first on the first pair, as training checks it
+    (:func:`~bmc.scoring_check.verify_scoring`).
     """
     was_training = model.training
     model.eval()
@@ -134,9 +136,9 @@ def compute_reference_logps(
     plain_widths = [p + max(c, r) for p, c, r in zip(prompts, chosen, rejected)]
     values: dict[str, list[torch.Tensor]] = {name: [torch.zeros(0)] * len(rows) for name in REF_COLUMNS}
     try:
-        # the check computes in the weights' dtype whatever the precision (bmc.logprobs)
-        first = _on(device, collate(rows[:1])) if share_prompt and rows else None
-        packs = first is not None and scores_with_shared_prompt(model, first, chunk_positions)
+        # the check computes in float32 whatever the precision (bmc.scoring_check)
+        checked = rows and (share_prompt or chunk_positions is not None)
+        packs = bool(checked) and verify_scoring(model, _on(device, collate(rows[:1])), chunk_positions, share_prompt)
         score = shared_prompt_token_logps if packs else response_token_logps
         batches = length_batches(packed_widths if packs else plain_widths, 1 if packs else 2, batch_size, batch_tokens)
         for indices in tqdm(batches, desc=desc, unit="batch"):
@@ -182,6 +184,7 @@ def attach_reference_logps(
         },
         "precision": str(precision),
         "format": _FILE_FORMAT,
+        "scoring": SCORING_REVISION,
     }  # not the batching, chunk_positions or share_prompt: they lay out the computation, whose values agree to
     # float rounding
 

@@ -286,38 +286,41 @@ def test_module_with_shared_prompts_gives_the_plain_loss_and_refuses_a_model_tha
         module._step(batch, "train")
 
 
-def test_the_shared_prompt_check_computes_outside_autocast_with_a_tolerance_for_the_weights_dtype() -> None:
+def test_the_shared_prompt_check_computes_in_float32_and_restores_16_bit_weights_exactly() -> None:
     import copy
 
-    from bmc.logprobs import SHARE_PROMPT_TOLERANCE, scores_with_shared_prompt, share_prompt_tolerance
+    from bmc.scoring_check import verify_scoring
 
-    assert [share_prompt_tolerance(d) for d in (torch.float64, torch.float32, torch.bfloat16, torch.float16)] == [
-        SHARE_PROMPT_TOLERANCE["32-bit and wider"]
-    ] * 2 + [SHARE_PROMPT_TOLERANCE["16-bit"]] * 2
     model, batch = _tiny_model_and_pair_batch()
     seen = []
 
-    class RecordsAutocast(torch.nn.Module):
-        def __init__(self) -> None:
+    class RecordsPrecision(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
             super().__init__()
-            self.inner = model
+            self.inner = inner
 
         def forward(self, **inputs) -> SimpleNamespace:
-            seen.append(torch.is_autocast_enabled("cpu"))
+            seen.append((torch.is_autocast_enabled("cpu"), next(self.inner.parameters()).dtype))
             return self.inner(**inputs)
 
     with torch.autocast("cpu", torch.bfloat16):  # as under trainer.precision=bf16-mixed
-        assert scores_with_shared_prompt(RecordsAutocast(), batch)
-    assert seen == [False, False]  # plain rows, then the shared layout: both in float32
+        assert verify_scoring(RecordsPrecision(model), batch, share_prompt=True)
+    assert seen == [(False, torch.float32)] * 2  # the model's own rows, then the shared layout
 
-    bf16 = copy.deepcopy(model).to(torch.bfloat16)  # model.dtype=bfloat16: checked in bf16, with its tolerance
-    assert scores_with_shared_prompt(bf16, batch)
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)  # model.dtype=bfloat16 or bf16-true
+    before = {name: p.clone() for name, p in bf16.named_parameters()}
+    seen.clear()
+    assert verify_scoring(RecordsPrecision(bf16), batch, share_prompt=True)
+    assert seen == [(False, torch.float32)] * 2
+    assert verify_scoring(bf16, batch, chunk_positions=2, share_prompt=True)
+    assert all(p.dtype == torch.bfloat16 and torch.equal(p, before[name]) for name, p in bf16.named_parameters())
     for layer in bf16.model.layers:  # make attention count, as in the test above
         layer.self_attn.v_proj.weight.data *= 10
         layer.self_attn.o_proj.weight.data *= 30
     bf16.lm_head.weight.data *= 20
-    with pytest.raises(RuntimeError, match=r"above 1\.0 for its weights' dtype.*share_prompt=false"):
-        scores_with_shared_prompt(IgnoresPacking(bf16), batch)
+    with pytest.raises(RuntimeError, match=r"above 0\.0001\).*share_prompt=false"):
+        verify_scoring(IgnoresPacking(bf16), batch, share_prompt=True)
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())  # restored after a refusal too
 
 
 def test_a_flash_attention_model_with_shared_prompts_falls_back_to_plain_rows_with_one_log_line(
@@ -355,7 +358,7 @@ def test_a_flash_attention_model_with_shared_prompts_falls_back_to_plain_rows_wi
         monkeypatch.setattr(owner, "shared_prompt_token_logps", packed)
     module = PreferenceModule(OnFlashAttention(), None, share_prompt=True, **objective)
     module.log_dict = lambda *args, **kwargs: None
-    with caplog.at_level(logging.INFO, logger="bmc.logprobs"):
+    with caplog.at_level(logging.INFO, logger="bmc.scoring_check"):
         losses = [module._step(batch, "train") for _ in range(2)]
     assert all(torch.allclose(loss, expected) for loss in losses)
     notes = [r.getMessage() for r in caplog.records if "share_prompt" in r.getMessage()]

@@ -12,12 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bmc.bench.workload import realistic_datamodule
 from bmc.generation import generate
-from bmc.logprobs import (
-    SHARE_PROMPT_TOLERANCE,
-    response_token_logps,
-    scores_with_shared_prompt,
-    shared_prompt_token_logps,
-)
+from bmc.logprobs import response_token_logps, shared_prompt_token_logps
+from bmc.scoring_check import FLOAT32_TOLERANCE, verify_scoring
 from tests import real_checkpoint
 from tests.conftest import run_cli
 from tests.ignores_packing import IgnoresPacking
@@ -70,7 +66,8 @@ def test_train_py_on_the_real_checkpoint_with_its_defaults_exports_a_loadable_mo
 
 def test_the_shared_prompt_check_accepts_the_real_model_in_bf16_and_refuses_one_that_ignores_the_packing(smollm2):
     """Under bf16 autocast (trainer=gpu) the real model's two layouts differ by more than float32's tolerance from
-    rounding alone; the check computes in the weights' dtype, so bf16-mixed training keeps the shared prompt."""
+    rounding alone; the check computes in float32 (bf16 weights cast for it and back), so bf16 training keeps the
+    shared prompt and the chunked head, and the float32 tolerance still refuses a model that ignores the packing."""
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     model = AutoModelForCausalLM.from_pretrained(smollm2).eval()
     datamodule = realistic_datamodule(2, tokenizer, scale=0.25)  # 2 pairs of rows of about 140 tokens
@@ -78,10 +75,11 @@ def test_the_shared_prompt_check_accepts_the_real_model_in_bf16_and_refuses_one_
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         plain, mask = response_token_logps(model, batch)
         shared, _ = shared_prompt_token_logps(model, batch)
-        assert float((plain - shared)[mask].abs().max()) > SHARE_PROMPT_TOLERANCE["32-bit and wider"]
-        assert scores_with_shared_prompt(model, batch)
+        assert float((plain - shared)[mask].abs().max()) > FLOAT32_TOLERANCE
+        assert verify_scoring(model, batch, chunk_positions=64, share_prompt=True)
     bf16 = model.to(torch.bfloat16)
-    assert scores_with_shared_prompt(bf16, batch)
+    assert verify_scoring(bf16, batch, chunk_positions=64, share_prompt=True)
+    assert next(bf16.parameters()).dtype == torch.bfloat16
     for positions, mask_4d in ((True, False), (False, True)):
         with pytest.raises(RuntimeError, match="share_prompt=false"):
-            scores_with_shared_prompt(IgnoresPacking(bf16, positions, mask_4d), batch)
+            verify_scoring(IgnoresPacking(bf16, positions, mask_4d), batch, share_prompt=True)

@@ -70,7 +70,11 @@ def test_cached_reference_logps_equal_a_fresh_reference_forward(tiny, tmp_path: 
         ]
 
 
-def test_reference_cache_key_changes_with_model_data_and_truncation(tiny, tmp_path: Path) -> None:
+def test_reference_cache_key_changes_with_model_data_truncation_and_scoring_revision(
+    tiny, tmp_path: Path, monkeypatch
+) -> None:
+    """The scoring revision is in the key: values computed by an earlier scoring path (b51deb9's shared prompt
+    ignored sliding windows) are never served after a fix."""
     model, tokenizer = tiny
 
     def folder(key: str = "a", pairs=PAIRS, truncation=TRUNCATION) -> Path:
@@ -80,9 +84,12 @@ def test_reference_cache_key_changes_with_model_data_and_truncation(tiny, tmp_pa
     assert folder() == base
     edited = [dict(PAIRS[0], rejected=" It is 7.")] + PAIRS[1:]
     variants = {folder("b"), folder(pairs=edited), folder(truncation=Truncation(16, 8))}
-    assert base not in variants and len(variants) == 3
     payload = json.loads((base / "cache_payload.json").read_text())
-    assert set(payload) == {"model", "tokenizer", "data", "truncation", "precision", "format"}
+    assert set(payload) == {"model", "tokenizer", "data", "truncation", "precision", "format", "scoring"}
+    assert payload["scoring"] == bmc.reference.SCORING_REVISION >= 2
+    monkeypatch.setattr(bmc.reference, "SCORING_REVISION", payload["scoring"] - 1)
+    variants.add(folder())
+    assert base not in variants and len(variants) == 4
 
 
 def test_module_without_reference_or_cached_logps_fails_clearly(tiny) -> None:
@@ -161,29 +168,29 @@ def test_shared_prompt_precompute_equals_the_plain_one_in_fewer_positions(tiny, 
 
 
 def test_precompute_asks_the_shared_prompt_check_once_and_follows_it(tiny, monkeypatch) -> None:
-    """The check of bmc.logprobs (tested with the module in test_data.py) decides, on the first pair: a model it
-    turns down (flash-attention) is scored in plain rows; one it refuses stops the precompute."""
+    """The check of bmc.scoring_check (tested with the module in test_data.py) decides, on the first pair: a model
+    it turns down (flash-attention) is scored in plain rows; one it refuses stops the precompute."""
     model, tokenizer = tiny
     dm = _datamodule(tokenizer)
     asked: list[int] = []
 
-    def declines(model, batch, chunk_positions=None):
-        asked.append(batch["input_ids"].shape[0])
+    def declines(model, batch, chunk_positions=None, share_prompt=False):
+        asked.append((batch["input_ids"].shape[0], share_prompt))
         return False
 
     def never(*args, **kwargs):
         raise AssertionError("the check declined the shared-prompt layout")
 
-    monkeypatch.setattr(bmc.reference, "scores_with_shared_prompt", declines)
+    monkeypatch.setattr(bmc.reference, "verify_scoring", declines)
     monkeypatch.setattr(bmc.reference, "shared_prompt_token_logps", never)
     compute = bmc.reference.compute_reference_logps
     values = compute(model, dm.datasets["train"], dm.collate, 4, torch.device("cpu"), share_prompt=True)
-    assert asked == [2]  # one pair: its chosen and rejected rows
+    assert asked == [(2, True)]  # one pair: its chosen and rejected rows
     assert values["ref_chosen_logps"][0].shape == (len(dm.datasets["train"].rows()[0]["chosen_ids"]),)
 
     def refuses(*args, **kwargs):
         raise RuntimeError("share_prompt=true: ... Run with share_prompt=false.")
 
-    monkeypatch.setattr(bmc.reference, "scores_with_shared_prompt", refuses)
+    monkeypatch.setattr(bmc.reference, "verify_scoring", refuses)
     with pytest.raises(RuntimeError, match="share_prompt=false"):
         compute(model, dm.datasets["train"], dm.collate, 4, torch.device("cpu"), share_prompt=True)

@@ -1,0 +1,138 @@
+"""The first-batch check: a run's scoring path gives the model's own log-probs, or the run does not train.
+
+The shared-prompt layout (:func:`bmc.logprobs.shared_prompt_token_logps`) relies on the model honouring position
+ids and a 4D mask, and the chunked LM head on knowing what the family does to its logits
+(:mod:`bmc.logprobs`). Both are proven per family in the conformance matrix (``tests/test_conformance.py``,
+``docs/architectures.md``); the check proves them again for the model a run actually trains, once, on its first
+batch, against the model's own forward (full logits, plain rows). It looks at rows longer than the model's
+sliding window: where the batch has none, it adds a pair built from the batch's tokens that is.
+
+The question is the model's structure, not rounding, so the check computes in float32 whatever the run's
+precision: outside autocast, with full-precision float32 matmuls (no TF32), and with 16-bit weights cast to
+float32 for its forwards and back (exactly: every bf16 or fp16 value is a float32 value). At float32 an honest
+model's paths agree within :data:`FLOAT32_TOLERANCE`, the matrix's tolerance, while a model that ignores the
+position ids, the 4D mask or its window, or rescales its logits in an unknown way, is off by far more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import torch
+from transformers import PreTrainedModel
+
+from bmc.attention import attention_windows, why_prompts_cannot_be_shared
+from bmc.logprobs import response_token_logps, shared_prompt_token_logps
+
+log = logging.getLogger(__name__)
+
+#: the largest per-token log-prob gap between a scoring path and the model's own forward, both in float32
+#: (the conformance matrix's bound; SmolLM2-135M's shared-prompt layout is off by 2e-5, docs/performance.md)
+FLOAT32_TOLERANCE = 1e-4
+#: the same for 16-bit weights the check cannot cast (parameters that are not plain tensors, e.g. sharded):
+#: bf16 rounding alone reaches 0.39 per token on SmolLM2-135M; a model ignoring the packing is off by 1.9-9.7
+SIXTEEN_BIT_TOLERANCE = 1.0
+
+
+@torch.no_grad()
+def verify_scoring(
+    model: PreTrainedModel,
+    batch: dict[str, torch.Tensor],
+    chunk_positions: int | None = None,
+    share_prompt: bool = False,
+) -> bool:
+    """Check on one preference batch that the run's scoring path (shared prompts with ``share_prompt``, the
+    chunked head with ``chunk_positions``) gives ``model``'s own log-probs; returns whether its pairs are scored
+    with a shared prompt.
+
+    A model whose attention no mask can describe (:func:`bmc.attention.why_prompts_cannot_be_shared`) scores its
+    pairs as separate rows: False, with one log line. A path off by more than the tolerance raises, naming the
+    setting that turns it off, instead of training on wrong log-probs.
+    """
+    if share_prompt and (reason := why_prompts_cannot_be_shared(model)):
+        log.info("share_prompt: %s cannot share a prompt (%s): its pairs are scored as separate rows",
+                 type(model).__name__, reason)  # fmt: skip
+        share_prompt = False
+    if not share_prompt and chunk_positions is None:
+        return False
+    modes = {module: module.training for module in model.modules()}  # a wrapper's flag may not be its modules'
+    model.eval()
+    try:
+        with _float32(model) as tolerance:
+            for probe in _probes(model, batch) if share_prompt else [batch]:
+                expected, mask = response_token_logps(model, probe)
+                if chunk_positions is not None:
+                    _compare(expected, response_token_logps(model, probe, chunk_positions)[0], mask, tolerance,
+                             f"logprob_chunk={chunk_positions}: the chunked LM head of {type(model).__name__}",
+                             "logprob_chunk=null")  # fmt: skip
+                if share_prompt:
+                    _compare(expected, shared_prompt_token_logps(model, probe, chunk_positions)[0], mask, tolerance,
+                             f"share_prompt=true: {type(model).__name__} with its prompt shared",
+                             "share_prompt=false")  # fmt: skip
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return share_prompt
+
+
+def _compare(
+    expected: torch.Tensor, got: torch.Tensor, mask: torch.Tensor, tolerance: float, what: str, remedy: str
+) -> None:
+    gap = float((expected - got)[mask].abs().max()) if mask.any() else 0.0
+    if gap > tolerance:
+        raise RuntimeError(
+            f"{what} gives other log-probs than the model's own forward (largest per-token gap {gap:.3g}, above "
+            f"{tolerance:g}); it does not honour position_ids, the 4D attention mask or its window, or rescales "
+            f"its logits in a way this project does not know. Run with {remedy}."
+        )
+
+
+@contextlib.contextmanager
+def _float32(model: torch.nn.Module) -> Iterator[float]:
+    """Float32 computation for the check (module docstring); yields the tolerance that applies."""
+    params = list(model.parameters())
+    castable = all(type(p.data) is torch.Tensor for p in params)
+    half = [p for p in params if p.is_floating_point() and p.dtype.itemsize < 4]
+    dtypes = [p.dtype for p in half]
+    matmul = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    device = params[0].device.type if params else "cpu"
+    try:
+        with torch.autocast(device, enabled=False):
+            if half and castable:
+                for p in half:  # in place: the optimizer's references to these parameters stay valid
+                    p.data = p.data.float()
+            yield SIXTEEN_BIT_TOLERANCE if half and not castable else FLOAT32_TOLERANCE
+    finally:
+        if castable:
+            for p, dtype in zip(half, dtypes):
+                p.data = p.data.to(dtype)
+        torch.set_float32_matmul_precision(matmul)
+
+
+def _probes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """``batch``, and a pair longer than the model's smallest sliding window when no row of ``batch`` is: the
+    first pair's prompt repeated past the window, then its two responses."""
+    windows = [w for w in attention_windows(model).values() if w is not None]
+    lengths = batch["attention_mask"].sum(-1)
+    if not windows or int(lengths.max()) > min(windows):
+        return [batch]
+    ids, response = batch["input_ids"], batch["response_mask"]
+    n_pairs, prompt = ids.shape[0] // 2, int(response[0].int().argmax())
+    chosen, rejected = ids[0, prompt : lengths[0]], ids[n_pairs, prompt : lengths[n_pairs]]
+    repeats = -(-(min(windows) + 1) // prompt)
+    long_prompt = ids[0, :prompt].repeat(repeats)
+    rows = [torch.cat([long_prompt, chosen]), torch.cat([long_prompt, rejected])]
+    width = max(len(row) for row in rows)
+    probe = {
+        "input_ids": ids.new_zeros(2, width),
+        "attention_mask": batch["attention_mask"].new_zeros(2, width),
+        "response_mask": response.new_zeros(2, width),
+    }
+    for i, row in enumerate(rows):
+        probe["input_ids"][i, : len(row)] = row
+        probe["attention_mask"][i, : len(row)] = 1
+        probe["response_mask"][i, len(long_prompt) : len(row)] = True
+    return [batch, probe]

@@ -1,0 +1,144 @@
+"""The conformance matrix (tests/conformance.py, docs/architectures.md): every family x attention x precision x
+layout scores each response token as the model's own plain forward does, in log-probs and gradients, or falls
+back to separate rows with one log line where no attention mask can describe the shared prompt."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from bmc.logprobs import response_token_logps, shared_prompt_token_logps
+from bmc.scoring_check import verify_scoring
+from tests import conformance
+from tests.conformance import (
+    ATTENTION,
+    CHUNK,
+    FAMILIES,
+    LAYOUTS,
+    PRECISIONS,
+    TOLERANCE,
+    WIDTH,
+    WINDOW,
+    own_forward_logps,
+    pair_batch,
+    tiny_model,
+)
+
+
+def _with_lora(model: torch.nn.Module) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    # init_lora_weights=False: random B as well as A, so the adapters change every forward; PEFT refuses adapters
+    # on Mamba layers' out_proj (Falcon-H1)
+    torch.manual_seed(1)
+    config = LoraConfig(r=4, target_modules="all-linear", exclude_modules=["out_proj"], init_lora_weights=False)
+    return get_peft_model(model, config).eval()
+
+
+def _gap(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).detach().abs().max())
+
+
+CELLS = [
+    pytest.param(family, attention, precision, id=f"{family}-{attention}-{precision.replace(' ', '_')}")
+    for family in FAMILIES
+    for attention in ATTENTION[family]
+    for precision in PRECISIONS
+]
+
+
+@pytest.mark.parametrize("family,attention,precision", CELLS)
+def test_every_layout_scores_as_the_models_own_forward(
+    family: str, attention: str, precision: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    tolerance, batch = TOLERANCE[precision], pair_batch()
+    autocast = torch.autocast("cpu", PRECISIONS[precision] or torch.bfloat16, enabled=PRECISIONS[precision] is not None)
+    weights = torch.randn(batch["input_ids"].shape[0], WIDTH - 1, generator=torch.Generator().manual_seed(2))
+    models = {False: tiny_model(family, attention), True: _with_lora(tiny_model(family, attention))}
+    expected = {}
+    for lora, model in models.items():
+        params = [p for p in model.parameters() if p.requires_grad]
+        with autocast:
+            logps = own_forward_logps(model, batch)
+        expected[lora] = (logps, torch.autograd.grad((logps * weights).sum(), params), params)
+
+    for layout, (share, chunked, lora) in LAYOUTS.items():
+        model, chunk = models[lora], CHUNK if chunked else None
+        want, want_grads, params = expected[lora]
+        status = conformance.expected(family, layout)
+        if share:
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="bmc.scoring_check"):
+                assert verify_scoring(model, batch, chunk, share_prompt=True) == (status == "equal"), layout
+            assert ("scored as separate rows" in caplog.text) == (status == "fallback"), layout
+        score = shared_prompt_token_logps if share and status == "equal" else response_token_logps
+        with autocast:
+            logps, mask = score(model, batch, chunk)
+        assert torch.equal(mask, batch["response_mask"][:, 1:])
+        assert _gap(logps, want) <= tolerance, (layout, _gap(logps, want))
+        grads = torch.autograd.grad((logps * weights).sum(), params)
+        scale = max(float(g.abs().max()) for g in want_grads)
+        worst = max(_gap(got, ref) for got, ref in zip(grads, want_grads))
+        assert worst <= tolerance * max(scale, 1.0), (layout, worst, scale)
+
+
+def test_docs_architectures_is_what_the_script_writes() -> None:
+    from tests.conftest import ROOT
+
+    assert (ROOT / "docs" / "architectures.md").read_text() == conformance.render(), (
+        "docs/architectures.md is stale: run python -m tests.conformance"
+    )
+
+
+def _ignores_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The defect of b51deb9: the shared-prompt mask gives every layer full causal attention."""
+    import bmc.attention
+
+    monkeypatch.setattr(bmc.attention, "attention_windows", lambda model: {bmc.attention.FULL: None})
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma3"])
+def test_the_bf16_tolerance_catches_a_window_ignored_at_default_init(family: str, monkeypatch) -> None:
+    """At transformers' own init scale (0.02) attention barely shapes log-probs, and a shared prompt that ignores
+    the window is off by only about 0.05 nats on the tokens past the window: still above the bf16 tolerance."""
+    model, batch = tiny_model(family, initializer_range=0.02), pair_batch()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        want = own_forward_logps(model, batch)
+        assert _gap(shared_prompt_token_logps(model, batch)[0], want) <= TOLERANCE["bf16 autocast"]
+        _ignores_windows(monkeypatch)
+        assert _gap(shared_prompt_token_logps(model, batch)[0], want) >= 0.05 > TOLERANCE["bf16 autocast"]
+
+
+def test_the_first_batch_check_refuses_an_ignored_window_on_a_batch_inside_the_window(monkeypatch) -> None:
+    """A first batch whose rows all fit the window cannot show a window ignored: the check adds a pair longer than
+    the window, built from the batch's tokens, and refuses the defect there."""
+    model = tiny_model("mistral")
+    ids = torch.tensor([[1, 9, 4, 5], [1, 9, 6, 0]])  # prompt [1, 9]; responses of 2 and 1 tokens
+    batch = {"input_ids": ids, "attention_mask": (ids > 0).long(), "response_mask": torch.arange(4) >= 2}
+    batch["response_mask"] = batch["response_mask"] & (ids > 0)
+    assert int(batch["attention_mask"].sum(-1).max()) <= WINDOW
+    assert verify_scoring(model, batch, share_prompt=True)
+    _ignores_windows(monkeypatch)
+    with pytest.raises(RuntimeError, match="share_prompt=true: MistralForCausalLM.*Run with share_prompt=false"):
+        verify_scoring(model, batch, share_prompt=True)
+
+
+def test_the_first_batch_check_refuses_a_chunked_head_that_misses_a_logit_scaling() -> None:
+    """A family that rescales its logits in a way the chunked head does not know (here: times 3 after the head)
+    stops the run with the setting that turns the chunked head off; the shared prompt alone still passes."""
+    from transformers import LlamaForCausalLM
+
+    class ScalesLogits(LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 3
+            return out
+
+    model, batch = tiny_model("llama"), pair_batch()
+    scaled = ScalesLogits(model.config).eval()
+    scaled.load_state_dict(model.state_dict())
+    assert verify_scoring(scaled, batch, share_prompt=True)
+    with pytest.raises(RuntimeError, match=r"logprob_chunk=3: the chunked LM head of ScalesLogits.*logprob_chunk=null"):
+        verify_scoring(scaled, batch, chunk_positions=3, share_prompt=True)
