@@ -186,7 +186,7 @@ def attach_reference_logps(
         "format": _FILE_FORMAT,
         "scoring": SCORING_REVISION,
     }  # not the batching, chunk_positions or share_prompt: they lay out the computation, whose values agree to
-    # float rounding
+    # float rounding (the conformance matrix, docs/architectures.md, and the first-batch check)
 
     def build(folder: Path) -> None:
         for split, dataset in datamodule.datasets.items():

@@ -1,6 +1,6 @@
 """How far shared-prompt scoring departs from plain rows on a real checkpoint, for a model that honours the
 packing and for models that ignore part of it, in float32, under bf16 autocast and with bf16 weights: the
-measurement behind the first-batch check of ``bmc.logprobs.scores_with_shared_prompt``.
+measurement behind the first-batch check (now ``bmc.scoring_check.verify_scoring``).
 
     python docs/measure_shared_prompt_check.py <checkpoint folder> [--batches 4] [--threads 2] [--out F]
 
