@@ -1,11 +1,17 @@
 """The truncation rule keeps a prompt's frame (bmc.data.tokenize): a prompt cut to its budget keeps its BOS and the
 chat template's header at its start, and the end of the user turn and the assistant header at its end; the tokens
-right after the head go. A row whose frame leaves no room for content is dropped."""
+right after the head go. A row whose frame leaves no room for content is dropped, counted and reported, in the
+preference and the SFT DataModules alike."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from tokenizers.processors import TemplateProcessing
 
+from bmc.data.datamodule import PreferenceDataModule, SFTDataModule
+from bmc.data.render import render_prompt
 from bmc.data.tokenize import PromptFrame, Truncation, prompt_frame
 from bmc.tokenizer import train_bpe_tokenizer
 
@@ -23,6 +29,7 @@ CHATML_WITH_SYSTEM = (
 )
 HEAD = ["<bos>", "<start_of_turn>", "user", "Ċ"]  # Ċ: the byte-level BPE's newline
 TAIL = ["<end_of_turn>", "Ċ", "<start_of_turn>", "m", "o", "d", "el", "Ċ"]
+DIGITS = "0123456789"  # ten tokens: the tokenizer splits digits one by one
 
 
 def _gemma_like():
@@ -32,6 +39,10 @@ def _gemma_like():
     bos = tokenizer.bos_token_id
     tokenizer._tokenizer.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
     return tokenizer
+
+
+def _chat(tokenizer, question: str) -> str:
+    return render_prompt(question, tokenizer, user_turn=True)
 
 
 def test_a_cut_prompt_keeps_its_head_and_its_end_and_loses_the_tokens_after_the_head() -> None:
@@ -92,3 +103,70 @@ def test_the_frame_is_the_templates_text_around_a_user_message_with_bos_and_the_
     refusing = _gemma_like()
     refusing.chat_template = "{{ raise_exception('only system turns') }}"
     assert prompt_frame(refusing) == PromptFrame(head=(refusing.bos_token_id,))
+
+
+def test_preference_pairs_keep_bos_the_chat_header_and_the_generation_prompt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tokenizer = _gemma_like()
+    pairs = [{"prompt": _chat(tokenizer, DIGITS), "chosen": "42", "rejected": "41"}]
+    with caplog.at_level(logging.WARNING, logger="bmc.data.datamodule"):
+        dm = PreferenceDataModule(
+            train=pairs, val=pairs, tokenizer=tokenizer, truncation=Truncation(20, 16), batch_size=1
+        )
+        dm.setup()
+    row = dm.datasets["train"][0]
+    # 4 + 10 + 8 = 22 prompt tokens and 3 per response; the prompt's budget is max(16, 20 - 3) = 17
+    assert tokenizer.convert_ids_to_tokens(row["prompt_ids"]) == [*HEAD, "5", "6", "7", "8", "9", *TAIL]
+    assert tokenizer.convert_ids_to_tokens(row["chosen_ids"]) == ["4", "2", "<end_of_turn>"]
+    assert tokenizer.convert_ids_to_tokens(row["rejected_ids"]) == ["4", "1", "<end_of_turn>"]
+    assert dm.truncated_rows == {"train": 1, "val": 1} and dm.dropped_rows == {"train": 0, "val": 0}
+    assert "pairs/train: truncated 1 of 1 pair(s) longer than max_length=20 (the prompt after its BOS" in caplog.text
+
+
+def test_sft_examples_keep_bos_the_chat_header_and_the_generation_prompt() -> None:
+    tokenizer = _gemma_like()
+    examples = [{"prompt": _chat(tokenizer, DIGITS), "response": "42"}]
+    dm = SFTDataModule(train=examples, val=[], tokenizer=tokenizer, truncation=Truncation(20, 16), batch_size=1)
+    dm.setup()
+    row = dm.datasets["train"][0]
+    assert tokenizer.convert_ids_to_tokens(row["prompt_ids"]) == [*HEAD, "5", "6", "7", "8", "9", *TAIL]
+    assert tokenizer.convert_ids_to_tokens(row["response_ids"]) == ["4", "2", "<end_of_turn>"]
+    assert dm.truncated_rows == {"train": 1, "val": 0} and dm.dropped_rows == {"train": 0, "val": 0}
+
+
+def test_rows_whose_frame_does_not_fit_are_dropped_counted_and_reported(caplog: pytest.LogCaptureFixture) -> None:
+    tokenizer = _gemma_like()
+    long_prompt = _chat(tokenizer, DIGITS)  # 22 tokens, its frame 4 + 8 = 12
+    # a response of 10 tokens + end of turn leaves the prompt max(12, 20 - 11) = 12 tokens: all frame, no content
+    over_long = {"prompt": long_prompt, "chosen": DIGITS, "rejected": DIGITS[::-1]}
+    short = {"prompt": _chat(tokenizer, "1+1?"), "chosen": "2", "rejected": "3"}  # 16 + 2 tokens: no cut
+    rule = Truncation(20, 12)
+    with caplog.at_level(logging.WARNING, logger="bmc.data.datamodule"):
+        dm = PreferenceDataModule(train=[over_long, short], val=[short], tokenizer=tokenizer, truncation=rule,
+                                  batch_size=1)  # fmt: skip
+        dm.setup()
+    (kept,) = dm.datasets["train"].rows(["prompt_ids", "chosen_ids"])  # the short pair, whole
+    assert tokenizer.convert_ids_to_tokens(kept["prompt_ids"]) == [*HEAD, "1", "+", "1", "?", *TAIL]
+    assert tokenizer.convert_ids_to_tokens(kept["chosen_ids"]) == ["2", "<end_of_turn>"]
+    assert dm.dropped_rows == {"train": 1, "val": 0} and dm.truncated_rows == {"train": 0, "val": 0}
+    assert "pairs/train: dropped 1 of 2 pair(s) whose prompt must be cut but whose frame" in caplog.text
+    assert "leaves no token of its content within the prompt's budget (max_prompt_length=12" in caplog.text
+
+    sft = SFTDataModule(
+        train=[{"prompt": long_prompt, "response": DIGITS}, {"prompt": short["prompt"], "response": "2"}],
+        val=[],
+        tokenizer=tokenizer,
+        truncation=rule,
+        batch_size=1,
+    )
+    with caplog.at_level(logging.WARNING, logger="bmc.data.datamodule"):
+        sft.setup()
+    assert len(sft.datasets["train"]) == 1 and sft.dropped_rows == {"train": 1, "val": 0}
+    assert "sft/train: dropped 1 of 2 example(s) whose prompt must be cut" in caplog.text
+
+    # a split left without rows is an error, not an empty loader
+    all_dropped = PreferenceDataModule(train=[short], val=[over_long], tokenizer=tokenizer, truncation=rule,
+                                       batch_size=1)  # fmt: skip
+    with pytest.raises(ValueError, match=r"pairs/val: all 1 pair\(s\) were dropped.*raise truncation\.max_prompt"):
+        all_dropped.setup()
