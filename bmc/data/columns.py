@@ -39,7 +39,7 @@ class ColumnDataset(Dataset):
         fields: Sequence[str] | None = None,
     ) -> ColumnDataset:
         """``encode`` applied to ``rows`` in batches of ``batch_size`` (a dict of input columns in, a dict of
-        output columns out, one entry per row), with a progress bar. ``fields`` are the input columns
+        output columns out, one entry per row it keeps), with a progress bar. ``fields`` are the input columns
         ``encode`` reads (default: the first row's); only they are handed to it, so other keys of the rows
         (a dataset's extra columns, which rows may lack) never reach the tensors."""
         out: dict[str, list[Any]] = {}

@@ -8,7 +8,7 @@ padded tensor so the LightningModule runs a single concatenated forward.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
 from functools import partial
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from bmc.data.columns import REF_COLUMNS, ColumnDataset
-from bmc.data.tokenize import Truncation, encode_prompts, encode_responses, pad_sequences
+from bmc.data.tokenize import Truncation, encode_prompts, encode_responses, pad_sequences, prompt_frame
 from bmc.losses.masks import diff_masks, stopword_token_ids
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,13 @@ class EpochSampler(DistributedSampler):
 
 
 class _TokenizedDataModule(pl.LightningDataModule):
-    """Shared loader plumbing: subclasses fill ``self.datasets[split]`` and define ``collate``."""
+    """Shared tokenization and loader plumbing: subclasses fill ``self.datasets[split]`` with :meth:`_tokenize`
+    and define ``collate``. ``truncated_rows`` and ``dropped_rows`` count, per split, the rows the truncation
+    rule cut and those it dropped (their prompt's frame leaves no room for its content), both also logged."""
+
+    #: how the log lines name this module's rows: "<kind>/<split>: truncated 3 of 100 <noun>(s) ..."
+    kind = "rows"
+    noun = "row"
 
     def __init__(
         self,
@@ -98,12 +104,59 @@ class _TokenizedDataModule(pl.LightningDataModule):
         super().__init__()
         self.tokenizer = tokenizer
         self.truncation = truncation
+        # the tokens truncation keeps at both ends of a prompt: found once from the tokenizer, passed to each cut
+        self.prompt_frame = prompt_frame(tokenizer)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.seed = seed
         self.datasets: dict[str, ColumnDataset] = {}
         self.truncated_rows: dict[str, int] = {}
+        self.dropped_rows: dict[str, int] = {}
+
+    def _tokenize(
+        self,
+        split: str,
+        rows: list[dict[str, Any]],
+        encode: Callable[[dict[str, list]], dict[str, list]],
+        fields: Sequence[str],
+    ) -> None:
+        """``self.datasets[split]``: ``rows`` through ``encode``, which leaves out the rows the truncation rule
+        drops and flags those it cuts (``truncated``); both are counted and logged. Raises when rows were given
+        and all of them were dropped."""
+        dataset = ColumnDataset.from_rows(rows, encode, desc=f"tokenize {self.kind}/{split}", fields=fields)
+        self.datasets[split] = dataset
+        self.dropped_rows[split] = len(rows) - len(dataset)
+        self.truncated_rows[split] = sum(dataset["truncated"]) if len(dataset) else 0
+        where = f"{self.kind}/{split}"
+        why = (
+            f"whose prompt must be cut but whose frame (BOS, the chat template's header and the assistant header, "
+            f"see bmc/data/tokenize.py) leaves no token of its content within the prompt's budget "
+            f"(max_prompt_length={self.truncation.max_prompt_length}, or what the responses leave of "
+            f"max_length={self.truncation.max_length})"
+        )
+        if rows and not dataset:
+            raise ValueError(
+                f"{where}: all {len(rows)} {self.noun}(s) were dropped, {why}; raise truncation.max_prompt_length"
+            )
+        if self.dropped_rows[split]:
+            log.warning("%s: dropped %d of %d %s(s) %s", where, self.dropped_rows[split], len(rows), self.noun, why)
+        if self.truncated_rows[split]:
+            log.warning(
+                "%s: truncated %d of %d %s(s) longer than max_length=%d (the prompt after its BOS and chat header, "
+                "keeping its end, not below %d tokens, then the responses from the right)%s",
+                where,
+                self.truncated_rows[split],
+                len(rows),
+                self.noun,
+                self.truncation.max_length,
+                self.truncation.max_prompt_length,
+                self._after_the_cut(dataset),
+            )
+
+    def _after_the_cut(self, dataset: ColumnDataset) -> str:
+        """What the truncation log line adds about the cut rows of ``dataset`` (nothing here)."""
+        return ""
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -131,6 +184,9 @@ class _TokenizedDataModule(pl.LightningDataModule):
 class SFTDataModule(_TokenizedDataModule):
     """(prompt, response) examples for supervised fine-tuning; loss only on response tokens."""
 
+    kind = "sft"
+    noun = "example"
+
     def __init__(self, train: list[dict[str, str]], val: list[dict[str, str]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rows = {"train": train, "val": val}
@@ -138,18 +194,20 @@ class SFTDataModule(_TokenizedDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split, rows in self.rows.items():
             if split not in self.datasets:
-                self.datasets[split] = ColumnDataset.from_rows(
-                    rows, self._encode, desc=f"tokenize sft/{split}", fields=("prompt", "response")
-                )
+                self._tokenize(split, rows, self._encode, fields=("prompt", "response"))
 
     def _encode(self, batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {"prompt_ids": [], "response_ids": []}
+        out: dict[str, list] = {"prompt_ids": [], "response_ids": [], "truncated": []}
         prompts = encode_prompts(self.tokenizer, batch["prompt"])
         responses = encode_responses(self.tokenizer, batch["response"])
         for prompt, response in zip(prompts, responses):
-            prompt, (response,), _ = self.truncation.apply(prompt, [response])
+            cut = self.truncation.apply(prompt, [response], self.prompt_frame)
+            if cut is None:  # dropped: counted by _tokenize from the rows left out
+                continue
+            prompt, (response,), truncated = cut
             out["prompt_ids"].append(prompt)
             out["response_ids"].append(response)
+            out["truncated"].append(truncated)
         return out
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -167,6 +225,9 @@ class PreferenceDataModule(_TokenizedDataModule):
     together (:class:`EpochSampler`) to cut padding. When :func:`bmc.reference.attach_reference_logps` has
     added the cached reference log-probs to the datasets, batches carry them as ``ref_token_logps``.
     """
+
+    kind = "pairs"
+    noun = "pair"
 
     def __init__(
         self,
@@ -190,32 +251,15 @@ class PreferenceDataModule(_TokenizedDataModule):
                 continue
             if not rows:  # training needs pairs, validation a loss to report; the pipeline never passes none
                 raise ValueError(f"PreferenceDataModule: the {split} split has no pairs")
-            self.datasets[split] = ColumnDataset.from_rows(
-                rows,
-                partial(self._encode, stopwords=stopwords),
-                desc=f"tokenize pairs/{split}",
-                fields=("prompt", "chosen", "rejected"),
-            )
-            self._report_truncation(split)
+            encode = partial(self._encode, stopwords=stopwords)
+            self._tokenize(split, rows, encode, fields=("prompt", "chosen", "rejected"))
 
-    def _report_truncation(self, split: str) -> None:
-        dataset = self.datasets[split]
-        flags = dataset["truncated"]
-        self.truncated_rows[split] = sum(flags)
-        if not self.truncated_rows[split]:
-            return
+    def _after_the_cut(self, dataset: ColumnDataset) -> str:
         # cutting the responses can remove the only tokens in which they differ: no preference signal is left
-        identical = sum(cut and c == r for cut, c, r in zip(flags, dataset["chosen_ids"], dataset["rejected_ids"]))
-        log.warning(
-            "pairs/%s: truncated %d of %d pair(s) longer than max_length=%d (the prompt from the left, not below %d "
-            "tokens, then the responses from the right); %d of them have identical responses after the cut",
-            split,
-            self.truncated_rows[split],
-            len(flags),
-            self.truncation.max_length,
-            self.truncation.max_prompt_length,
-            identical,
+        identical = sum(
+            cut and c == r for cut, c, r in zip(dataset["truncated"], dataset["chosen_ids"], dataset["rejected_ids"])
         )
+        return f"; {identical} of them have identical responses after the cut"
 
     def train_dataloader(self) -> DataLoader:
         # (The SFT warm start keeps its seeded shuffle: it runs in one process, is never resumed, and its
@@ -264,9 +308,10 @@ class PreferenceDataModule(_TokenizedDataModule):
             chosen_marks, rejected_marks = diff_masks(
                 chosen_ids, rejected_ids, alignment=self.masks["alignment"], stopword_ids=stopwords
             )
-            prompt_ids, (chosen_ids, rejected_ids), truncated = self.truncation.apply(
-                prompt_ids, [chosen_ids, rejected_ids]
-            )
+            cut = self.truncation.apply(prompt_ids, [chosen_ids, rejected_ids], self.prompt_frame)
+            if cut is None:  # dropped: counted by _tokenize from the rows left out
+                continue
+            prompt_ids, (chosen_ids, rejected_ids), truncated = cut
             out["prompt_ids"].append(prompt_ids)
             out["chosen_ids"].append(chosen_ids)
             out["rejected_ids"].append(rejected_ids)

@@ -7,10 +7,18 @@ an assistant turn (:func:`response_end_id`: the chat template's end-of-turn toke
 learns to stop where its chat format does.
 
 Truncation rule (applied only when prompt + longest response exceed ``max_length``):
-1. the prompt is cut from the left (its end, which holds the question, is kept), but never below
-   ``max_prompt_length`` tokens;
-2. the responses are then cut from the right to fit.
-Because ``max_prompt_length < max_length``, a non-empty response always keeps at least one token: the
+1. the prompt's budget is what the longest response leaves of ``max_length``, but not below
+   ``max_prompt_length`` tokens; a prompt within its budget stays whole;
+2. a longer prompt keeps its frame and loses the tokens right after its head: it keeps its head (the tokens it
+   shares at its start with the tokenizer's :func:`prompt_frame` head: BOS and the chat template's header
+   before the user's content, all of it for a prompt rendered from one user turn, BOS alone for a plain text
+   prompt) and then its last ``budget - head`` tokens, which end with the end of the last user turn and the
+   assistant header that the response follows (the frame's tail);
+3. a prompt whose head and tail leave no token of its content within the budget is dropped, not cut
+   (:meth:`Truncation.apply` returns None; the DataModules count and report the rows they drop);
+4. the responses are then cut from the right to fit.
+Unlike a cut from the left (TRL's ``keep_end``), the model never reads a prompt without its BOS or its chat
+header. Because ``max_prompt_length < max_length``, a non-empty response always keeps at least one token: the
 rule cannot silently turn a response into an empty one.
 """
 
@@ -24,7 +32,18 @@ from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
+class PromptFrame:
+    """The tokens a tokenizer's prompts start (``head``) and end (``tail``) with around their content, which
+    truncation keeps (:func:`prompt_frame`)."""
+
+    head: tuple[int, ...] = ()
+    tail: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Truncation:
+    """The truncation rule of this module's docstring, for ``max_length`` prompt + response tokens."""
+
     max_length: int = 256
     max_prompt_length: int = 128
 
@@ -35,40 +54,65 @@ class Truncation:
                 f"max_length={self.max_length}"
             )
 
-    def apply(self, prompt: list[int], responses: list[list[int]]) -> tuple[list[int], list[list[int]], bool]:
-        """Truncate one prompt and its responses; returns (prompt, responses, was_truncated)."""
+    def apply(
+        self, prompt: list[int], responses: list[list[int]], frame: PromptFrame = PromptFrame()
+    ) -> tuple[list[int], list[list[int]], bool] | None:
+        """Truncate one prompt and its responses; returns (prompt, responses, was_truncated), or None when the
+        row is dropped: its prompt must be cut but ``frame`` leaves no room for its content."""
         longest = max(len(r) for r in responses)
         if len(prompt) + longest <= self.max_length:
             return prompt, responses, False
-        keep_prompt = min(len(prompt), max(self.max_prompt_length, self.max_length - longest))
-        prompt = prompt[len(prompt) - keep_prompt :]
-        budget = self.max_length - len(prompt)
-        return prompt, [r[:budget] for r in responses], True
+        budget = max(self.max_prompt_length, self.max_length - longest)
+        if len(prompt) > budget:
+            head = _shared_length(prompt, frame.head)
+            tail = _shared_length(prompt[::-1], frame.tail[::-1])
+            if head + tail >= budget:
+                return None
+            prompt = prompt[:head] + prompt[len(prompt) - (budget - head) :]
+        room = self.max_length - len(prompt)
+        return prompt, [r[:room] for r in responses], True
+
+
+def _shared_length(ids: Sequence[int], start: Sequence[int]) -> int:
+    """How many tokens ``ids`` shares with ``start`` from their beginning."""
+    return next((i for i, (a, b) in enumerate(zip(ids, start)) if a != b), min(len(ids), len(start)))
 
 
 def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-_PROBE = "\u2063bmc-response\u2063"  # text no template or tokenizer alters, to find where a response ends
+# text no template or tokenizer alters, to find where a message's content sits in a template's output
+_PROBE = "\u2063bmc-response\u2063"
+
+
+def _around_probe(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], add_generation_prompt: bool = False
+) -> tuple[str, str] | None:
+    """The chat template's text before and after the ``_PROBE`` content of one of ``messages``, or None: no chat
+    template, or one that refuses this conversation (it tells nothing about the format then)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception:
+        return None
+    if _PROBE not in text:
+        return None
+    before, after = text.split(_PROBE, 1)
+    return before, after
 
 
 def response_end_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The token that ends an assistant turn: the first special token the chat template writes after an
     assistant message (ChatML's ``<|im_end|>``, Gemma's ``<end_of_turn>``, Phi-3's ``<|end|>``, Llama 3's
     ``<|eot_id|>``), else EOS (no chat template, or one that writes no special token there)."""
-    if getattr(tokenizer, "chat_template", None):
-        turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
-        try:
-            text = tokenizer.apply_chat_template(turns, tokenize=False)
-        except Exception:  # a template that refuses this conversation tells nothing about where turns end
-            text = ""
-        if _PROBE in text:
-            special = set(tokenizer.all_special_ids)
-            after = encode_texts(tokenizer, [text.split(_PROBE, 1)[1]])[0]
-            end = next((token for token in after if token in special), None)
-            if end is not None:
-                return end
+    around = _around_probe(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}])
+    if around is not None:
+        special = set(tokenizer.all_special_ids)
+        end = next((token for token in encode_texts(tokenizer, [around[1]])[0] if token in special), None)
+        if end is not None:
+            return end
     return tokenizer.eos_token_id
 
 
@@ -83,6 +127,19 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list
     text already begins with it (a chat template's output usually does)."""
     prefix = bos_prefix(tokenizer)
     return [ids if ids[:1] == prefix else prefix + ids for ids in encode_texts(tokenizer, texts)]
+
+
+def prompt_frame(tokenizer: PreTrainedTokenizerBase) -> PromptFrame:
+    """The frame :class:`Truncation` keeps of this tokenizer's prompts: as head, the chat template's text before
+    the content of a lone user message, tokenized as :func:`encode_prompts` does (so it starts with BOS where the
+    model uses one); as tail, the text after that content with the generation prompt (the end of the user turn
+    and the assistant header). Without a chat template (or with one that refuses a lone user message): BOS as
+    head, no tail."""
+    around = _around_probe(tokenizer, [{"role": "user", "content": _PROBE}], add_generation_prompt=True)
+    if around is None:
+        return PromptFrame(head=tuple(bos_prefix(tokenizer)))
+    before, after = around
+    return PromptFrame(tuple(encode_prompts(tokenizer, [before])[0]), tuple(encode_texts(tokenizer, [after])[0]))
 
 
 def served_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> str:

@@ -114,6 +114,7 @@ def train_preference(
     metrics["data/train_pairs"] = float(len(train_pairs))
     metrics["data/val_pairs"] = float(len(val_pairs))
     metrics["data/truncated_pairs"] = float(sum(datamodule.truncated_rows.values()))
+    metrics["data/dropped_pairs"] = float(sum(datamodule.dropped_rows.values()))
     if not trainer.is_global_zero:
         log.info("rank %d of %d: training done; rank 0 writes summary.json", trainer.global_rank, trainer.world_size)
     sharded = isinstance(trainer.strategy, FSDPStrategy) and trainer.world_size > 1
