@@ -170,3 +170,15 @@ def test_rows_whose_frame_does_not_fit_are_dropped_counted_and_reported(caplog: 
                                        batch_size=1)  # fmt: skip
     with pytest.raises(ValueError, match=r"pairs/val: all 1 pair\(s\) were dropped.*raise truncation\.max_prompt"):
         all_dropped.setup()
+
+
+def test_stage_caches_key_the_truncation_rule_with_its_settings() -> None:
+    """The SFT warm start and the reward model key their checkpoints on the truncation settings and the rule's
+    revision: a model trained on rows cut by the left-cut rule (revision 1) is never reused for the frame rule."""
+    from omegaconf import OmegaConf
+
+    from bmc.data.tokenize import TRUNCATION_RULE
+    from bmc.stages.common import truncation_key
+
+    cfg = OmegaConf.create({"truncation": {"max_length": 8, "max_prompt_length": 4}})
+    assert truncation_key(cfg) == {"max_length": 8, "max_prompt_length": 4, "rule": 2} and TRUNCATION_RULE == 2

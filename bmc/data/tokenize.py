@@ -30,6 +30,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+#: raised whenever the rule changes which tokens a row keeps, so that caches keyed on the truncation settings (the
+#: SFT warm start, the reward model) never serve a model trained on rows cut by an earlier rule. 2: the frame kept
+TRUNCATION_RULE = 2
+
 
 @dataclass(frozen=True)
 class PromptFrame:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.data.sources import TaskData
-from bmc.data.tokenize import Truncation
+from bmc.data.tokenize import TRUNCATION_RULE, Truncation
 from bmc.distributed import split_across_ranks
 from bmc.generation import answer_and_score, generation_budget, score_summary
 from bmc.reference import accelerator_device
@@ -26,6 +26,11 @@ def container(node: DictConfig) -> Any:
 def truncation(cfg: DictConfig) -> Truncation:
     """The truncation rule of ``cfg.truncation`` (raises on out-of-range lengths)."""
     return Truncation(cfg.truncation.max_length, cfg.truncation.max_prompt_length)
+
+
+def truncation_key(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg.truncation`` and the rule's revision, for the cache key of a stage that trains on cut rows."""
+    return {**container(cfg.truncation), "rule": TRUNCATION_RULE}
 
 
 def stage_trainer(cfg: DictConfig, folder: Path, max_steps: int, **overrides: Any) -> pl.Trainer:

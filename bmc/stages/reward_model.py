@@ -23,7 +23,7 @@ from bmc.cache import cache_key, cached_dir
 from bmc.data.datamodule import PreferenceDataModule
 from bmc.data.sources import TaskData, split_pairs
 from bmc.module import RewardModule
-from bmc.stages.common import container, stage_steps, stage_trainer, stage_trainer_key, truncation
+from bmc.stages.common import container, stage_steps, stage_trainer, stage_trainer_key, truncation, truncation_key
 from bmc.stages.warm_start import StartingPolicy
 
 
@@ -59,7 +59,7 @@ def train_reward_model(
         "sft": policy.fingerprint(),
         "pairs": cache_key(task_data.reward_pairs),
         "train": options,
-        "truncation": container(cfg.truncation),
+        "truncation": truncation_key(cfg),
         "trainer": stage_trainer_key(cfg),
     }
 

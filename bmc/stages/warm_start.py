@@ -28,7 +28,15 @@ from bmc.data.sources import TaskData
 from bmc.models import ModelSource, PretrainedLM, add_lora
 from bmc.module import SFTModule
 from bmc.reference import accelerator_device
-from bmc.stages.common import container, stage_steps, stage_trainer, stage_trainer_key, truncation, verifier_metrics
+from bmc.stages.common import (
+    container,
+    stage_steps,
+    stage_trainer,
+    stage_trainer_key,
+    truncation,
+    truncation_key,
+    verifier_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +98,7 @@ def _sft_checkpoint(cfg: DictConfig, task_data: TaskData, source: ModelSource) -
         "data": cache_key([task_data.sft_train, task_data.sft_val]),
         "sft": {**container(cfg.sft), "steps": stage_steps(cfg, cfg.sft.steps)},
         "logprob_chunk": cfg.logprob_chunk,
-        "truncation": container(cfg.truncation),
+        "truncation": truncation_key(cfg),
         # the evaluation settings the SFT's own check uses, not the kind of the final evaluation: eval=winrate
         # and eval=verifier share one SFT checkpoint
         "eval": {k: cfg.eval.get(k) for k in SFT_EVAL_KEYS},
