@@ -33,7 +33,10 @@ def _text_config(model: torch.nn.Module) -> object | None:
 def attention_windows(model: torch.nn.Module) -> dict[str, int | None]:
     """The kinds of attention layer ``model`` has and the window of each (None: full causal attention)."""
     config = _text_config(model)
-    window = getattr(config, "sliding_window", None) or None  # Qwen2-MoE writes 0 for "no window"
+    # Qwen2-MoE writes 0 for "no window"; older Qwen2 configs keep a window that use_sliding_window turns off
+    window = getattr(config, "sliding_window", None) or None
+    if getattr(config, "use_sliding_window", True) is False:
+        window = None
     kinds = set(getattr(config, "layer_types", None) or [SLIDING if window else FULL])
     return {kind: window if kind == SLIDING else None for kind in sorted(kinds)}
 

@@ -142,3 +142,28 @@ def test_the_first_batch_check_refuses_a_chunked_head_that_misses_a_logit_scalin
     assert verify_scoring(scaled, batch, share_prompt=True)
     with pytest.raises(RuntimeError, match=r"logprob_chunk=3: the chunked LM head of ScalesLogits.*logprob_chunk=null"):
         verify_scoring(scaled, batch, chunk_positions=3, share_prompt=True)
+
+
+def test_layer_kinds_and_windows_are_read_from_each_familys_config() -> None:
+    """Released defaults: Qwen2 keeps its window off unless use_sliding_window; Mistral windows every layer;
+    Gemma-2 alternates; Qwen2-MoE's window 0 is none; hybrids and flash-attention cannot share a prompt."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from bmc.attention import attention_windows, why_prompts_cannot_be_shared
+
+    def of(model_type: str, **options: object) -> SimpleNamespace:
+        return SimpleNamespace(config=AutoConfig.for_model(model_type, **options))
+
+    assert attention_windows(of("qwen2", sliding_window=4096)) == {"full_attention": None}
+    assert attention_windows(of("qwen2_moe")) == {"full_attention": None}
+    assert attention_windows(of("mistral")) == {"sliding_attention": 4096}
+    assert attention_windows(of("gemma2")) == {"full_attention": None, "sliding_attention": 4096}
+    assert attention_windows(SimpleNamespace()) == {"full_attention": None}  # a double without a config
+    assert all(why_prompts_cannot_be_shared(of(options["model_type"])) is None
+               for family, (options, _) in FAMILIES.items() if family not in conformance.FALLBACKS)  # fmt: skip
+    assert "no attention mask restricts" in why_prompts_cannot_be_shared(of("falcon_h1"))
+    flash = of("llama")
+    flash.config._attn_implementation = "flash_attention_2"
+    assert "takes no 4D attention mask" in why_prompts_cannot_be_shared(flash)
