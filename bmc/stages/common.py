@@ -13,9 +13,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.data.sources import TaskData
 from bmc.data.tokenize import Truncation
+from bmc.devices import accelerator_device
 from bmc.distributed import split_across_ranks
 from bmc.generation import answer_and_score, generation_budget, score_summary
-from bmc.reference import accelerator_device
 
 
 def container(node: DictConfig) -> Any:

@@ -36,8 +36,8 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 from bmc.cache import cache_key, weights_fingerprint
 from bmc.data.tokenize import encode_texts
+from bmc.devices import accelerator_device
 from bmc.generation import generate, generation_budget
-from bmc.reference import accelerator_device
 from bmc.stages.eval_setup import EvalSetup, Evaluation
 from bmc.stages.preference import TrainedPolicy, train_val_pairs
 from bmc.synthesis._common import ordered_map
