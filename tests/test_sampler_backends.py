@@ -11,12 +11,14 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bmc.data.render import render_task
 from bmc.data.sources import TaskData
 from bmc.data.tokenize import encode_prompts
+from bmc.precision import resolve_precision
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.endpoint import ChatError, OpenAIEndpoint
 from bmc.synthesis.pipeline import _samples, samples_from_policy
@@ -66,9 +68,12 @@ def chat_ctx(tiny_lm: Path, tmp_path: Path) -> SynthesisContext:
     return SynthesisContext({}, task_data, model, tokenizer, tmp_path / "cache", model_key={"tiny": 1})
 
 
-def _with_sampler(ctx: SynthesisContext, backend: Any, cache: Path) -> SynthesisContext:
+def _with_sampler(ctx: SynthesisContext, backend: Any, cache: Path, **context: Any) -> SynthesisContext:
+    """``ctx`` with a sampler config and ``cache``; ``context``: more of SynthesisContext's arguments."""
     sampler = {"backend": backend, "n": 3, "max_new_tokens": 4, "prompts_per_batch": 2, "seed": 7}
-    return SynthesisContext({"sampler": sampler}, ctx.task_data, ctx.model, ctx.tokenizer, cache, ctx.model_key)
+    return SynthesisContext(
+        {"sampler": sampler}, ctx.task_data, ctx.model, ctx.tokenizer, cache, ctx.model_key, **context
+    )
 
 
 def test_openai_sampler_sends_each_prompt_once_with_n_and_returns_the_samples_in_order() -> None:
@@ -113,6 +118,33 @@ def test_openai_and_hf_write_the_same_cache_entries_from_the_same_rendered_promp
     assert served_ctx.report["truncated_completions"] == len(QUESTIONS)  # the second sample of each
     assert served_ctx.report["completions"] == hf_ctx.report["completions"] == 3 * len(QUESTIONS)
     assert hf_ctx.report["truncated_completions"] == sum(sum(s["truncated"]) for s in hf)
+
+
+def test_hf_samples_in_the_trainers_precision_and_keys_its_samples_by_it(
+    chat_ctx: SynthesisContext, tmp_path: Path
+) -> None:
+    autocast: list[torch.dtype | None] = []  # what each forward of the policy autocasts to (None: nothing)
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        autocast.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+
+    chat_ctx.model.lm_head.register_forward_pre_hook(record)
+
+    def sample(value: str) -> tuple[SynthesisContext, set]:
+        autocast.clear()
+        ctx = _with_sampler(chat_ctx, "hf", tmp_path / "cache", precision=resolve_precision(value))
+        _samples(ctx)
+        return ctx, set(autocast)
+
+    full, forwards = sample("32-true")
+    assert forwards == {None}
+    assert build_sampler_backend("hf", full).identity() == {"tiny": 1}  # entries from before the rule stay valid
+    bf16, forwards = sample("bf16")
+    assert forwards == {torch.bfloat16}  # Lightning's bf16 is bf16-mixed: autocast, as training runs
+    assert build_sampler_backend("hf", bf16).identity() == {"tiny": 1, "precision": "bf16-mixed"}
+    assert len(list((tmp_path / "cache" / "samples").glob("*/results.jsonl"))) == 2
+    _, forwards = sample("bf16-mixed")
+    assert forwards == set()  # the same entry: read, not drawn
 
 
 def test_a_killed_openai_run_resumes_with_only_the_missing_prompts(chat_ctx: SynthesisContext, tmp_path: Path) -> None:
