@@ -7,7 +7,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from bmc.synthesis.pipeline import _samples, samples_from_policy
 from bmc.synthesis.sampler import OpenAISampler, SamplingSettings, build_sampler_backend
 from tests.conftest import compose_config
 from tests.fake_chat_server import FakeChatServer, completions
+from tests.fake_vllm import fake_vllm
 
 SECRET = "sk-test-SAMPLER9secret"
 KEY_ENV = "BMC_TEST_SAMPLER_KEY"
@@ -245,42 +245,11 @@ def test_max_concurrency_bounds_the_prompts_in_flight_and_cuts_the_wall_time() -
     assert walls[4] < 0.6 * walls[1]  # 12 x 50 ms in sequence vs 3 rounds of 4
 
 
-def _fake_vllm(calls: dict[str, list]) -> ModuleType:
-    """A stand-in ``vllm`` module: records the engine's construction and each ``generate`` call, and answers
-    like vLLM (``outputs`` of CompletionOutput-likes, here in reverse index order)."""
-
-    class SamplingParams:
-        def __init__(self, **kwargs: Any) -> None:
-            self.kwargs = kwargs
-
-    class LLM:
-        def __init__(self, **kwargs: Any) -> None:
-            calls["LLM"].append(kwargs)
-
-        def generate(self, requests: list[dict], params: list[SamplingParams], use_tqdm: bool = True) -> list:
-            calls["generate"].append((requests, [p.kwargs for p in params]))
-            return [
-                SimpleNamespace(
-                    outputs=[
-                        SimpleNamespace(
-                            index=k, text=f"{p.kwargs['seed']}|{k}", finish_reason="length" if k else "stop"
-                        )
-                        for k in reversed(range(p.kwargs["n"]))
-                    ]
-                )
-                for p in params
-            ]
-
-    module = ModuleType("vllm")
-    module.LLM, module.SamplingParams = LLM, SamplingParams
-    return module
-
-
 def test_vllm_backend_calls_the_engine_with_hf_token_ids_and_caches_like_the_others(
     chat_ctx: SynthesisContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: dict[str, list] = {"LLM": [], "generate": []}
-    monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(calls))
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm(calls))
     backend = {"kind": "vllm", "model": "/ckpts/policy", "dtype": "bfloat16"}
     ctx = _with_sampler(chat_ctx, backend, tmp_path / "cache")
     samples = _samples(ctx)
