@@ -256,6 +256,7 @@ def test_vllm_backend_calls_the_engine_with_hf_token_ids_and_caches_like_the_oth
     (engine,) = calls["LLM"]
     assert engine["model"] == "/ckpts/policy" and engine["dtype"] == "bfloat16"
     assert engine["tensor_parallel_size"] == 1 and engine["trust_remote_code"] is False
+    assert "gpu_memory_utilization" not in engine  # a CPU-trained policy leaves the GPU to vLLM's default share
     rendered = [p["prompt"] for p in chat_ctx.task_data.pairs]
     requests = [r for batch, _ in calls["generate"] for r in batch]
     assert requests == [{"prompt_token_ids": ids} for ids in encode_prompts(chat_ctx.tokenizer, rendered)]
