@@ -76,7 +76,7 @@ class Precision:
         are cast. ``16-mixed`` autocasts to bfloat16 on the CPU, as Lightning trains it there."""
         return _forward_context(self, torch.device(device))
 
-    def cache_key(self) -> dict[str, str]:
+    def key_fields(self) -> dict[str, str]:
         """What a cache key of values computed under this precision holds of it: nothing for ``32-true``, the
         way everything outside ``fit`` computed before the precision rule, so that entries made then stay
         valid; the unified name otherwise."""

@@ -41,7 +41,7 @@ def test_every_precision_lightning_accepts_is_normalised_by_its_own_mapping() ->
         assert precision.name == (_convert_precision_to_unified_args(value) or "32-true")
     assert resolve_precision("bf16") == resolve_precision("bf16-mixed")  # one cache entry, one computation
     assert DEFAULT_PRECISION == resolve_precision(32)
-    assert DEFAULT_PRECISION.cache_key() == {} and resolve_precision(16).cache_key() == {"precision": "16-mixed"}
+    assert DEFAULT_PRECISION.key_fields() == {} and resolve_precision(16).key_fields() == {"precision": "16-mixed"}
 
 
 @pytest.mark.parametrize("value", ["bf32", "16-bit", 8, 16.5, "fp16"])

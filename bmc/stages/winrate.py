@@ -120,7 +120,7 @@ def _reference_answers(setup: EvalSetup, held_out: list[HeldOut], budget: int) -
     precision = resolve_precision(cfg.trainer.precision)
     prompts = [h.prompt for h in held_out]
     payload = {"reference": policy.fingerprint(), "max_new_tokens": budget, "batch_size": cfg.eval.batch_size,
-               **precision.cache_key()}  # fmt: skip
+               **precision.key_fields()}  # fmt: skip
 
     def answer(batch: list[str], start: int) -> list[dict[str, Any]]:
         outputs = generate(policy.model, policy.tokenizer, batch, budget, batch_size=len(batch), desc="reference",
@@ -282,7 +282,7 @@ def prepare_winrate(setup: EvalSetup) -> Evaluation:
             "judge": judge_options(setup),
             "max_new_tokens": budget,
             "batch_size": cfg.eval.batch_size,
-            **precision.cache_key(),
+            **precision.key_fields(),
         }
         rows = resumable_map(cfg.paths.cache_dir, "winrate", payload, prompts, answer_and_judge, cfg.eval.batch_size)
         _write_rows(cfg, rows, loggers, trained.trainer.global_step)

@@ -45,7 +45,7 @@ class HFSampler(ModelSampler):
 
     def identity(self) -> Any:
         # the checkpoint's fingerprint and the precision, none for 32-true: earlier samples keep their entries
-        return {**self.model_key, **self.precision.cache_key()}
+        return {**self.model_key, **self.precision.key_fields()}
 
     def sample_batch(self, prompts: Sequence[str], first_index: int, settings: SamplingSettings) -> list[PromptSamples]:
         torch.manual_seed(settings.prompt_seed(first_index))
