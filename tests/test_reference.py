@@ -194,9 +194,9 @@ def test_precompute_asks_the_shared_prompt_check_once_and_follows_it(tiny, monke
 def test_the_bf16_alias_computes_and_caches_the_reference_as_bf16_mixed_not_float32(tiny, tmp_path: Path) -> None:
     model, tokenizer = tiny
     compute = bmc.reference.compute_reference_logps
-    dataset, collate = _datamodule(tokenizer).datasets["train"], _datamodule(tokenizer).collate
+    dm = _datamodule(tokenizer)
     alias, mixed, full = (
-        compute(model, dataset, collate, 4, torch.device("cpu"), resolve_precision(value))
+        compute(model, dm.datasets["train"], dm.collate, 4, torch.device("cpu"), resolve_precision(value))
         for value in ("bf16", "bf16-mixed", "32-true")
     )
     for name in alias:
