@@ -13,6 +13,7 @@ from pytorch_lightning.loggers import WandbLogger
 from transformers import PreTrainedTokenizerBase
 
 from bmc.generation import answer_and_score, score_summary
+from bmc.precision import resolve_precision
 from bmc.tasks import Example, Task
 
 log = logging.getLogger(__name__)
@@ -108,9 +109,9 @@ class StopAtAccuracy(pl.Callback):
         if step % self.check_every or (self.history and self.history[-1][0] == step):
             return
         # no progress bar: a check every few steps would print one line each into non-terminal logs
-        answers = answer_and_score(
-            self.task, self.examples, pl_module.policy, self.tokenizer, self.batch_size, progress=False
-        )
+        # callbacks run outside the precision plugin's forward context: the check generates in the training's
+        answers = answer_and_score(self.task, self.examples, pl_module.policy, self.tokenizer, self.batch_size,
+                                   progress=False, precision=resolve_precision(trainer.precision))  # fmt: skip
         metrics = score_summary(answers)
         self.history.append((step, metrics["accuracy"]))
         if metrics["accuracy"] >= self.target:

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.data.tokenize import encode_prompts, encode_texts, response_end_id
+from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.tasks import Example, Task
 
 
@@ -29,14 +30,17 @@ def generate(
     top_p: float = 1.0,
     desc: str = "generate",
     progress: bool = True,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> list[tuple[str, bool]]:
     """Complete each prompt; returns (text, truncated) where truncated means no end token within the budget.
 
     Prompts are left-padded so every row's new tokens start at the same column. Generation stops at any of
-    :func:`stop_token_ids`.
+    :func:`stop_token_ids`. ``precision``: the trainer's (:mod:`bmc.precision`), which the policy generates in
+    as it trains; a precision that casts the weights leaves the model cast, as ``fit`` would.
     """
     was_training = model.training
     model.eval()
+    precision.convert(model)
     device = next(model.parameters()).device
     pad, stops = tokenizer.pad_token_id, stop_token_ids(model, tokenizer)
     results: list[tuple[str, bool]] = []
@@ -49,14 +53,15 @@ def generate(
         sampling = (
             {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
         )
-        output = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad,
-            eos_token_id=stops,
-            **sampling,
-        )[:, width:].tolist()
+        with precision.forward_context(device):
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=stops,
+                **sampling,
+            )[:, width:].tolist()
         for ids in output:
             end = next((i for i, token in enumerate(ids) if token in stops), None)
             results.append((tokenizer.decode(ids[:end], skip_special_tokens=True), end is None))
@@ -88,10 +93,11 @@ def answer_and_score(
     batch_size: int = 64,
     progress: bool = True,
     max_new_tokens: int | None = None,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> list[dict[str, Any]]:
     """The greedy answer to each example and its verifier score, one row per example in order (``prompt``,
     ``response``, ``truncated``, ``score``), within ``max_new_tokens`` (None: :func:`generation_budget`, the
-    gold responses' length plus a margin)."""
+    gold responses' length plus a margin), generated in the trainer's ``precision``."""
     outputs = generate(
         model,
         tokenizer,
@@ -100,6 +106,7 @@ def answer_and_score(
         batch_size=batch_size,
         desc="evaluate",
         progress=progress,
+        precision=precision,
     )
     return [
         {"prompt": example.prompt, "response": text, "truncated": truncated, "score": task.score(example, text)}

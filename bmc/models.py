@@ -28,10 +28,12 @@ from bmc.tokenizer import train_bpe_tokenizer
 
 
 def _torch_dtype(name: str) -> torch.dtype:
+    # float64: what a local judge or editor model follows trainer.precision=64-true in (bmc.synthesis.local_models)
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+        return dtypes[name]
     except KeyError:
-        raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {name!r}") from None
+        raise ValueError(f"model.dtype must be float32, bfloat16, float16 or float64, got {name!r}") from None
 
 
 def load_causal_lm(

@@ -13,7 +13,6 @@ token weighting needs the reference's per-token confidence.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -28,9 +27,9 @@ from transformers import PreTrainedModel
 from bmc.cache import cached_dir
 from bmc.data.columns import ID_COLUMNS, REF_COLUMNS, ColumnDataset
 from bmc.logprobs import SCORING_REVISION, response_token_logps, shared_prompt_token_logps
+from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.scoring_check import verify_scoring
 
-_AUTOCAST = {"bf16": torch.bfloat16, "16": torch.float16}
 #: part of the cache key, so that entries in an earlier file format are never read as this one
 _FILE_FORMAT = "safetensors-flat-v1"
 
@@ -55,25 +54,6 @@ def load_logps(path: Path) -> dict[str, list[list[float]]]:
     return {
         name: [row.tolist() for row in tensors[name].split(tensors[f"{name}.lengths"].tolist())] for name in REF_COLUMNS
     }
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Lightning's mixed precisions run the forward under autocast, so the cached values must too."""
-    dtype = next((d for prefix, d in _AUTOCAST.items() if str(precision).startswith(prefix)), None)
-    if dtype is None or "mixed" not in str(precision):
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def accelerator_device(accelerator: str) -> torch.device:
-    """The device a Lightning ``accelerator`` setting trains this process on, for work done outside ``fit``: the
-    GPU of the process's local rank (set by Lightning's launcher, torchrun or SLURM), so that the ranks of a
-    multi-GPU run never all load onto the first GPU."""
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))))
-    if accelerator in ("mps", "auto") and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def _on(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -108,7 +88,7 @@ def compute_reference_logps(
     collate: Any,
     batch_size: int,
     device: torch.device,
-    precision: str = "32-true",
+    precision: Precision = DEFAULT_PRECISION,
     desc: str = "reference log-probs",
     chunk_positions: int | None = None,
     share_prompt: bool = False,
@@ -122,12 +102,15 @@ def compute_reference_logps(
     ``share_prompt``: each pair's prompt runs once, as in training
     (:func:`~bmc.logprobs.shared_prompt_token_logps`). ``chunk_positions``: the chunked LM head of
     :mod:`bmc.logprobs`. Either is checked first on the first pair, as training checks it
-    (:func:`~bmc.scoring_check.verify_scoring`).
+    (:func:`~bmc.scoring_check.verify_scoring`). ``precision``: the trainer's (:mod:`bmc.precision`), which the
+    values are computed in as training computes its own; a precision that casts the weights (``bf16-true``)
+    leaves the model cast, as ``fit`` would.
     """
     was_training = model.training
     model.eval()
     original_device = next(model.parameters()).device
     model.to(device)
+    precision.convert(model)  # the weights training starts from: Lightning casts them so at fit
     rows = dataset.rows()
     prompts = [len(row["prompt_ids"]) for row in rows]
     chosen, rejected = [len(row["chosen_ids"]) for row in rows], [len(row["rejected_ids"]) for row in rows]
@@ -143,7 +126,7 @@ def compute_reference_logps(
         batches = length_batches(packed_widths if packs else plain_widths, 1 if packs else 2, batch_size, batch_tokens)
         for indices in tqdm(batches, desc=desc, unit="batch"):
             batch = _on(device, collate([rows[i] for i in indices]))
-            with _autocast(device, precision):
+            with precision.forward_context(device):
                 logps, mask = score(model, batch, chunk_positions)
             logps, mask = logps.float().cpu(), mask.cpu()
             for row, index in enumerate(indices):
@@ -160,7 +143,7 @@ def attach_reference_logps(
     model: PreTrainedModel,
     cache_dir: str | os.PathLike,
     model_key: dict[str, Any],
-    precision: str = "32-true",
+    precision: Precision = DEFAULT_PRECISION,
     device: torch.device | None = None,
     batch_size: int = 64,
     chunk_positions: int | None = None,
@@ -182,7 +165,7 @@ def attach_reference_logps(
             "max_length": datamodule.truncation.max_length,
             "max_prompt_length": datamodule.truncation.max_prompt_length,
         },
-        "precision": str(precision),
+        "precision": precision.name,
         "format": _FILE_FORMAT,
         "scoring": SCORING_REVISION,
     }  # not the batching, chunk_positions or share_prompt: they lay out the computation, whose values agree to

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's bmc
 
 from bmc.bench.workload import realistic_datamodule  # noqa: E402
+from bmc.precision import resolve_precision  # noqa: E402
 from bmc.reference import compute_reference_logps, length_batches  # noqa: E402
 
 #: (name, share_prompt, batch_tokens, Lightning precision); batch_size 64 pairs throughout (the default), the
@@ -66,8 +67,8 @@ def main() -> None:
         padded = sum((1 if share else 2) * len(b) * max(widths[i] for i in b) for b in batches)
         began = time.perf_counter()
         values = compute_reference_logps(
-            model, dataset, datamodule.collate, 64, torch.device("cpu"), precision, chunk_positions=1024,
-            share_prompt=share, batch_tokens=tokens,
+            model, dataset, datamodule.collate, 64, torch.device("cpu"), resolve_precision(precision),
+            chunk_positions=1024, share_prompt=share, batch_tokens=tokens,
         )  # fmt: skip
         seconds = time.perf_counter() - began
         flat = torch.cat([torch.cat(v) for v in values.values()])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
+from bmc.precision import resolve_precision
 from bmc.synthesis.ipr import rank, rm_pairs
 from bmc.synthesis.judges import LLMJudge, RewardModelJudge, VerifierJudge, build_judge, parse_verdict
+from bmc.synthesis.local_models import with_model_dtypes
 from bmc.tasks import MathTask
 from bmc.tokenizer import train_bpe_tokenizer
 from tests.conftest import CONF, compose_config
@@ -74,6 +77,22 @@ def reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 PROMPT = "Tom has 3 apples. How many?\nAnswer:"
 RESPONSES = [" 3+4=7. The answer is 7.", " 3+4=8. The answer is 8.", " lime", " Mirvan lives in Tolvik.", " 7"]
+
+
+def test_the_reward_model_loads_in_the_trainers_precision_unless_its_dtype_is_set(reward_model_dir: Path) -> None:
+    default = OmegaConf.to_container(OmegaConf.load(CONF / "judge" / "reward_model.yaml"))
+    assert default["dtype"] is None and default["device"] is None
+    cfg = {**default, "path": str(reward_model_dir)}
+
+    def loaded(value: str, **overrides: object) -> torch.dtype:
+        judge = build_judge({**cfg, **overrides}, precision=resolve_precision(value))
+        assert all(map(math.isfinite, judge.score([PROMPT] * 2, RESPONSES[:2])))  # it scores in that dtype
+        return next(judge.model.parameters()).dtype
+
+    assert loaded("32-true") == torch.float32
+    assert loaded("bf16") == loaded("bf16-true") == torch.bfloat16
+    assert loaded("bf16-mixed", dtype="float32") == torch.float32  # an explicit dtype wins
+    assert with_model_dtypes(cfg, resolve_precision("bf16"))["dtype"] == "bfloat16"  # what its verdicts are keyed by
 
 
 def test_reward_model_scores_are_finite_deterministic_and_batch_independent(reward_model_dir: Path) -> None:

@@ -8,11 +8,14 @@ import traceback
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from bmc.generation import generate
+from bmc.precision import resolve_precision
 from bmc.synthesis.chat import LocalChat, OpenAIChat, build_chat_backend, render_messages
 from bmc.synthesis.endpoint import ChatError
+from bmc.synthesis.local_models import with_model_dtypes
 from tests.conftest import compose_config
 from tests.fake_chat_server import FakeChatServer
 
@@ -193,3 +196,37 @@ def test_one_override_switches_the_judge_or_editor_between_a_server_and_a_local_
     local = build_chat_backend(backend)
     assert isinstance(local, LocalChat) and local.max_new_tokens == 256
     assert isinstance(local.complete_many([[{"role": "user", "content": "hello"}]], max_tokens=4)[0], str)
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype", "loaded"),
+    [
+        ("32-true", None, torch.float32),
+        ("bf16", None, torch.bfloat16),  # Lightning's alias of bf16-mixed
+        ("bf16-true", None, torch.bfloat16),
+        ("16-mixed", None, torch.float16),
+        ("bf16-mixed", "float32", torch.float32),  # an explicit dtype wins over the rule
+        ("32-true", "bfloat16", torch.bfloat16),
+    ],
+)
+def test_a_local_backend_loads_in_the_trainers_precision_unless_its_dtype_is_set(
+    tiny_lm: Path, precision: str, dtype: str | None, loaded: torch.dtype
+) -> None:
+    cfg = {"kind": "local", "path": str(tiny_lm), "dtype": dtype, "max_new_tokens": 4}
+    backend = build_chat_backend(cfg, precision=resolve_precision(precision))
+    assert {p.dtype for p in backend.model.parameters()} == {loaded}
+    assert isinstance(backend.complete(MESSAGES), str)
+    # what its cached judgments and edits are keyed by: the dtype it loads in
+    resolved = with_model_dtypes({"kind": "llm", "backend": cfg}, resolve_precision(precision))
+    assert resolved["backend"]["dtype"] == str(loaded).removeprefix("torch.")
+    served = {"kind": "llm", "backend": {"kind": "openai", "model": "m"}}
+    assert with_model_dtypes(served, resolve_precision(precision)) == served  # nothing loads here
+
+
+def test_the_local_backend_config_leaves_the_dtype_to_the_precision(tiny_lm: Path) -> None:
+    cfg = compose_config(["judge=llm", "chat_backend@judge.backend=local", f"judge.backend.path={tiny_lm}",
+                          "trainer.precision=bf16"])  # fmt: skip
+    backend = OmegaConf.to_container(cfg.judge.backend)
+    assert backend["dtype"] is None
+    local = build_chat_backend(backend, precision=resolve_precision(cfg.trainer.precision))
+    assert next(local.model.parameters()).dtype == torch.bfloat16

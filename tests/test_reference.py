@@ -3,6 +3,7 @@ with a cache hit never builds or runs a reference model."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ from bmc.logprobs import response_token_logps
 from bmc.models import TinyLlama
 from bmc.module import PreferenceModule
 from bmc.pipeline import run
+from bmc.precision import resolve_precision
 from bmc.reference import attach_reference_logps
 
 PAIRS = [
@@ -194,3 +196,80 @@ def test_precompute_asks_the_shared_prompt_check_once_and_follows_it(tiny, monke
     monkeypatch.setattr(bmc.reference, "verify_scoring", refuses)
     with pytest.raises(RuntimeError, match="share_prompt=false"):
         compute(model, dm.datasets["train"], dm.collate, 4, torch.device("cpu"), share_prompt=True)
+
+
+def test_the_bf16_alias_computes_and_caches_the_reference_as_bf16_mixed_not_float32(tiny, tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    compute = bmc.reference.compute_reference_logps
+    dm = _datamodule(tokenizer)
+    alias, mixed, full = (
+        compute(model, dm.datasets["train"], dm.collate, 4, torch.device("cpu"), resolve_precision(value))
+        for value in ("bf16", "bf16-mixed", "32-true")
+    )
+    for name in alias:
+        assert all(torch.equal(a, b) for a, b in zip(alias[name], mixed[name]))
+        assert max((a - b).abs().max() for a, b in zip(alias[name], full[name])) > 1e-4  # bf16 rounding shows
+
+    def folder(value) -> Path:
+        dm = _datamodule(tokenizer)
+        return attach_reference_logps(dm, model, tmp_path, {"m": "tiny"}, precision=resolve_precision(value))
+
+    assert folder("bf16") == folder("bf16-mixed") != folder("32-true")
+    assert json.loads((folder("bf16") / "cache_payload.json").read_text())["precision"] == "bf16-mixed"
+
+
+@pytest.mark.parametrize(("value", "dtype"), [("bf16-true", torch.bfloat16), ("16-true", torch.float16)])
+def test_a_true_precision_computes_the_reference_with_weights_in_its_dtype(tiny, value: str, dtype) -> None:
+    """Lightning casts the policy to the dtype at fit, so the reference it starts from is that cast model."""
+    model, tokenizer = tiny
+    model = copy.deepcopy(model)
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+    model.lm_head.register_forward_pre_hook(
+        lambda module, args: seen.append((module.weight.dtype, torch.get_default_dtype()))
+    )
+    dm = _datamodule(tokenizer)
+    compute = bmc.reference.compute_reference_logps
+    values = compute(model, dm.datasets["train"], dm.collate, 4, torch.device("cpu"), resolve_precision(value))
+    assert seen and set(seen) == {(dtype, dtype)}
+    assert next(model.parameters()).dtype == dtype  # left cast, as fit would leave it
+    cast = compute(copy.deepcopy(tiny[0]).to(dtype), dm.datasets["train"], dm.collate, 4, torch.device("cpu"),
+                   resolve_precision(value))  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(values["ref_chosen_logps"], cast["ref_chosen_logps"]))
+    assert all(v.dtype == torch.float32 for v in values["ref_chosen_logps"])
+
+
+class _FirstStepRewards(PreferenceModule):
+    """Records the first training batch's per-token log-ratios, computed inside Lightning's training step."""
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if batch_idx == 0:
+            self.first_rewards = self.token_rewards(batch)
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("reference", ["bf16", "32-true"])
+def test_under_bf16_training_the_step0_log_ratios_are_zero_with_the_reference_of_the_rule(
+    tiny, tmp_path: Path, reference: str
+) -> None:
+    """trainer.precision=bf16 (Lightning's alias of bf16-mixed) trains under bf16 autocast: the reference
+    precomputed under the same precision equals the policy at step 0; one computed in float32 does not."""
+    import pytorch_lightning as pl
+
+    model, tokenizer = tiny
+    policy = copy.deepcopy(model)
+    dm = _datamodule(tokenizer)
+    attach_reference_logps(dm, policy, tmp_path, {"m": "tiny"}, precision=resolve_precision(reference), batch_size=3)
+    module = _FirstStepRewards(
+        policy, None, loss={"name": "dpo", "beta": 1.0}, token_weighting={"name": "uniform"},
+        regularizer={"name": "none"}, optim={"lr": 1e-3},
+    )  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu", precision="bf16", max_steps=1, logger=False, enable_checkpointing=False,
+        limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    rewards, mask = module.first_rewards
+    if reference == "bf16":
+        assert rewards[mask].abs().max() == 0
+    else:
+        assert rewards[mask].abs().max() > 1e-3

@@ -7,22 +7,24 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bmc.data.render import render_task
 from bmc.data.sources import TaskData
 from bmc.data.tokenize import encode_prompts
+from bmc.precision import resolve_precision
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.endpoint import ChatError, OpenAIEndpoint
 from bmc.synthesis.pipeline import _samples, samples_from_policy
 from bmc.synthesis.sampler import OpenAISampler, SamplingSettings, build_sampler_backend
 from tests.conftest import compose_config
 from tests.fake_chat_server import FakeChatServer, completions
+from tests.fake_vllm import fake_vllm
 
 SECRET = "sk-test-SAMPLER9secret"
 KEY_ENV = "BMC_TEST_SAMPLER_KEY"
@@ -66,9 +68,12 @@ def chat_ctx(tiny_lm: Path, tmp_path: Path) -> SynthesisContext:
     return SynthesisContext({}, task_data, model, tokenizer, tmp_path / "cache", model_key={"tiny": 1})
 
 
-def _with_sampler(ctx: SynthesisContext, backend: Any, cache: Path) -> SynthesisContext:
+def _with_sampler(ctx: SynthesisContext, backend: Any, cache: Path, **context: Any) -> SynthesisContext:
+    """``ctx`` with a sampler config and ``cache``; ``context``: more of SynthesisContext's arguments."""
     sampler = {"backend": backend, "n": 3, "max_new_tokens": 4, "prompts_per_batch": 2, "seed": 7}
-    return SynthesisContext({"sampler": sampler}, ctx.task_data, ctx.model, ctx.tokenizer, cache, ctx.model_key)
+    return SynthesisContext(
+        {"sampler": sampler}, ctx.task_data, ctx.model, ctx.tokenizer, cache, ctx.model_key, **context
+    )
 
 
 def test_openai_sampler_sends_each_prompt_once_with_n_and_returns_the_samples_in_order() -> None:
@@ -113,6 +118,33 @@ def test_openai_and_hf_write_the_same_cache_entries_from_the_same_rendered_promp
     assert served_ctx.report["truncated_completions"] == len(QUESTIONS)  # the second sample of each
     assert served_ctx.report["completions"] == hf_ctx.report["completions"] == 3 * len(QUESTIONS)
     assert hf_ctx.report["truncated_completions"] == sum(sum(s["truncated"]) for s in hf)
+
+
+def test_hf_samples_in_the_trainers_precision_and_keys_its_samples_by_it(
+    chat_ctx: SynthesisContext, tmp_path: Path
+) -> None:
+    autocast: list[torch.dtype | None] = []  # what each forward of the policy autocasts to (None: nothing)
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        autocast.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+
+    chat_ctx.model.lm_head.register_forward_pre_hook(record)
+
+    def sample(value: str) -> tuple[SynthesisContext, set]:
+        autocast.clear()
+        ctx = _with_sampler(chat_ctx, "hf", tmp_path / "cache", precision=resolve_precision(value))
+        _samples(ctx)
+        return ctx, set(autocast)
+
+    full, forwards = sample("32-true")
+    assert forwards == {None}
+    assert build_sampler_backend("hf", full).identity() == {"tiny": 1}  # entries from before the rule stay valid
+    bf16, forwards = sample("bf16")
+    assert forwards == {torch.bfloat16}  # Lightning's bf16 is bf16-mixed: autocast, as training runs
+    assert build_sampler_backend("hf", bf16).identity() == {"tiny": 1, "precision": "bf16-mixed"}
+    assert len(list((tmp_path / "cache" / "samples").glob("*/results.jsonl"))) == 2
+    _, forwards = sample("bf16-mixed")
+    assert forwards == set()  # the same entry: read, not drawn
 
 
 def test_a_killed_openai_run_resumes_with_only_the_missing_prompts(chat_ctx: SynthesisContext, tmp_path: Path) -> None:
@@ -213,48 +245,18 @@ def test_max_concurrency_bounds_the_prompts_in_flight_and_cuts_the_wall_time() -
     assert walls[4] < 0.6 * walls[1]  # 12 x 50 ms in sequence vs 3 rounds of 4
 
 
-def _fake_vllm(calls: dict[str, list]) -> ModuleType:
-    """A stand-in ``vllm`` module: records the engine's construction and each ``generate`` call, and answers
-    like vLLM (``outputs`` of CompletionOutput-likes, here in reverse index order)."""
-
-    class SamplingParams:
-        def __init__(self, **kwargs: Any) -> None:
-            self.kwargs = kwargs
-
-    class LLM:
-        def __init__(self, **kwargs: Any) -> None:
-            calls["LLM"].append(kwargs)
-
-        def generate(self, requests: list[dict], params: list[SamplingParams], use_tqdm: bool = True) -> list:
-            calls["generate"].append((requests, [p.kwargs for p in params]))
-            return [
-                SimpleNamespace(
-                    outputs=[
-                        SimpleNamespace(
-                            index=k, text=f"{p.kwargs['seed']}|{k}", finish_reason="length" if k else "stop"
-                        )
-                        for k in reversed(range(p.kwargs["n"]))
-                    ]
-                )
-                for p in params
-            ]
-
-    module = ModuleType("vllm")
-    module.LLM, module.SamplingParams = LLM, SamplingParams
-    return module
-
-
 def test_vllm_backend_calls_the_engine_with_hf_token_ids_and_caches_like_the_others(
     chat_ctx: SynthesisContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: dict[str, list] = {"LLM": [], "generate": []}
-    monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(calls))
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm(calls))
     backend = {"kind": "vllm", "model": "/ckpts/policy", "dtype": "bfloat16"}
     ctx = _with_sampler(chat_ctx, backend, tmp_path / "cache")
     samples = _samples(ctx)
     (engine,) = calls["LLM"]
     assert engine["model"] == "/ckpts/policy" and engine["dtype"] == "bfloat16"
     assert engine["tensor_parallel_size"] == 1 and engine["trust_remote_code"] is False
+    assert "gpu_memory_utilization" not in engine  # a CPU-trained policy leaves the GPU to vLLM's default share
     rendered = [p["prompt"] for p in chat_ctx.task_data.pairs]
     requests = [r for batch, _ in calls["generate"] for r in batch]
     assert requests == [{"prompt_token_ids": ids} for ids in encode_prompts(chat_ctx.tokenizer, rendered)]

@@ -124,7 +124,8 @@ def test_unparseable_judge_replies_are_counted() -> None:
 
 
 def _setup(baseline: str, task_data: TaskData, judge: dict | None = None, pairs: list | None = None) -> SimpleNamespace:
-    cfg = OmegaConf.create({"eval": {"baseline": baseline}, "data": {"val_fraction": 0.5}, "task": {"seed": 0}})
+    cfg = OmegaConf.create({"eval": {"baseline": baseline}, "data": {"val_fraction": 0.5}, "task": {"seed": 0},
+                            "trainer": {"accelerator": "cpu", "precision": "32-true"}})  # fmt: skip
     return SimpleNamespace(
         cfg=cfg, task_data=task_data, judge=JudgeSetup(judge or {}), pairs=PreferencePairs(pairs or [], {})
     )
@@ -156,6 +157,27 @@ def test_baselines_and_the_settings_they_cannot_work_with(tmp_path: Path) -> Non
     llm = OmegaConf.to_container(compose_config(["judge=llm"]).judge)
     with pytest.raises(ValueError, match=r"eval=winrate .* judge=llm .* needs `model`"):
         pairwise_judge(_setup("chosen", DATASET, judge=llm))
+
+
+def test_the_reference_answers_are_generated_and_cached_in_the_trainers_precision(tmp_path: Path, monkeypatch) -> None:
+    asked: list[str] = []
+
+    def generate(model, tokenizer, prompts, budget, **kwargs) -> list[tuple[str, bool]]:
+        asked.append(kwargs["precision"].name)
+        return [(f" in {kwargs['precision'].name}", False) for _ in prompts]
+
+    monkeypatch.setattr("bmc.stages.winrate.generate", generate)
+
+    def answers(precision: str) -> dict[str, str]:
+        setup = _setup("reference", DATASET)
+        setup.cfg.trainer.precision, setup.cfg.eval.batch_size = precision, 4
+        setup.cfg.paths = {"cache_dir": str(tmp_path)}
+        setup.policy = SimpleNamespace(fingerprint=lambda: {"checkpoint": "sft"}, model=None, tokenizer=None)
+        return baseline_answers(setup, [HeldOut("Q0?", None)], budget=8).answers
+
+    assert answers("bf16") == answers("bf16-mixed") == {"Q0?": " in bf16-mixed"}
+    assert answers("32-true") == {"Q0?": " in 32-true"}
+    assert asked == ["bf16-mixed", "32-true"]  # bf16 and bf16-mixed: one cache entry
 
 
 def test_a_dataset_is_judged_against_the_reference_answers_on_its_validation_prompts(make_config, tmp_path) -> None:

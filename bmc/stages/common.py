@@ -13,9 +13,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.data.sources import TaskData
 from bmc.data.tokenize import TRUNCATION_RULE, Truncation
+from bmc.devices import accelerator_device
 from bmc.distributed import split_across_ranks
 from bmc.generation import answer_and_score, generation_budget, score_summary
-from bmc.reference import accelerator_device
+from bmc.precision import resolve_precision
 
 
 def container(node: DictConfig) -> Any:
@@ -74,20 +75,20 @@ def verifier_answers(
     across_ranks: bool = False,
 ) -> list[dict[str, Any]]:
     """Greedy answers to the task's held-out prompts with their verifier scores (:func:`answer_and_score`), on
-    the training device; empty for tasks without a verifier or with ``eval.enabled=false``. ``across_ranks``:
-    every process of a multi-process run generates its share of the batches, and every one gets all answers
-    (:func:`bmc.distributed.split_across_ranks`)."""
+    the training device in the trainer's precision; empty for tasks without a verifier or with
+    ``eval.enabled=false``. ``across_ranks``: every process of a multi-process run generates its share of the
+    batches, and every one gets all answers (:func:`bmc.distributed.split_across_ranks`)."""
     examples = task_data.eval_examples
     if task_data.verifier is None or not examples or not cfg.eval.enabled:
         return []
     model.to(accelerator_device(cfg.trainer.accelerator))  # Lightning moves a model back to the CPU after fit
     # one budget for all shares: each share's own longest gold response would truncate differently
     budget = cfg.eval.get("max_new_tokens") or generation_budget(tokenizer, examples)
+    precision = resolve_precision(cfg.trainer.precision)
 
     def answer(share: list) -> list[dict[str, Any]]:
-        return answer_and_score(
-            task_data.verifier, share, model, tokenizer, batch_size=cfg.eval.batch_size, max_new_tokens=budget
-        )
+        return answer_and_score(task_data.verifier, share, model, tokenizer, batch_size=cfg.eval.batch_size,
+                                max_new_tokens=budget, precision=precision)  # fmt: skip
 
     return split_across_ranks(examples, answer, block=cfg.eval.batch_size) if across_ranks else answer(examples)
 

@@ -20,6 +20,8 @@ from omegaconf import DictConfig
 
 from bmc.cache import cache_key, cached_dir
 from bmc.data.sources import TaskData
+from bmc.devices import accelerator_device
+from bmc.precision import resolve_precision
 from bmc.stages.common import container
 from bmc.stages.reward_model import JudgeSetup
 from bmc.stages.warm_start import StartingPolicy
@@ -61,6 +63,8 @@ def preference_pairs(
         model_key=policy.fingerprint() if policy.checkpoint is not None else None,
         judge_cfg=judge.options,
         editor_cfg=container(cfg.editor),
+        precision=resolve_precision(cfg.trainer.precision),
+        device=accelerator_device(cfg.trainer.accelerator),
     )
     pairs, report = build_pairs(context)
     report.update(judge.report)

@@ -24,10 +24,12 @@ from transformers import PreTrainedModel
 
 from bmc.checkpointing import load_policy_weights, resolve_ckpt_path
 from bmc.data.sources import split_pairs
+from bmc.devices import accelerator_device
 from bmc.distributed import check_launch
 from bmc.losses import needs_reference
 from bmc.models import add_lora, frozen_copy
-from bmc.reference import accelerator_device, attach_reference_logps
+from bmc.precision import resolve_precision
+from bmc.reference import attach_reference_logps
 from bmc.stages.common import container, truncation
 from bmc.stages.pairs import PreferencePairs
 from bmc.stages.warm_start import StartingPolicy
@@ -82,7 +84,7 @@ def train_preference(
             model,
             cfg.paths.cache_dir,
             model_key=policy.fingerprint(),
-            precision=str(cfg.trainer.precision),
+            precision=resolve_precision(cfg.trainer.precision),
             device=accelerator_device(cfg.trainer.accelerator),
             batch_size=cfg.reference.batch_size,
             chunk_positions=cfg.logprob_chunk,

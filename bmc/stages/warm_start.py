@@ -25,9 +25,9 @@ from bmc.cache import cache_key, cached_dir, checkpoint_fingerprint
 from bmc.callbacks import StopAtAccuracy
 from bmc.data.datamodule import SFTDataModule
 from bmc.data.sources import TaskData
+from bmc.devices import accelerator_device
 from bmc.models import ModelSource, PretrainedLM, add_lora
 from bmc.module import SFTModule
-from bmc.reference import accelerator_device
 from bmc.stages.common import (
     container,
     stage_steps,

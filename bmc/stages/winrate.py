@@ -8,18 +8,20 @@ dataset's chosen response.
 
 Baselines (``eval.baseline``): ``reference``, the starting policy's own greedy answer with the same budget,
 generated before training while the policy still holds the starting weights and cached under
-``<cache>/reference_answers`` by the starting checkpoint; ``chosen``, the dataset's chosen response; anything
-else is the path of a JSONL file of ``{prompt, answer}`` rows. The judge is built before training too, so
-that a setting that cannot work fails in seconds (a local judge model stays loaded meanwhile).
+``<cache>/reference_answers`` by the starting checkpoint and the precision; ``chosen``, the dataset's chosen
+response; anything else is the path of a JSONL file of ``{prompt, answer}`` rows. The judge is built before
+training too, so that a setting that cannot work fails in seconds (a local judge model stays loaded
+meanwhile, on the trainer's device).
 
 Answers identical to the baseline's are ties without asking the judge: at temperature 0 the two orders of
 identical answers are the same request twice, which the both-order rule makes a tie whatever the verdict.
 
 Cached item by item under ``<cache>/winrate`` (:func:`bmc.synthesis.store.resumable_map`), keyed by the
 trained weights' contents, the starting checkpoint (the tokenizer), the prompts, the baseline's answers, the
-judge config and the answer budget: a rerun with the same policy generates and judges nothing. Every prompt's
-answers and verdicts go to ``<run>/eval_winrate.jsonl`` and, with the wandb logger, to the table
-``eval/winrate_answers``.
+judge config, the answer budget and the trainer's precision, which the answers are generated in
+(:mod:`bmc.precision`; a local judge model loads in it unless its ``dtype`` is set): a rerun with the same
+policy generates and judges nothing. Every prompt's answers and verdicts go to ``<run>/eval_winrate.jsonl``
+and, with the wandb logger, to the table ``eval/winrate_answers``.
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 from bmc.cache import cache_key, weights_fingerprint
 from bmc.data.tokenize import encode_texts
+from bmc.devices import accelerator_device
 from bmc.generation import generate, generation_budget
-from bmc.reference import accelerator_device
+from bmc.precision import resolve_precision
 from bmc.stages.eval_setup import EvalSetup, Evaluation
 from bmc.stages.preference import TrainedPolicy, train_val_pairs
 from bmc.synthesis._common import ordered_map
 from bmc.synthesis.judges import Judge, build_judge
+from bmc.synthesis.local_models import with_model_dtypes
 from bmc.synthesis.store import resumable_map
 from bmc.tasks import Example
 from bmc.winrate import TIE, both_order_outcome, winrate_summary
@@ -110,13 +114,17 @@ class Baseline:
 
 
 def _reference_answers(setup: EvalSetup, held_out: list[HeldOut], budget: int) -> Baseline:
-    """The starting policy's greedy answers, cached by its checkpoint, the prompts and the budget."""
+    """The starting policy's greedy answers in the trainer's precision, cached by its checkpoint, the prompts,
+    the budget and the precision."""
     cfg, policy = setup.cfg, setup.policy
+    precision = resolve_precision(cfg.trainer.precision)
     prompts = [h.prompt for h in held_out]
-    payload = {"reference": policy.fingerprint(), "max_new_tokens": budget, "batch_size": cfg.eval.batch_size}
+    payload = {"reference": policy.fingerprint(), "max_new_tokens": budget, "batch_size": cfg.eval.batch_size,
+               **precision.key_fields()}  # fmt: skip
 
     def answer(batch: list[str], start: int) -> list[dict[str, Any]]:
-        outputs = generate(policy.model, policy.tokenizer, batch, budget, batch_size=len(batch), desc="reference")
+        outputs = generate(policy.model, policy.tokenizer, batch, budget, batch_size=len(batch), desc="reference",
+                           precision=precision)  # fmt: skip
         return [{"answer": text} for text, _ in outputs]
 
     rows = resumable_map(cfg.paths.cache_dir, "reference_answers", payload, prompts, answer, cfg.eval.batch_size)
@@ -174,11 +182,20 @@ def baseline_answers(setup: EvalSetup, held_out: list[HeldOut], budget: int) -> 
     return _file_answers(spec, held_out)
 
 
+def judge_options(setup: EvalSetup) -> dict[str, Any]:
+    """The ``judge`` group's options with the dtype of a model it loads here set by the trainer's precision
+    (:func:`bmc.synthesis.local_models.with_model_dtypes`): what the judge is built from and keyed by."""
+    return with_model_dtypes(setup.judge.options, resolve_precision(setup.cfg.trainer.precision))
+
+
 def pairwise_judge(setup: EvalSetup) -> Judge:
-    """The ``judge`` group's judge; a setting it cannot be built with raises naming ``eval=winrate``."""
-    options = setup.judge.options
+    """The ``judge`` group's judge, a model of its own on the trainer's device of this rank; a setting it cannot
+    be built with raises naming ``eval=winrate``."""
+    options, cfg = judge_options(setup), setup.cfg
     try:
-        return build_judge(options, task=setup.task_data.verifier, examples=setup.task_data.eval_examples or None)
+        return build_judge(options, task=setup.task_data.verifier, examples=setup.task_data.eval_examples or None,
+                           precision=resolve_precision(cfg.trainer.precision),
+                           device=accelerator_device(cfg.trainer.accelerator))  # fmt: skip
     except ValueError as error:
         raise ValueError(
             f"eval=winrate compares answers with the judge group's pairwise judge, and judge={options.get('kind')} "
@@ -230,6 +247,7 @@ def prepare_winrate(setup: EvalSetup) -> Evaluation:
     baseline = baseline_answers(setup, held_out, budget)
     judge = pairwise_judge(setup)
     prompts = [h.prompt for h in held_out]
+    precision = resolve_precision(cfg.trainer.precision)
 
     def run(trained: TrainedPolicy, loggers: list[Logger]) -> dict[str, float]:
         if not trained.is_global_zero:  # rank 0 alone: the judge's requests and its cache once
@@ -237,7 +255,8 @@ def prepare_winrate(setup: EvalSetup) -> Evaluation:
         model = trained.model.to(accelerator_device(cfg.trainer.accelerator))  # fit leaves it on the CPU
 
         def answer_and_judge(batch: list[str], start: int) -> list[dict[str, Any]]:
-            outputs = generate(model, tokenizer, batch, budget, batch_size=len(batch), desc="winrate")
+            outputs = generate(model, tokenizer, batch, budget, batch_size=len(batch), desc="winrate",
+                               precision=precision)  # fmt: skip
             theirs = [baseline.answers[p] for p in batch]
             lengths = [len(ids) for ids in encode_texts(tokenizer, [text for text, _ in outputs] + theirs)]
             items = list(zip(batch, [text for text, _ in outputs], theirs))
@@ -260,9 +279,10 @@ def prepare_winrate(setup: EvalSetup) -> Evaluation:
             "policy": weights_fingerprint(trained.model),
             "start": setup.policy.fingerprint(),
             "baseline": baseline.key(),
-            "judge": setup.judge.options,
+            "judge": judge_options(setup),
             "max_new_tokens": budget,
             "batch_size": cfg.eval.batch_size,
+            **precision.key_fields(),
         }
         rows = resumable_map(cfg.paths.cache_dir, "winrate", payload, prompts, answer_and_judge, cfg.eval.batch_size)
         _write_rows(cfg, rows, loggers, trained.trainer.global_step)

@@ -42,9 +42,8 @@ def bridge(ctx: SynthesisContext, pairs: list[dict[str, str]]) -> list[dict[str,
         random.Random(options["seed"]).sample(range(len(pairs)), round(options["fraction"] * len(pairs)))
     )
     to_edit = [pairs[i] for i in sorted(chosen_for_edit)]
-    editor = build_editor(
-        editor_cfg, task=ctx.verifier, examples=ctx.task_data.pref_examples, task_type=ctx.task_data.name
-    )
+    editor = build_editor(editor_cfg, task=ctx.verifier, examples=ctx.task_data.pref_examples,
+                          task_type=ctx.task_data.name, precision=ctx.precision, device=ctx.device)  # fmt: skip
 
     def process(batch: list[dict[str, str]], first_index: int) -> list[dict[str, Any]]:
         edits = editor.edit_many(

@@ -11,12 +11,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.generation import generate
 from bmc.models import load_causal_lm
+from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.synthesis._common import MISSING, build_from_options, ordered_map
 from bmc.synthesis.endpoint import OpenAIEndpoint
+from bmc.synthesis.local_models import model_dtype
 
 Message = Mapping[str, str]
 
@@ -101,7 +104,8 @@ def render_messages(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Messa
 
 
 class LocalChat(ChatBackend):
-    """A local transformers causal LM; greedy at temperature 0, otherwise sampled at that temperature.
+    """A local transformers causal LM; greedy at temperature 0, otherwise sampled at that temperature, in the
+    dtype the model was loaded in and on its device.
 
     Args:
         max_new_tokens: default generation budget of a reply.
@@ -144,12 +148,16 @@ class LocalChat(ChatBackend):
         return [text.strip() for text, _ in outputs]
 
 
-def build_chat_backend(cfg: Mapping[str, Any]) -> ChatBackend:
+def build_chat_backend(
+    cfg: Mapping[str, Any], *, precision: Precision = DEFAULT_PRECISION, device: torch.device | None = None
+) -> ChatBackend:
     """A backend from its config block (``conf/chat_backend/*.yaml``, the ``backend`` of judge=llm / editor=llm).
 
     ``kind: openai`` takes :class:`OpenAIChat`'s arguments. ``kind: local`` takes ``path`` (a causal LM
     folder or hub id), optional ``dtype``, ``trust_remote_code`` and ``revision`` for
-    :func:`bmc.models.load_causal_lm`, and :class:`LocalChat`'s ``max_new_tokens`` / ``batch_size``.
+    :func:`bmc.models.load_causal_lm`, and :class:`LocalChat`'s ``max_new_tokens`` / ``batch_size``; its model
+    loads in ``dtype``, or without one in the trainer's ``precision``'s compute dtype
+    (:func:`bmc.synthesis.local_models.model_dtype`), and is put on ``device`` (the trainer's, on this rank).
     """
     options = dict(cfg)
     kind = options.pop("kind", None)
@@ -163,7 +171,10 @@ def build_chat_backend(cfg: Mapping[str, Any]) -> ChatBackend:
         load = {k: options.pop(k) for k in load_keys if k in options}
         if load.get("path") in (None, "", MISSING):
             raise ValueError("chat backend kind 'local' needs `path` (a causal LM folder or hub id)")
+        load["dtype"] = model_dtype(load.get("dtype"), precision)
         model, tokenizer = load_causal_lm(**load)
+        if device is not None:
+            model.to(device)
         where = f"chat backend kind 'local' (besides {list(load_keys)})"
         return build_from_options(LocalChat, options, where, model=model, tokenizer=tokenizer)
     raise ValueError(f"chat backend kind must be 'openai' or 'local', got {kind!r}")

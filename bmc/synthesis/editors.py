@@ -18,6 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.synthesis._common import ExampleIndex, build_from_options, check_template_fields, require_builtin_task
 from bmc.synthesis.chat import ChatBackend, build_chat_backend
 from bmc.tasks import Example, Task
@@ -173,11 +176,14 @@ def build_editor(
     task: Task | None = None,
     examples: Sequence[Example] | None = None,
     task_type: str = "default",
+    precision: Precision = DEFAULT_PRECISION,
+    device: torch.device | None = None,
 ) -> Editor:
     """An editor from ``conf/editor/<kind>.yaml``: ``kind`` is ``task`` or ``llm``.
 
     ``task`` needs the built-in ``task`` and its ``examples``; ``llm`` takes a ``backend`` block
-    (:func:`bmc.synthesis.chat.build_chat_backend`) and :class:`LLMEditor`'s other arguments, with
+    (:func:`bmc.synthesis.chat.build_chat_backend`, which a local model loads with in the trainer's
+    ``precision`` unless it sets its ``dtype``, on ``device``) and :class:`LLMEditor`'s other arguments, with
     ``task_type`` choosing the template.
     """
     _, options = EditGates.split(dict(cfg))  # validated here, applied by the bridging stage
@@ -188,6 +194,6 @@ def build_editor(
     if kind == "llm":
         if not options.get("backend"):
             raise ValueError("editor kind 'llm' needs a `backend` block (kind: openai | local)")
-        backend = build_chat_backend(options.pop("backend"))
+        backend = build_chat_backend(options.pop("backend"), precision=precision, device=device)
         return build_from_options(LLMEditor, options, "editor kind 'llm'", backend=backend, task_type=task_type)
     raise ValueError(f"editor kind must be 'task' or 'llm', got {kind!r}")

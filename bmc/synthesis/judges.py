@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from bmc.devices import accelerator_device
 from bmc.models import _torch_dtype
+from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.synthesis._common import (
     ExampleIndex,
     build_from_options,
@@ -28,6 +30,7 @@ from bmc.synthesis._common import (
     sign,
 )
 from bmc.synthesis.chat import ChatBackend, build_chat_backend
+from bmc.synthesis.local_models import model_dtype
 from bmc.tasks import Example, Task
 
 log = logging.getLogger(__name__)
@@ -118,8 +121,10 @@ class RewardModelJudge(PointwiseJudge):
         path: checkpoint folder or hub id.
         batch_size: texts per forward pass.
         max_length: inputs longer than this many tokens are cut from the right (None: no limit).
-        dtype: float32, bfloat16 or float16.
-        device: torch device; None picks CUDA when available, else CPU.
+        dtype: float32, bfloat16 or float16 (:func:`build_judge` sets it by the trainer's precision when the
+            config leaves it unset).
+        device: torch device; None: this process's own GPU (``cuda:<LOCAL_RANK>``) when there is one, else
+            the CPU (:func:`build_judge` passes the trainer's device when the config sets none).
         use_chat_template: format with the reward model's chat template (see above).
         trust_remote_code: run code shipped with the checkpoint (off unless you trust it).
         revision: hub revision.
@@ -131,7 +136,7 @@ class RewardModelJudge(PointwiseJudge):
         batch_size: int = 16,
         max_length: int | None = 1024,
         dtype: str = "float32",
-        device: str | None = None,
+        device: str | torch.device | None = None,
         use_chat_template: bool = False,
         trust_remote_code: bool = False,
         revision: str | None = None,
@@ -149,7 +154,8 @@ class RewardModelJudge(PointwiseJudge):
         if self.model.config.pad_token_id is None:
             # The model reads its score at the last non-pad token, which it finds through pad_token_id.
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # each rank its own GPU: the ranks of a multi-GPU run would otherwise all load onto the first
+        self.device = torch.device(device) if device is not None else accelerator_device("cuda")
         self.model.to(self.device).eval()
         self.batch_size, self.max_length, self.use_chat_template = int(batch_size), max_length, use_chat_template
         self._cache: dict[tuple[str, str], float] = {}
@@ -236,13 +242,21 @@ class LLMJudge(Judge):
 
 
 def build_judge(
-    cfg: Mapping[str, Any], *, task: Task | None = None, examples: Sequence[Example] | None = None
+    cfg: Mapping[str, Any],
+    *,
+    task: Task | None = None,
+    examples: Sequence[Example] | None = None,
+    precision: Precision = DEFAULT_PRECISION,
+    device: torch.device | None = None,
 ) -> Judge:
     """A judge from ``conf/judge/<kind>.yaml``: ``kind`` is ``verifier``, ``reward_model`` or ``llm``.
 
     ``verifier`` needs the built-in ``task`` and its ``examples`` (looked up by prompt); ``reward_model``
     takes :class:`RewardModelJudge`'s arguments; ``llm`` takes a ``backend`` block
-    (:func:`bmc.synthesis.chat.build_chat_backend`) and :class:`LLMJudge`'s other arguments.
+    (:func:`bmc.synthesis.chat.build_chat_backend`) and :class:`LLMJudge`'s other arguments. A model loaded
+    here (the reward model, a local backend's) loads in its config's ``dtype``, else in the trainer's
+    ``precision``'s compute dtype (:func:`bmc.synthesis.local_models.model_dtype`), and runs on its config's
+    ``device``, else on ``device`` (the trainer's, on this rank).
     """
     options = dict(cfg)
     kind = options.pop("kind", None)
@@ -250,10 +264,12 @@ def build_judge(
         require_builtin_task(task, examples, "judge=verifier", "judge=llm or judge=reward_model")
         return build_from_options(VerifierJudge, options, "judge kind 'verifier'", task=task, examples=examples)
     if kind == "reward_model":
+        options["dtype"] = model_dtype(options.get("dtype"), precision)
+        options["device"] = options.get("device") or device
         return build_from_options(RewardModelJudge, options, "judge kind 'reward_model'")
     if kind == "llm":
         if not options.get("backend"):
             raise ValueError("judge kind 'llm' needs a `backend` block (kind: openai | local)")
-        backend = build_chat_backend(options.pop("backend"))
+        backend = build_chat_backend(options.pop("backend"), precision=precision, device=device)
         return build_from_options(LLMJudge, options, "judge kind 'llm'", backend=backend)
     raise ValueError(f"judge kind must be 'verifier', 'reward_model' or 'llm', got {kind!r}")

@@ -27,6 +27,7 @@ from bmc.synthesis.bridging import bridge, mean_token_edit_distance
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.ipr import rank_many, rm_pairs
 from bmc.synthesis.judges import build_judge
+from bmc.synthesis.local_models import with_model_dtypes
 from bmc.synthesis.sampler import SamplingSettings, build_sampler_backend, sampler_backend_class
 from bmc.synthesis.store import resumable_map
 
@@ -90,7 +91,8 @@ def _judge_payload(samples: list[dict[str, Any]], judge_cfg: dict[str, Any], kin
 def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
     """Iterative pairwise ranking with the configured judge, both orders per comparison."""
     samples = _samples(ctx)
-    judge = build_judge(ctx.judge_cfg, task=ctx.verifier, examples=ctx.task_data.pref_examples)
+    judge = build_judge(ctx.judge_cfg, task=ctx.verifier, examples=ctx.task_data.pref_examples,
+                        precision=ctx.precision, device=ctx.device)  # fmt: skip
 
     def process(batch: list[dict[str, Any]], first_index: int) -> list[dict[str, Any]]:
         return [
@@ -119,13 +121,15 @@ def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
 
 
 def _rm_choices(ctx: SynthesisContext, samples: list[dict[str, Any]], judge_cfg: dict[str, Any]) -> list[tuple]:
-    """(argmax, argmin) of a reward model's scores per prompt, cached and resumable."""
+    """(argmax, argmin) of a reward model's scores per prompt, cached (keyed by the dtype it loads in) and
+    resumable."""
     if judge_cfg.get("kind") != "reward_model":
         raise ValueError(
             f"rm_score pairs need a scalar reward model: use judge=reward_model judge.path=<checkpoint>, "
             f"not judge kind {judge_cfg.get('kind')!r}"
         )
-    judge = build_judge(judge_cfg)
+    judge_cfg = with_model_dtypes(judge_cfg, ctx.precision)  # data.agreement_judge comes unresolved
+    judge = build_judge(judge_cfg, precision=ctx.precision, device=ctx.device)
 
     def process(batch: list[dict[str, Any]], first_index: int) -> list[dict[str, Any]]:
         # one call for the batch's prompts: the reward model fills its batches across prompts

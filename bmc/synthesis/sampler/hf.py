@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.generation import generate
+from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.synthesis._common import build_from_options
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.sampler.base import ModelSampler, PromptSamples, SamplingSettings
@@ -17,12 +18,18 @@ from bmc.synthesis.sampler.base import ModelSampler, PromptSamples, SamplingSett
 
 class HFSampler(ModelSampler):
     """The starting policy in this process: HF ``generate`` on ``n`` copies of each prompt of a batch, the
-    batch seeded from its position."""
+    batch seeded from its position, in the trainer's ``precision`` (:mod:`bmc.precision`)."""
 
     needs_policy_model = True
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_key: Any) -> None:
-        self.model, self.tokenizer, self.model_key = model, tokenizer, model_key
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        model_key: Any,
+        precision: Precision = DEFAULT_PRECISION,
+    ) -> None:
+        self.model, self.tokenizer, self.model_key, self.precision = model, tokenizer, model_key, precision
 
     @classmethod
     def from_options(cls, options: dict[str, Any], ctx: SynthesisContext) -> HFSampler:
@@ -33,11 +40,12 @@ class HFSampler(ModelSampler):
         # the SFT checkpoint's fingerprint, as before the backends existed: earlier cached samples stay valid
         return build_from_options(
             cls, options, "data.sampler.backend kind 'hf'", model=ctx.model, tokenizer=ctx.tokenizer,
-            model_key=ctx.model_key,
+            model_key=ctx.model_key, precision=ctx.precision,
         )  # fmt: skip
 
     def identity(self) -> Any:
-        return self.model_key
+        # the checkpoint's fingerprint and the precision, none for 32-true: earlier samples keep their entries
+        return {**self.model_key, **self.precision.key_fields()}
 
     def sample_batch(self, prompts: Sequence[str], first_index: int, settings: SamplingSettings) -> list[PromptSamples]:
         torch.manual_seed(settings.prompt_seed(first_index))
@@ -52,5 +60,6 @@ class HFSampler(ModelSampler):
             temperature=settings.temperature,
             top_p=settings.top_p,
             desc="sample",
+            precision=self.precision,
         )
         return [outputs[i * n : (i + 1) * n] for i in range(len(prompts))]
