@@ -20,6 +20,7 @@ DEFAULT_METRICS = (
     "eval/score",
     "eval/winrate",
     "eval/winrate_lc",
+    "eval/winrate_lc_phi",
     "val/rewards/accuracies",
     "val/rewards/margins",
     "val/delta_w",
