@@ -58,7 +58,7 @@ MIN_SEEDS = 3
 ALPHA = 0.05
 #: B = clamp(RESOLUTION · m / α, MIN_RESAMPLES, MAX_RESAMPLES) (module docstring)
 RESOLUTION, MIN_RESAMPLES, MAX_RESAMPLES = 20, 2000, 100_000
-#: resamples drawn at once: the (seeds, resamples, prompts) gather stays at tens of MB for a few hundred prompts
+#: resamples drawn at once: their (resamples, prompts) draw counts stay at tens of MB for a few hundred prompts
 CHUNK = 4096
 #: |δ*| at or below this counts as 0: means of the same scores summed in another order differ in the last bits
 ZERO = 1e-12
@@ -175,16 +175,22 @@ def paired_bootstrap(
     resamples (module docstring); both are (seeds, prompts) arrays over the same prompts in the same order."""
     rng = np.random.default_rng(seed)
     n_prompts = baseline.shape[1]
+    both = np.vstack([other, baseline])
 
-    def resampled_means(scores: np.ndarray, prompts: np.ndarray) -> np.ndarray:
-        per_seed = scores[:, prompts].mean(axis=2)  # (seeds, resamples): each seed on the resampled prompts
-        draws = rng.integers(0, scores.shape[0], size=(len(prompts), scores.shape[0]))
+    def resampled_means(per_seed: np.ndarray) -> np.ndarray:
+        """A row's mean over its seeds drawn with replacement, per resample; ``per_seed`` is (seeds, resamples)."""
+        draws = rng.integers(0, per_seed.shape[0], size=(per_seed.shape[1], per_seed.shape[0]))
         return np.take_along_axis(per_seed.T, draws, axis=1).mean(axis=1)
 
     chunks = []
     for start in range(0, resamples, CHUNK):
-        prompts = rng.integers(0, n_prompts, size=(min(CHUNK, resamples - start), n_prompts))
-        chunks.append(resampled_means(other, prompts) - resampled_means(baseline, prompts))
+        n = min(CHUNK, resamples - start)
+        prompts = rng.integers(0, n_prompts, size=(n, n_prompts))
+        # how often each resample drew each prompt: every seed's mean on every resample is then one matrix
+        # product, ten times faster than gathering (seeds, resamples, prompts) scores
+        counts = np.bincount((prompts + n_prompts * np.arange(n)[:, None]).ravel(), minlength=n * n_prompts)
+        per_seed = both @ counts.reshape(n, n_prompts).T / n_prompts
+        chunks.append(resampled_means(per_seed[: len(other)]) - resampled_means(per_seed[len(other) :]))
     deltas = np.concatenate(chunks)
     low, high = np.percentile(deltas, [2.5, 97.5])
     far_side = min(np.count_nonzero(deltas <= ZERO), np.count_nonzero(deltas >= -ZERO))
