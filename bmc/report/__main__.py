@@ -1,4 +1,5 @@
-"""``python -m bmc.report multirun_outputs/<sweep> [--out DIR] [--metrics ...] [--method-keys ...] [--baseline ROW]``
+"""``python -m bmc.report multirun_outputs/<sweep> [--out DIR] [--metrics ...] [--method-keys ...] [--baseline ROW]
+[--alpha A]``
 or ``python -m bmc.report --wandb entity/project --group <sweep> --out DIR``."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from bmc.report import (
+    ALPHA,
     DEFAULT_BASELINE,
     Report,
     fetch_wandb_runs,
@@ -35,6 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_BASELINE,
         help=f"row that differences beyond noise are marked against (default: {DEFAULT_BASELINE}; none: no marks)",
     )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=ALPHA,
+        help=f"family-wise error rate of a table's marks, Holm-corrected across its cells (default: {ALPHA})",
+    )
     parser.add_argument("--decimals", type=int, default=3, help="decimals shown in the tables")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from the W&B API instead")
@@ -42,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.sweep and not args.wandb:
         parser.error("give a sweep folder or --wandb entity/project")
+    if not 0 < args.alpha < 1:
+        parser.error(f"--alpha must be between 0 and 1, not {args.alpha}")
     return args
 
 
@@ -62,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         out = Path(args.out or args.sweep)
     baseline = None if args.baseline.lower() == "none" else args.baseline
-    report = write_report(records, out, args.metrics, args.decimals, not args.no_plots, baseline)
+    report = write_report(records, out, args.metrics, args.decimals, not args.no_plots, baseline, args.alpha)
     print(report.table.to_markdown())
     bad = [r for r in records if not r.ok]
     if bad:

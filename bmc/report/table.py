@@ -20,11 +20,12 @@ DEFAULT_METRICS = (
     "eval/score",
     "eval/winrate",
     "eval/winrate_lc",
+    "eval/winrate_lc_phi",
     "val/rewards/accuracies",
     "val/rewards/margins",
     "val/delta_w",
 )
-CSV_COLUMNS = ("method", "task", "metric", "mean", "std", "n", "failed", "missing")
+CSV_COLUMNS = ("method", "task", "metric", "mean", "std", "n", "failed", "missing", "mark")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -87,10 +88,10 @@ class Table:
     metrics: list[str]
     cells: dict[tuple[str, str, str], Cell]
     decimals: int = 3
-    # a mark after a cell's value (bmc.report.significance: beyond noise against a baseline row) and the
-    # footnote that says what the marks mean
+    # symbols after a cell's value (bmc.report.significance: beyond noise against a baseline row, or prompt noise
+    # only; bmc.report.length_control: an extrapolated LC) and the notes under the table that say what they mean
     marks: dict[tuple[str, str, str], str] = field(default_factory=dict)
-    footnote: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def columns(self) -> list[tuple[str, str]]:
@@ -98,6 +99,11 @@ class Table:
 
     def cell(self, method: str, task: str, metric: str) -> Cell:
         return self.cells.get((method, task, metric), Cell())
+
+    def mark(self, method: str, task: str, metric: str, symbol: str) -> None:
+        """Add ``symbol`` to the cell's marks (a cell can carry several, each explained by a note)."""
+        key = (method, task, metric)
+        self.marks[key] = self.marks.get(key, "") + symbol
 
     def best(self, task: str, metric: str) -> set[str]:
         """Methods whose mean, as displayed, is the column's best; none when fewer than two have a value or
@@ -130,6 +136,7 @@ class Table:
                 "n": c.n,
                 "failed": c.failed,
                 "missing": c.missing,
+                "mark": self.marks.get((method, task, metric), ""),
             }
             for method in self.methods
             for task, metric in self.columns
@@ -141,8 +148,8 @@ class Table:
         for method in self.methods:
             cells = [self.text(method, t, m, bold=lambda s: f"**{s}**") for t, m in self.columns]
             lines.append("| " + " | ".join(_md_escape(x) for x in [method, *cells]) + " |")
-        if self.footnote:
-            lines += ["", self.footnote]
+        for note in self.notes:
+            lines += ["", note]
         return "\n".join(lines) + "\n"
 
     def to_latex(self) -> str:
@@ -160,6 +167,8 @@ class Table:
             cells = [c.replace("\x00", r"\textbf{").replace("\x01", "}") for c in cells]
             lines.append(" & ".join([_tex(method), *cells]) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
+        if self.notes:  # under the tabular, where a table float's caption or notes would go
+            lines += [r"\par\smallskip", r"{\footnotesize", *(_tex(note) + r"\par" for note in self.notes), "}"]
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
@@ -189,6 +198,12 @@ _TEX = {
     "±": r"$\pm$",
     "▲": r"$\blacktriangle$",  # amssymb
     "▼": r"$\blacktriangledown$",
+    "◦": r"$\circ$",
+    "†": r"$\dagger$",
+    "α": r"$\alpha$",
+    "σ": r"$\sigma$",
+    "θ": r"$\theta$",
+    "–": "--",
 }
 
 

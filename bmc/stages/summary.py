@@ -32,6 +32,8 @@ HEADLINE = (
     "eval/sft_accuracy",
     "eval/winrate",
     "eval/winrate_lc",
+    "eval/winrate_lc_phi",
+    "eval/winrate_lc_extrapolated",
     "eval/tie_rate",
     "val/rewards/accuracies",
     "val/rewards/margins",
