@@ -64,7 +64,8 @@ class VLLMSampler(ModelSampler):
         return build_from_options(cls, options, "data.sampler.backend kind 'vllm'", tokenizer=ctx.tokenizer)
 
     def identity(self) -> Any:
-        return {"backend": "vllm", "model": checkpoint_fingerprint(self.model), "dtype": self.dtype}
+        model = checkpoint_fingerprint(self.model, self.engine_options["revision"])  # a hub id: at its revision
+        return {"backend": "vllm", "model": model, "dtype": self.dtype}
 
     def sample_batch(self, prompts: Sequence[str], first_index: int, settings: SamplingSettings) -> list[PromptSamples]:
         if self._engine is None:
