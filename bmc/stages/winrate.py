@@ -42,6 +42,7 @@ from bmc.stages.eval_setup import EvalSetup, Evaluation
 from bmc.stages.preference import TrainedPolicy, train_val_pairs
 from bmc.synthesis._common import ordered_map
 from bmc.synthesis.judges import Judge, build_judge
+from bmc.synthesis.model_keys import model_config_key
 from bmc.synthesis.store import resumable_map
 from bmc.tasks import Example
 from bmc.winrate import TIE, both_order_outcome, winrate_summary
@@ -260,7 +261,7 @@ def prepare_winrate(setup: EvalSetup) -> Evaluation:
             "policy": weights_fingerprint(trained.model),
             "start": setup.policy.fingerprint(),
             "baseline": baseline.key(),
-            "judge": setup.judge.options,
+            "judge": model_config_key(setup.judge.options, "judge"),
             "max_new_tokens": budget,
             "batch_size": cfg.eval.batch_size,
         }

@@ -17,6 +17,7 @@ from bmc.generation import generate
 from bmc.models import load_causal_lm
 from bmc.synthesis._common import MISSING, build_from_options, ordered_map
 from bmc.synthesis.endpoint import OpenAIEndpoint
+from bmc.synthesis.model_keys import SERVED_KEY_OPTIONS
 
 Message = Mapping[str, str]
 
@@ -157,6 +158,7 @@ def build_chat_backend(cfg: Mapping[str, Any]) -> ChatBackend:
         if options.get("model") in (None, "", MISSING):
             raise ValueError("chat backend kind 'openai' needs `model`, the name the server serves the model under "
                              "(e.g. editor.backend.model=my-model)")  # fmt: skip
+        options = {k: v for k, v in options.items() if k not in SERVED_KEY_OPTIONS}  # they key caches only
         return build_from_options(OpenAIChat, options, "chat backend kind 'openai'")
     if kind == "local":
         load_keys = ("path", "dtype", "trust_remote_code", "revision")
