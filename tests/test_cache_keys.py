@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassificat
 from bmc import digest
 from bmc.cache import checkpoint_fingerprint
 from bmc.data.sources import TaskData
-from bmc.models import TinyLlama
+from bmc.models import PretrainedLM, TinyLlama
 from bmc.synthesis.chat import OpenAIChat, build_chat_backend
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.endpoint import OpenAIEndpoint
@@ -60,6 +60,24 @@ def test_a_checkpoint_rewritten_in_place_invalidates_the_sample_cache(make_confi
     _save_checkpoint(checkpoint, seed=1)  # the same path, other weights
     prepare_data(make_config(*overrides))
     assert sample_entries() == 2  # new samples from the new weights, not the old ones under the old path
+
+
+def test_a_pretrained_base_rewritten_in_place_is_fine_tuned_anew(make_config, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "base"
+    _save_checkpoint(checkpoint, seed=0)
+    overrides = ["debug=default", "model=hf", f"model.path={checkpoint}", "sft.enabled=true", "data=sampled",
+                 "data.sampler.backend=hf", "data.sampler.max_new_tokens=6"]  # fmt: skip
+
+    def sft_entries() -> int:
+        return len(list((tmp_path / "cache" / "sft").glob("*/_COMPLETE")))
+
+    prepare_data(make_config(*overrides))
+    prepare_data(make_config(*overrides))
+    assert sft_entries() == 1  # a cache hit
+    _save_checkpoint(checkpoint, seed=1)  # the same path, other weights
+    prepare_data(make_config(*overrides))
+    assert sft_entries() == 2  # the new base is fine-tuned, not the SFT of the old one reused
+    assert PretrainedLM(str(checkpoint)).spec()["weights"] == checkpoint_fingerprint(checkpoint)
 
 
 def test_a_hub_id_is_keyed_by_the_commit_its_revision_resolves_to(
