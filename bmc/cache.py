@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from bmc.digest import folder_digest
+
 log = logging.getLogger(__name__)
 
 _COMPLETE = "_COMPLETE"
@@ -33,16 +35,17 @@ def cache_key(payload: Any) -> str:
 
 
 def checkpoint_fingerprint(path: str | os.PathLike, revision: str | None = None) -> dict[str, Any]:
-    """What identifies a model checkpoint in cache keys: its folder's files (name, size, mtime), so that a
-    checkpoint rewritten in place (an iterative round) is a new key; a hub id, which is not a local folder, by
-    the commit its ``revision`` resolves to (:func:`hub_commit`), so that a repo pushed to is a new key too."""
+    """What identifies a model checkpoint in cache keys: a local folder by the sha256 of its model files'
+    contents (:func:`bmc.digest.folder_digest`), so that a checkpoint rewritten in place (an iterative round) is
+    a new key whatever its file sizes and dates, and a byte-identical copy elsewhere is the same key; a hub id,
+    which is not a local folder, by the commit its ``revision`` resolves to (:func:`hub_commit`), so that a repo
+    pushed to is a new key too."""
     folder = Path(path)
     if not folder.is_dir():
         if not _is_repo_id(str(path)):  # no folder and no hub id: nothing to read, and loading it will fail
             return {"path": str(path)}
         return {"hub": str(path), "commit": hub_commit(str(path), revision)}
-    files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
-    return {"path": str(folder.resolve()), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+    return {"sha256": folder_digest(folder)}
 
 
 def _is_repo_id(name: str) -> bool:

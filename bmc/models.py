@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from bmc.cache import checkpoint_fingerprint
 from bmc.tokenizer import train_bpe_tokenizer
 
 
@@ -151,7 +152,9 @@ class PretrainedLM:
 
     def spec(self) -> dict[str, Any]:
         # gradient checkpointing trades compute for memory and changes no result: not part of cache keys
-        return {"kind": "pretrained", **{k: v for k, v in asdict(self).items() if k != "gradient_checkpointing"}}
+        options = {k: v for k, v in asdict(self).items() if k != "gradient_checkpointing"}
+        # and the checkpoint by what it holds: a base rewritten in place is fine-tuned anew, not read from the cache
+        return {"kind": "pretrained", **options, "weights": checkpoint_fingerprint(self.path, self.revision)}
 
     def prepare_for_training(self, model: PreTrainedModel) -> PreTrainedModel:
         """``model`` with activation (gradient) checkpointing on where ``gradient_checkpointing`` asks for it:

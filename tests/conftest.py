@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from bmc.digest import DIGEST_DIR_ENV
 from bmc.tokenizer import train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,16 @@ def compose_config(overrides: list[str], output_dir: Path | None = None, cache_d
             cfg.paths.cache_dir = str(cache_dir)
         del cfg["hydra"]
     return cfg
+
+
+@pytest.fixture(scope="session", autouse=True)
+def digest_records(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Checkpoint digest records (bmc.digest) of the session's folders under a temporary folder, not the
+    user's cache; the CLI runs inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("digests")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DIGEST_DIR_ENV, str(folder))
+        yield folder
 
 
 @pytest.fixture

@@ -46,6 +46,7 @@ from bmc.stages.preference import TrainedPolicy, train_val_pairs
 from bmc.synthesis._common import ordered_map
 from bmc.synthesis.judges import Judge, build_judge
 from bmc.synthesis.local_models import with_model_dtypes
+from bmc.synthesis.model_keys import model_config_key
 from bmc.synthesis.store import resumable_map
 from bmc.tasks import Example
 from bmc.winrate import TIE, both_order_outcome, winrate_summary
@@ -279,7 +280,7 @@ def prepare_winrate(setup: EvalSetup) -> Evaluation:
             "policy": weights_fingerprint(trained.model),
             "start": setup.policy.fingerprint(),
             "baseline": baseline.key(),
-            "judge": judge_options(setup),
+            "judge": model_config_key(judge_options(setup), "judge"),
             "max_new_tokens": budget,
             "batch_size": cfg.eval.batch_size,
             **precision.key_fields(),

@@ -26,6 +26,7 @@ from bmc.cache import cache_key
 from bmc.data.tokenize import encode_texts
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.editors import Edit, EditGates, build_editor
+from bmc.synthesis.model_keys import model_config_key
 from bmc.synthesis.store import resumable_map
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def bridge(ctx: SynthesisContext, pairs: list[dict[str, str]]) -> list[dict[str,
         return [{"edited": e.text, "problem": e.problem} for e in edits]
 
     # the gates are not part of the key: changing them re-reads the same edits
-    payload = {"pairs": cache_key(to_edit), "editor": editor_cfg}
+    payload = {"pairs": cache_key(to_edit), "editor": model_config_key(editor_cfg, "editor")}
     edits = iter(resumable_map(ctx.cache_root, "edits", payload, to_edit, process, batch_size=16))
     rejections: dict[str, int] = {}
     out = []

@@ -20,6 +20,7 @@ from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.synthesis._common import MISSING, build_from_options, ordered_map
 from bmc.synthesis.endpoint import OpenAIEndpoint
 from bmc.synthesis.local_models import model_dtype
+from bmc.synthesis.model_keys import SERVED_KEY_OPTIONS
 
 Message = Mapping[str, str]
 
@@ -165,6 +166,7 @@ def build_chat_backend(
         if options.get("model") in (None, "", MISSING):
             raise ValueError("chat backend kind 'openai' needs `model`, the name the server serves the model under "
                              "(e.g. editor.backend.model=my-model)")  # fmt: skip
+        options = {k: v for k, v in options.items() if k not in SERVED_KEY_OPTIONS}  # they key caches only
         return build_from_options(OpenAIChat, options, "chat backend kind 'openai'")
     if kind == "local":
         load_keys = ("path", "dtype", "trust_remote_code", "revision")

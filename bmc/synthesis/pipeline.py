@@ -28,6 +28,7 @@ from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.ipr import rank_many, rm_pairs
 from bmc.synthesis.judges import build_judge
 from bmc.synthesis.local_models import with_model_dtypes
+from bmc.synthesis.model_keys import model_config_key
 from bmc.synthesis.sampler import SamplingSettings, build_sampler_backend, sampler_backend_class
 from bmc.synthesis.store import resumable_map
 
@@ -85,7 +86,8 @@ def sampled_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
 
 
 def _judge_payload(samples: list[dict[str, Any]], judge_cfg: dict[str, Any], kind: str) -> dict[str, Any]:
-    return {"samples": cache_key(samples), "judge": judge_cfg, "kind": kind}
+    # the judge's model by what it holds (bmc.synthesis.model_keys), not by its path or served name alone
+    return {"samples": cache_key(samples), "judge": model_config_key(judge_cfg, "judge"), "kind": kind}
 
 
 def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:

@@ -12,6 +12,7 @@ from bmc.data.tokenize import served_prompt
 from bmc.synthesis._common import build_from_options, ordered_map
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.endpoint import OpenAIEndpoint
+from bmc.synthesis.model_keys import SERVED_KEY_OPTIONS, served_model_key
 from bmc.synthesis.sampler.base import ModelSampler, PromptSamples, SamplingSettings, require_options
 
 
@@ -24,6 +25,9 @@ class OpenAISampler(ModelSampler):
     ``max_n_per_request`` splits a prompt's ``n`` samples over several requests of at most that many, request
     ``j`` seeded ``seed + j * REQUEST_SEED_STRIDE``: for servers that return one choice whatever ``n`` asks for
     (llama-cpp-python's) set it to 1. None: all ``n`` in one request.
+
+    The samples are cached by the served model's :func:`~bmc.synthesis.model_keys.served_model_key`:
+    ``weights``, the folder the server serves, by its contents; else the served name and ``revision``.
     """
 
     #: seed offset between the requests of one prompt: far above the prompt seeds of one run's prompts
@@ -34,12 +38,15 @@ class OpenAISampler(ModelSampler):
         endpoint: OpenAIEndpoint,
         tokenizer: PreTrainedTokenizerBase | None = None,
         max_n_per_request: int | None = None,
+        revision: str | None = None,
+        weights: str | None = None,
     ) -> None:
         if max_n_per_request is not None and max_n_per_request < 1:
             raise ValueError(f"data.sampler.backend.max_n_per_request must be >= 1 or null, got {max_n_per_request}")
         self.endpoint = endpoint
         self.tokenizer = tokenizer
         self.max_n_per_request = max_n_per_request
+        self.revision, self.weights = revision, weights
 
     @classmethod
     def from_options(cls, options: dict[str, Any], ctx: SynthesisContext) -> OpenAISampler:
@@ -47,13 +54,15 @@ class OpenAISampler(ModelSampler):
             options, ["base_url", "model"], "openai",
             "data.sampler.backend.base_url=http://127.0.0.1:8000/v1 data.sampler.backend.model=served-name",
         )  # fmt: skip
-        endpoint_options = {k: v for k, v in options.items() if k != "max_n_per_request"}
+        own = ("max_n_per_request", *SERVED_KEY_OPTIONS)
+        endpoint_options = {k: v for k, v in options.items() if k not in own}
         endpoint = build_from_options(OpenAIEndpoint, endpoint_options, "data.sampler.backend kind 'openai'")
-        return cls(endpoint, ctx.tokenizer, options.get("max_n_per_request"))
+        return cls(endpoint, ctx.tokenizer, **{k: options.get(k) for k in own})
 
     def identity(self) -> Any:
-        # the served model's name, not the URL: the same checkpoint behind another port is the same samples
-        identity = {"backend": "openai", "model": self.endpoint.model}
+        # the served model, not the URL: the same checkpoint behind another port is the same samples
+        served = served_model_key(self.endpoint.model, self.revision, self.weights, "data.sampler.backend")
+        identity = {"backend": "openai", **served}
         # split requests draw with other seeds: other samples (None keeps the keys of entries made before it)
         return identity if self.max_n_per_request is None else {**identity, "n_per_request": self.max_n_per_request}
 

@@ -114,7 +114,8 @@ class VLLMSampler(ModelSampler):
         return {**options, "gpu_memory_utilization": share}
 
     def identity(self) -> Any:
-        return {"backend": "vllm", "model": checkpoint_fingerprint(self.model), "dtype": self.dtype}
+        model = checkpoint_fingerprint(self.model, self.engine_options["revision"])  # a hub id: at its revision
+        return {"backend": "vllm", "model": model, "dtype": self.dtype}
 
     def sample_batch(self, prompts: Sequence[str], first_index: int, settings: SamplingSettings) -> list[PromptSamples]:
         if self._engine is None:
