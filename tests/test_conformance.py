@@ -33,7 +33,8 @@ def _with_lora(model: torch.nn.Module) -> torch.nn.Module:
     # init_lora_weights=False: random B as well as A, so the adapters change every forward; PEFT refuses adapters
     # on Mamba layers' out_proj (Falcon-H1)
     torch.manual_seed(1)
-    config = LoraConfig(r=4, target_modules="all-linear", exclude_modules=["out_proj"], init_lora_weights=False)
+    mamba = ["out_proj"] if model.config.model_type == "falcon_h1" else None
+    config = LoraConfig(r=4, target_modules="all-linear", exclude_modules=mamba, init_lora_weights=False)
     return get_peft_model(model, config).eval()
 
 
