@@ -166,7 +166,7 @@ class LLMEditor(Editor):
     def edit_many(self, prompts: Sequence[str], winning: Sequence[str], losing: Sequence[str]) -> list[Edit]:
         conversations = [self.messages(x, y_w, y_l) for x, y_w, y_l in zip(prompts, winning, losing)]
         replies = self.backend.complete_many(conversations, temperature=0.0, max_tokens=self.max_tokens)
-        edits = [extract_revision(reply) for reply in replies]
+        edits = [extract_revision(reply.text) for reply in replies]
         return [Edit(_with_outer_whitespace(e.text, y_l)) if e.text is not None else e for e, y_l in zip(edits, losing)]
 
 

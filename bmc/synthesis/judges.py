@@ -231,12 +231,12 @@ class LLMJudge(Judge):
         )
         verdicts = []
         for reply in replies:
-            verdict = parse_verdict(reply)
+            verdict = parse_verdict(reply.text)
             if verdict is None:
                 with self._lock:
                     self.unparseable += 1
                     self.unparseable_by_prompt[prompt] += 1
-                log.warning("LLM judge reply has no [[A]]/[[B]]/[[C]] verdict, counted as a tie: %r", reply[-200:])
+                log.warning("LLM judge reply has no [[A]]/[[B]]/[[C]] verdict, counted as a tie: %r", reply.text[-200:])
             verdicts.append(0 if verdict is None else verdict)
         return verdicts
 
