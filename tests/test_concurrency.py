@@ -79,6 +79,6 @@ def test_llm_editor_edits_prompts_concurrently_in_order_and_like_the_sequential_
         assert server.max_in_flight == limit
     assert edits[8] == edits[1]
     assert edits[1] == [
-        Edit(None, "unparseable") if "7" in y_l else Edit(" " + y_l.strip().upper()) for y_l in losing
+        Edit(None, "unparseable", "no tags here") if "7" in y_l else Edit(" " + y_l.strip().upper()) for y_l in losing
     ]  # in input order; the reply without the format is counted as unparseable, never accepted
     assert walls[8] < 0.5 * walls[1]  # 16 x 50 ms in sequence vs 2 rounds of 8
