@@ -101,7 +101,7 @@ def check_failure_share(
     share = failures.total / replies if replies else 0.0
     if not failures.total:
         return share
-    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(failures.counts.items()))
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted((+failures.counts).items()))  # those that occurred
     summary = f"{failures.total} of {replies} replies ({share:.0%}) of {backend} gave no {what} ({reasons})"
     if share > limit:
         raise ReplyFailureError(

@@ -25,6 +25,7 @@ from bmc.generation import generation_budget
 from bmc.synthesis._common import build_from_options
 from bmc.synthesis.bridging import bridge, mean_token_edit_distance
 from bmc.synthesis.context import SynthesisContext
+from bmc.synthesis.failures import SETTING, ReplyFailures, check_failure_share, split_limit
 from bmc.synthesis.ipr import rank_many, rm_pairs
 from bmc.synthesis.judges import build_judge
 from bmc.synthesis.local_models import with_model_dtypes
@@ -91,9 +92,11 @@ def _judge_payload(samples: list[dict[str, Any]], judge_cfg: dict[str, Any], kin
 
 
 def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
-    """Iterative pairwise ranking with the configured judge, both orders per comparison."""
+    """Iterative pairwise ranking with the configured judge, both orders per comparison; past
+    ``judge.max_failure_share`` of replies without a verdict (ties), the stage stops."""
     samples = _samples(ctx)
-    judge = build_judge(ctx.judge_cfg, task=ctx.verifier, examples=ctx.task_data.pref_examples,
+    max_failure_share, judge_cfg = split_limit(ctx.judge_cfg, "judge")
+    judge = build_judge(judge_cfg, task=ctx.verifier, examples=ctx.task_data.pref_examples,
                         precision=ctx.precision, device=ctx.device)  # fmt: skip
 
     def process(batch: list[dict[str, Any]], first_index: int) -> list[dict[str, Any]]:
@@ -103,16 +106,23 @@ def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
                 "worst": result.worst_index,
                 "comparisons": result.comparisons,
                 "judge_calls": result.judge_calls,
-                "unparseable": judge.unparseable_by_prompt[sample["prompt"]],
+                **judge.take_failures(sample["prompt"]).entry(),
             }
             for sample, result in zip(batch, rank_many(judge, batch))
         ]
 
-    # "entry": entries count the judge's unparseable replies since then; older ones, without, are not read
-    payload = {**_judge_payload(samples, ctx.judge_cfg, "ipr"), "entry": "unparseable"}
+    # "entry": entries hold the judge's replies without a verdict by reason (a cut-off reply is one, whatever it
+    # says) and quote one; older ones, without, are not read
+    payload = {**_judge_payload(samples, judge_cfg, "ipr"), "entry": "failures"}
     rankings = resumable_map(ctx.cache_root, "judgments", payload, samples, process, batch_size=16)
     ctx.report["judge_calls"] = sum(r["judge_calls"] for r in rankings)
-    ctx.report["judge_unparseable"] = sum(r["unparseable"] for r in rankings)
+    failures = ReplyFailures.from_entries(rankings)
+    ctx.report["judge_failure_share"] = check_failure_share(
+        failures, ctx.report["judge_calls"], max_failure_share, stage="data=ipr", backend=repr(judge),
+        what="verdict", setting=f"judge.{SETTING}",
+    )  # fmt: skip
+    ctx.report["judge_unparseable"] = failures.counts["unparseable"]
+    ctx.report["judge_truncated"] = failures.counts["truncated"]
     ctx.report["comparisons_per_prompt"] = sum(r["comparisons"] for r in rankings) / max(len(rankings), 1)
     choices = [(r["best"], r["worst"]) for r in rankings]
     if ctx.cfg.get("agreement_judge"):
