@@ -17,7 +17,7 @@ from bmc.synthesis.judges import LLMJudge, RewardModelJudge, VerifierJudge, buil
 from bmc.synthesis.local_models import with_model_dtypes
 from bmc.tasks import MathTask
 from bmc.tokenizer import train_bpe_tokenizer
-from tests.conftest import CONF, compose_config
+from tests.conftest import CONF, RM_TEXTS, compose_config
 from tests.fake_chat_server import FakeChatServer, chat_completion
 
 # ------------------------------------------------------------------ verifier
@@ -57,23 +57,6 @@ def test_verifier_judge_needs_the_task_and_known_prompts(math_examples: tuple[Ma
 
 
 # ------------------------------------------------------------------ reward model
-
-RM_TEXTS = ["Tom has 3 apples. How many? Answer: 3+4=7. The answer is 7.", "lime-salt-grape", "Mirvan lives in Tolvik."]
-
-
-@pytest.fixture(scope="module")
-def reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer = train_bpe_tokenizer(RM_TEXTS * 4, vocab_size=300)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=64, num_labels=1, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("reward_model")
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
 
 PROMPT = "Tom has 3 apples. How many?\nAnswer:"
 RESPONSES = [" 3+4=7. The answer is 7.", " 3+4=8. The answer is 8.", " lime", " Mirvan lives in Tolvik.", " 7"]
