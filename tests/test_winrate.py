@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bmc.data.sources import TaskData
+from bmc.generation import Completion
 from bmc.pipeline import run
 from bmc.stages.evaluation import evaluation_kind
 from bmc.stages.pairs import PreferencePairs
@@ -22,6 +23,7 @@ from bmc.stages.reward_model import JudgeSetup
 from bmc.stages.warm_start import SFT_EVAL_KEYS
 from bmc.stages.winrate import (
     EVAL_WINRATE,
+    Baseline,
     HeldOut,
     baseline_answers,
     held_out_prompts,
@@ -223,21 +225,24 @@ def test_baselines_and_the_settings_they_cannot_work_with(tmp_path: Path) -> Non
 def test_the_reference_answers_are_generated_and_cached_in_the_trainers_precision(tmp_path: Path, monkeypatch) -> None:
     asked: list[str] = []
 
-    def generate(model, tokenizer, prompts, budget, **kwargs) -> list[tuple[str, bool]]:
+    def generate(model, tokenizer, prompts, budget, **kwargs) -> list[Completion]:
         asked.append(kwargs["precision"].name)
-        return [(f" in {kwargs['precision'].name}", False) for _ in prompts]
+        return [Completion(f" in {kwargs['precision'].name}", truncated=p == "Q1?") for p in prompts]
 
     monkeypatch.setattr("bmc.stages.winrate.generate", generate)
 
-    def answers(precision: str) -> dict[str, str]:
+    def answers(precision: str) -> Baseline:
         setup = _setup("reference", DATASET)
         setup.cfg.trainer.precision, setup.cfg.eval.batch_size = precision, 4
         setup.cfg.paths = {"cache_dir": str(tmp_path)}
         setup.policy = SimpleNamespace(fingerprint=lambda: {"checkpoint": "sft"}, model=None, tokenizer=None)
-        return baseline_answers(setup, [HeldOut("Q0?", None)], budget=8).answers
+        return baseline_answers(setup, [HeldOut("Q0?", None), HeldOut("Q1?", None)], budget=8)
 
-    assert answers("bf16") == answers("bf16-mixed") == {"Q0?": " in bf16-mixed"}
-    assert answers("32-true") == {"Q0?": " in 32-true"}
+    bf16 = answers("bf16")
+    assert bf16 == answers("bf16-mixed")
+    assert bf16.answers == {"Q0?": " in bf16-mixed", "Q1?": " in bf16-mixed"}
+    assert bf16.truncated == {"Q1?"}  # the answer the budget cut off, also when read from the cache
+    assert answers("32-true").answers == {"Q0?": " in 32-true", "Q1?": " in 32-true"}
     assert asked == ["bf16-mixed", "32-true"]  # bf16 and bf16-mixed: one cache entry
 
 
@@ -265,6 +270,9 @@ def test_a_dataset_is_judged_against_the_reference_answers_on_its_validation_pro
     ]
     assert len(server.requests) == 2 * sum(r["policy"] != r["baseline"] for r in judged)
     assert metrics["eval/judge_failure_share"] == 0.0
+    truncated = [json.loads(line)["truncated"] for line in reference.read_text().splitlines()]
+    assert [r["baseline_truncated"] for r in judged] == truncated  # the reference answers' own finish
+    assert metrics["eval/baseline_truncated"] == sum(truncated) / 2
 
 
 def test_a_judge_that_never_gives_a_verdict_stops_the_winrate(make_config, tmp_path) -> None:

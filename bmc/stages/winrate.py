@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ COLUMNS = (
     "policy_tokens",
     "baseline_tokens",
     "truncated",
+    "baseline_truncated",
     "policy_first",
     "baseline_first",
     "outcome",
@@ -109,10 +110,13 @@ def answer_budget(cfg: DictConfig, tokenizer: Any, held_out: list[HeldOut]) -> i
 
 @dataclass(frozen=True)
 class Baseline:
-    """The baseline's answer to each held-out prompt; ``name`` says where they came from."""
+    """The baseline's answer to each held-out prompt; ``name`` says where they came from. ``truncated``: the
+    prompts whose answer, generated here, the token budget cut off (answers from the data or a file are taken as
+    they are)."""
 
     name: str
     answers: dict[str, str]
+    truncated: frozenset[str] = field(default_factory=frozenset)
 
     def key(self) -> dict[str, str]:
         """What identifies the baseline in the stage's cache key: its answers' contents."""
@@ -125,16 +129,18 @@ def _reference_answers(setup: EvalSetup, held_out: list[HeldOut], budget: int) -
     cfg, policy = setup.cfg, setup.policy
     precision = resolve_precision(cfg.trainer.precision)
     prompts = [h.prompt for h in held_out]
+    # "entry": entries since then say whether the budget cut the answer off; older ones, without, are not read
     payload = {"reference": policy.fingerprint(), "max_new_tokens": budget, "batch_size": cfg.eval.batch_size,
-               **precision.key_fields()}  # fmt: skip
+               **precision.key_fields(), "entry": "truncated"}  # fmt: skip
 
     def answer(batch: list[str], start: int) -> list[dict[str, Any]]:
         outputs = generate(policy.model, policy.tokenizer, batch, budget, batch_size=len(batch), desc="reference",
                            precision=precision)  # fmt: skip
-        return [{"answer": text} for text, _ in outputs]
+        return [{"answer": text, "truncated": truncated} for text, truncated in outputs]
 
     rows = resumable_map(cfg.paths.cache_dir, "reference_answers", payload, prompts, answer, cfg.eval.batch_size)
-    return Baseline("reference", {p: row["answer"] for p, row in zip(prompts, rows)})
+    answers = {p: row["answer"] for p, row in zip(prompts, rows)}
+    return Baseline("reference", answers, frozenset(p for p, row in zip(prompts, rows) if row["truncated"]))
 
 
 def _chosen_answers(setup: EvalSetup, held_out: list[HeldOut], budget: int) -> Baseline:
@@ -254,6 +260,7 @@ def _metrics(rows: list[dict[str, Any]], cfg: DictConfig, judge_failure_share: f
         **stats,
         "num_prompts": float(n),
         "truncated": sum(bool(r["truncated"]) for r in rows) / n,
+        "baseline_truncated": sum(bool(r["baseline_truncated"]) for r in rows) / n,
         "identical": sum(r["policy"] == r["baseline"] for r in rows) / n,
         "judge_unparseable": float(sum(r["unparseable"] for r in rows)),
         "judge_truncated": float(sum(r["judge_truncated"] for r in rows)),
@@ -299,6 +306,7 @@ def prepare_winrate(setup: EvalSetup) -> Evaluation:
                     "policy_tokens": lengths[i],
                     "baseline_tokens": lengths[len(batch) + i],
                     "truncated": truncated,
+                    "baseline_truncated": p in baseline.truncated,
                     **verdict,
                 }
                 for i, (p, (text, truncated), base, verdict) in enumerate(zip(batch, outputs, theirs, verdicts))
