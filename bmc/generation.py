@@ -7,7 +7,7 @@ it, it imports neither."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -16,6 +16,21 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from bmc.data.tokenize import encode_prompts, encode_texts, response_end_id
 from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.tasks import Example, Task
+
+
+class Completion(NamedTuple):
+    """A model's text for one prompt and whether the token budget cut it off before its end: no end token
+    within ``max_new_tokens`` here, ``finish_reason == "length"`` from a server. What every model output of the
+    synthesis and evaluation stages carries (samples, judge and editor replies, answers), so that their gates
+    can tell a finished text from a cut-off one."""
+
+    text: str
+    truncated: bool
+
+    @classmethod
+    def from_finish_reason(cls, text: str, finish_reason: str | None) -> Completion:
+        """A server's completion (OpenAI-compatible APIs, vLLM): ``"length"`` is the token budget running out."""
+        return cls(text, finish_reason == "length")
 
 
 @torch.no_grad()
@@ -31,8 +46,8 @@ def generate(
     desc: str = "generate",
     progress: bool = True,
     precision: Precision = DEFAULT_PRECISION,
-) -> list[tuple[str, bool]]:
-    """Complete each prompt; returns (text, truncated) where truncated means no end token within the budget.
+) -> list[Completion]:
+    """Complete each prompt: a :class:`Completion` each, truncated when no end token came within the budget.
 
     Prompts are left-padded so every row's new tokens start at the same column. Generation stops at any of
     :func:`stop_token_ids`. ``precision``: the trainer's (:mod:`bmc.precision`), which the policy generates in
@@ -43,7 +58,7 @@ def generate(
     precision.convert(model)
     device = next(model.parameters()).device
     pad, stops = tokenizer.pad_token_id, stop_token_ids(model, tokenizer)
-    results: list[tuple[str, bool]] = []
+    results: list[Completion] = []
     encoded = encode_prompts(tokenizer, list(prompts))
     for start in tqdm(range(0, len(encoded), batch_size), desc=desc, leave=False, disable=not progress):
         rows = encoded[start : start + batch_size]
@@ -64,7 +79,7 @@ def generate(
             )[:, width:].tolist()
         for ids in output:
             end = next((i for i, token in enumerate(ids) if token in stops), None)
-            results.append((tokenizer.decode(ids[:end], skip_special_tokens=True), end is None))
+            results.append(Completion(tokenizer.decode(ids[:end], skip_special_tokens=True), end is None))
     model.train(was_training)
     return results
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: composed Hydra configs pointing at temporary folders, and the CLI runner."""
+"""Shared fixtures: composed Hydra configs pointing at temporary folders, the CLI runner, and tiny saved models."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from bmc.digest import DIGEST_DIR_ENV
 from bmc.tokenizer import train_bpe_tokenizer
@@ -94,5 +94,24 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     path = tmp_path_factory.mktemp("tiny_lm")
     LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+RM_TEXTS = ["Tom has 3 apples. How many? Answer: 3+4=7. The answer is 7.", "lime-salt-grape", "Mirvan lives in Tolvik."]
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-layer Llama with a one-output score head (random weights) and its BPE tokenizer, saved: a scalar
+    reward model for the reward-model judge and rm_score."""
+    tokenizer = train_bpe_tokenizer(RM_TEXTS * 4, vocab_size=300)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, intermediate_size=64, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("reward_model")
+    LlamaForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

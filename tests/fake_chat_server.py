@@ -6,6 +6,8 @@ request's JSON body.
         backend = OpenAIChat(server.base_url, "any-model", api_key_env=None)
     with FakeChatServer(lambda body: completions(["a", "b"], ["stop", "length"])) as server:
         ...  # POST .../completions answered with two choices
+    with FakeChatServer(lambda body: chat_completion("<revised>cut off", "length")) as server:
+        ...  # a chat reply that the token budget cut off
 """
 
 from __future__ import annotations
@@ -20,9 +22,16 @@ from typing import Any
 
 from tests.local_server import LocalServer
 
-# A reply is the assistant's content of a chat completion (HTTP 200), a whole JSON body (HTTP 200, e.g.
-# :func:`completions`), or (status, raw body) to simulate a failure.
+# A reply is the assistant's content of a chat completion that finished (HTTP 200), a whole JSON body (HTTP 200,
+# e.g. :func:`completions` or :func:`chat_completion`), or (status, raw body) to simulate a failure.
 Reply = str | dict[str, Any] | tuple[int, str]
+
+
+def chat_completion(content: str | None, finish_reason: str = "stop") -> dict[str, Any]:
+    """The JSON body of an OpenAI chat-completions reply: ``finish_reason`` "length" is a reply the token budget
+    cut off."""
+    message = {"role": "assistant", "content": content}
+    return {"choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]}
 
 
 def completions(texts: list[str], finish_reasons: list[str] | None = None) -> dict[str, Any]:
@@ -82,8 +91,7 @@ class FakeChatServer(LocalServer):
                 elif isinstance(reply, dict):
                     status, body = 200, json.dumps(reply)
                 else:
-                    chat = {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}
-                    status, body = 200, json.dumps(chat)
+                    status, body = 200, json.dumps(chat_completion(reply))
                 data = body.encode("utf-8")
                 try:
                     self.send_response(status)

@@ -46,10 +46,11 @@ def test_ipr_judges_prompts_concurrently_in_order_and_like_the_sequential_run() 
         with FakeChatServer(_judge_reply, delay_s=0.02) as server:
             judge = LLMJudge(_client(server.base_url, limit), TEMPLATE)
             results = rank_many(judge, samples)
-        runs[limit] = (results, judge.calls, dict(judge.unparseable_by_prompt), server.max_in_flight)
+        failures = {s["prompt"]: judge.take_failures(s["prompt"]).counts for s in samples}
+        runs[limit] = (results, judge.calls, {p: dict(c) for p, c in failures.items() if c}, server.max_in_flight)
     (sequential, calls_1, unparseable_1, peak_1), (concurrent, calls_6, unparseable_6, peak_6) = runs[1], runs[6]
     assert concurrent == sequential and calls_6 == calls_1 == 12 * 10
-    assert unparseable_6 == unparseable_1 == {s["prompt"]: 10 for s in samples if "odd" in s["prompt"]}
+    assert unparseable_6 == unparseable_1 == {s["prompt"]: {"unparseable": 10} for s in samples if "odd" in s["prompt"]}
     for sample, result in zip(samples, concurrent):
         if "odd" not in sample["prompt"]:  # every verdict a tie: the incumbents stay
             quality = [c.count("+") for c in sample["completions"]]
@@ -79,6 +80,6 @@ def test_llm_editor_edits_prompts_concurrently_in_order_and_like_the_sequential_
         assert server.max_in_flight == limit
     assert edits[8] == edits[1]
     assert edits[1] == [
-        Edit(None, "unparseable") if "7" in y_l else Edit(" " + y_l.strip().upper()) for y_l in losing
+        Edit(None, "unparseable", "no tags here") if "7" in y_l else Edit(" " + y_l.strip().upper()) for y_l in losing
     ]  # in input order; the reply without the format is counted as unparseable, never accepted
     assert walls[8] < 0.5 * walls[1]  # 16 x 50 ms in sequence vs 2 rounds of 8

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from bmc.generation import Completion
 from bmc.synthesis.editors import Edit, LLMEditor, TaskEditor, build_editor, extract_revision
 from bmc.tasks import TASKS
 from tests.conftest import compose_config
-from tests.fake_chat_server import FakeChatServer
+from tests.fake_chat_server import FakeChatServer, chat_completion
 
 # ------------------------------------------------------------------ task editor
 
@@ -67,21 +68,28 @@ def test_task_editor_crafted_cases() -> None:
 
 
 @pytest.mark.parametrize(
-    "reply,expected",
+    "reply,truncated,expected",
     [
-        ("<revised>\n 12+3=15. The answer is 15.\n</revised>", Edit("12+3=15. The answer is 15.")),
-        ("Here it is:\n<REVISED>fixed</Revised>\nHope this helps.", Edit("fixed")),
-        ("I will wrap it in <revised> tags.\n<revised>second</revised>", Edit("second")),
-        ("<revised>cut off by the token bud", Edit("cut off by the token bud")),
+        ("<revised>\n 12+3=15. The answer is 15.\n</revised>", False, Edit("12+3=15. The answer is 15.")),
+        ("Here it is:\n<REVISED>fixed</Revised>\nHope this helps.", False, Edit("fixed")),
+        ("I will wrap it in <revised> tags.\n<revised>second</revised>", False, Edit("second")),
+        # finished without the closing tag: the block runs to the end
+        ("<revised>all of it", False, Edit("all of it")),
+        # the token budget cut the block off: the edit stops mid-way
+        ("<revised>cut off by the token bud", True, Edit(None, "truncated", "<revised>cut off by the token bud")),
+        ("Let me think about what is wrong", True, Edit(None, "truncated", "Let me think about what is wrong")),
+        # cut off after the block closed: the edit is whole
+        ("<revised>whole</revised> And a long note that", True, Edit("whole")),
         # no <revised> block: the model answered instead of editing
-        ("just the answer</revised>", Edit(None, "unparseable")),
-        ("12+3=15. The answer is 15.", Edit(None, "unparseable")),
-        ("<revised>  </revised>", Edit(None, "empty")),
-        ("", Edit(None, "empty")),
+        ("just the answer</revised>", False, Edit(None, "unparseable", "just the answer</revised>")),
+        ("12+3=15. The answer is 15.", False, Edit(None, "unparseable", "12+3=15. The answer is 15.")),
+        ("<revised>  </revised>", False, Edit(None, "empty", "<revised>  </revised>")),
+        ("", False, Edit(None, "empty", "")),
     ],
 )
-def test_extract_revision(reply: str, expected: Edit) -> None:
-    assert extract_revision(reply) == expected
+def test_extract_revision(reply: str, truncated: bool, expected: Edit) -> None:
+    assert extract_revision(Completion(reply, truncated)) == expected
+    assert expected.failed == (expected.text is None)
 
 
 @pytest.fixture
@@ -137,8 +145,20 @@ def test_llm_editor_picks_the_template_by_task_type_and_keeps_order(editor_cfg: 
     with FakeChatServer(revise, delay_s=0.01) as server:
         editor = build_editor(_configured(editor_cfg, server), task_type="hf_prefs")
         edits = editor.edit_many(["p"] * len(losing), ["w"] * len(losing), losing)
-    assert edits == [Edit(f"ANSWER {i}") for i in range(6)] + [Edit(None, "empty")]  # in order
+    assert edits == [Edit(f"ANSWER {i}") for i in range(6)] + [Edit(None, "empty", "")]  # in order
     assert all("[Prompt]" in r.json["messages"][-1]["content"] for r in server.requests)  # the default template
+
+
+def test_a_cut_off_edit_is_rejected_as_truncated_not_accepted(editor_cfg: dict) -> None:
+    """An editor whose reply the token budget cut off (finish_reason length, an unclosed block): no edit."""
+    cut = "<revised>\n72+83=155. The answer is"
+    with FakeChatServer(lambda body: chat_completion(cut, "length")) as server:
+        editor = build_editor(_configured(editor_cfg, server, max_tokens=12), task_type="math")
+        edit = editor.edit(PROMPT, WINNING, LOSING)
+    assert edit == Edit(None, "truncated", cut) and edit.failed
+    assert server.requests[0].json["max_tokens"] == 12
+    backend = f"OpenAIChat(base_url={server.base_url!r}, model='editor', api_key_env=None)"
+    assert repr(editor) == f"LLMEditor(backend={backend})"  # what an error about its replies names
 
 
 def test_llm_editor_rejects_bad_templates(editor_cfg: dict) -> None:

@@ -17,8 +17,8 @@ from bmc.synthesis.judges import LLMJudge, RewardModelJudge, VerifierJudge, buil
 from bmc.synthesis.local_models import with_model_dtypes
 from bmc.tasks import MathTask
 from bmc.tokenizer import train_bpe_tokenizer
-from tests.conftest import CONF, compose_config
-from tests.fake_chat_server import FakeChatServer
+from tests.conftest import CONF, RM_TEXTS, compose_config
+from tests.fake_chat_server import FakeChatServer, chat_completion
 
 # ------------------------------------------------------------------ verifier
 
@@ -57,23 +57,6 @@ def test_verifier_judge_needs_the_task_and_known_prompts(math_examples: tuple[Ma
 
 
 # ------------------------------------------------------------------ reward model
-
-RM_TEXTS = ["Tom has 3 apples. How many? Answer: 3+4=7. The answer is 7.", "lime-salt-grape", "Mirvan lives in Tolvik."]
-
-
-@pytest.fixture(scope="module")
-def reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer = train_bpe_tokenizer(RM_TEXTS * 4, vocab_size=300)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=64, num_labels=1, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("reward_model")
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
 
 PROMPT = "Tom has 3 apples. How many?\nAnswer:"
 RESPONSES = [" 3+4=7. The answer is 7.", " 3+4=8. The answer is 8.", " lime", " Mirvan lives in Tolvik.", " 7"]
@@ -180,7 +163,7 @@ def test_llm_judge_sends_a_pairwise_verdict_prompt_and_reads_the_verdict() -> No
         result = rank(judge, "Q?", ["aa", "a", "aaaa", "aaa"])
     assert (result.best_index, result.worst_index) == (2, 1)
     assert judge.calls == 2 + 4 + result.judge_calls and result.judge_calls == 2 * 3 + 2 * 2
-    assert judge.unparseable == 0
+    assert judge.take_failures("Q?").total == 0
     first = server.requests[0].json
     assert first["temperature"] == 0.0 and first["model"] == "judge"
     system, user = first["messages"]
@@ -197,7 +180,20 @@ def test_llm_judge_position_bias_and_unparseable_replies_are_ties() -> None:
         judge = build_judge(_llm_cfg(server))
         result = rank(judge, "Q?", ["x", "y", "z"])
     assert (result.best_index, result.worst_index) == (0, 1)  # all ties: the incumbents stay
-    assert judge.unparseable == judge.calls == 6
+    failures = judge.take_failures("Q?")
+    assert failures.counts == {"unparseable": 6} == {"unparseable": judge.calls}
+    assert failures.example == "Both are fine, I think." and judge.take_failures("Q?").total == 0  # taken
+
+
+def test_a_cut_off_judge_reply_is_no_verdict_whatever_it_holds() -> None:
+    cut = chat_completion("The format is [[A]], [[B]] or [[C]]. I think", "length")
+    with FakeChatServer(lambda body: cut) as server:
+        judge = build_judge(_llm_cfg(server))
+        assert judge.prefer("Q?", "x", "y") == 0
+    assert judge.take_failures("Q?").counts == {"truncated": 1}
+    assert repr(judge) == f"LLMJudge(backend=OpenAIChat(base_url={server.base_url!r}, model='judge', api_key_env=None))"
+    with pytest.raises(ValueError, match=r"judge.max_failure_share must be a share in \[0, 1\], got -0.1"):
+        build_judge({**_llm_cfg(server), "max_failure_share": -0.1})
 
 
 def test_llm_judge_template_must_have_its_placeholders() -> None:

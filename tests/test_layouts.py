@@ -127,6 +127,25 @@ def test_bad_conversational_rows_name_file_row_and_field(row: dict, message: str
         _read(_file(tmp_path, [good, row]))
 
 
+def test_an_empty_response_is_dropped_and_counted_in_every_layout(tmp_path: Path, caplog) -> None:
+    """One drop policy: a row whose chosen or rejected response is empty is read, then dropped and counted under
+    the same reason whatever its layout, never an error for the whole file."""
+    cases = {  # layout -> (a row with an empty response, the reason it is dropped)
+        "standard": ({"prompt": "Q?", "chosen": " ", "rejected": "No."}, "empty chosen"),
+        "conversational": ({"chosen": _messages(ASK, ("assistant", "")), "rejected": _messages(ASK, FIRST)},
+                           "empty chosen"),
+        "ultrafeedback_binarized": ({"prompt": ASK[1], "chosen": _messages(ASK, FIRST),
+                                     "rejected": _messages(ASK, ("assistant", "  "))}, "empty rejected"),
+        "ranked": ({"prompt": "Q?", "completions": [{"response": "", "score": 9}, {"response": "No.", "score": 1}]},
+                   "empty chosen"),
+    }  # fmt: skip
+    for layout, (bad, reason) in cases.items():
+        with caplog.at_level("WARNING", logger="bmc.data.hf_prefs"):
+            data = _read(_file(tmp_path, [LAYOUTS[layout][0][0], bad], f"{layout}.jsonl"))
+        assert len(data.pairs) == 1 and data.report["dropped"] == {f"read: {reason}": 1}, layout
+        assert f"{layout}.jsonl: dropped 1 of 2 row(s) with {reason} (rows [2])" in caplog.text
+
+
 def test_transcripts_without_a_shared_prompt_are_named(tmp_path: Path) -> None:
     good = LAYOUTS["hh_rlhf"][0][0]
     other = {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.", "rejected": "\n\nHuman: Bye?\n\nAssistant: Bye."}
@@ -192,8 +211,8 @@ def test_ranked_completions_become_pairs_by_best_worst_or_all_pairs_with_ties_co
         ([{"response": "A."}, {"response": "B.", "overall_score": 1}], r"field 'completions'\[0\]: needs keys"),
         ([{"response": "A.", "overall_score": "high"}, {"response": "B.", "overall_score": 1}],
          r"field 'completions'\[0\]: the score must be a finite number, got 'high'"),
-        ([{"response": "", "overall_score": 1}, {"response": "B.", "overall_score": 2}],
-         r"field 'completions'\[0\]: the response must be a non-empty string"),
+        ([{"response": None, "overall_score": 1}, {"response": "B.", "overall_score": 2}],
+         r"field 'completions'\[0\]: the response must be a string, got null"),
     ],
 )  # fmt: skip
 def test_bad_ranked_rows_name_file_row_and_field(completions, message: str, tmp_path: Path) -> None:

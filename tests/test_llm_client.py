@@ -11,13 +11,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bmc.generation import generate
+from bmc.generation import Completion, generate
 from bmc.precision import resolve_precision
 from bmc.synthesis.chat import LocalChat, OpenAIChat, build_chat_backend, render_messages
 from bmc.synthesis.endpoint import ChatError
 from bmc.synthesis.local_models import with_model_dtypes
 from tests.conftest import compose_config
-from tests.fake_chat_server import FakeChatServer
+from tests.fake_chat_server import FakeChatServer, chat_completion
 
 SECRET = "sk-test-Q7f3SECRETkey"
 KEY_ENV = "BMC_TEST_API_KEY"
@@ -45,7 +45,7 @@ def test_request_is_well_formed_and_the_key_only_in_the_authorization_header(
     caplog.set_level(logging.DEBUG)
     with FakeChatServer(lambda body: "hello there") as server:
         client = _client(server, max_tokens=77)
-        assert client.complete(MESSAGES) == "hello there"
+        assert client.complete(MESSAGES) == Completion("hello there", truncated=False)
     (request,) = server.requests
     assert request.path == "/v1/chat/completions"
     assert request.json == {"model": "test-model", "messages": MESSAGES, "temperature": 0.0, "max_tokens": 77}
@@ -68,7 +68,7 @@ def test_retries_on_500_then_succeeds_and_logs_no_key(
         return _echo_auth(500)(body) if len(attempts) <= 2 else "finally"
 
     with FakeChatServer(flaky) as server:
-        assert _client(server, max_retries=4).complete(MESSAGES) == "finally"
+        assert _client(server, max_retries=4).complete(MESSAGES).text == "finally"
     assert len(server.requests) == len(attempts) == 3
     assert caplog.text.count("retry") == 2 and "HTTP 500" in caplog.text
     _assert_secret_absent(caplog.text)
@@ -127,7 +127,7 @@ def test_missing_key_variable_is_named_and_nothing_is_sent(monkeypatch: pytest.M
 
 def test_no_key_for_a_local_server_sends_no_authorization_header() -> None:
     with FakeChatServer(lambda body: "ok") as server:
-        assert _client(server, api_key_env=None).complete(MESSAGES) == "ok"
+        assert _client(server, api_key_env=None).complete(MESSAGES).text == "ok"
     assert "Authorization" not in server.requests[0].headers
 
 
@@ -138,6 +138,24 @@ def test_a_reply_without_choices_is_an_error() -> None:
     assert len(server.requests) == 1
 
 
+def test_a_reply_carries_its_finish_reason_and_a_null_content_is_no_text() -> None:
+    replies = {"long": chat_completion("<revised>cut off by the bud", "length"), "done": chat_completion("Done."),
+               "refused": chat_completion(None, "content_filter"), "bare": {"choices": [{"message": {"content": "x"}}]}}
+
+    with FakeChatServer(lambda body: replies[body["messages"][-1]["content"]]) as server:
+        got = _client(server, api_key_env=None).complete_many([[{"role": "user", "content": k}] for k in replies])
+    assert got == [Completion("<revised>cut off by the bud", True), Completion("Done.", False),
+                   Completion("", False), Completion("x", False)]  # fmt: skip
+
+
+def test_a_local_reply_that_runs_out_of_tokens_is_truncated(tiny_lm: Path) -> None:
+    backend = build_chat_backend({"kind": "local", "path": str(tiny_lm), "max_new_tokens": 3})
+    # the tiny random model emits no end token within 3 tokens
+    (reply,) = backend.complete_many([MESSAGES])
+    assert reply.truncated and reply.text
+    assert str(tiny_lm) in repr(backend)  # the folder an error about its replies names
+
+
 def test_complete_many_runs_concurrently_within_the_limit_and_keeps_order() -> None:
     def echo(body: dict) -> str:
         return "re: " + body["messages"][-1]["content"]
@@ -145,7 +163,7 @@ def test_complete_many_runs_concurrently_within_the_limit_and_keeps_order() -> N
     conversations = [[{"role": "user", "content": f"q{i}"}] for i in range(12)]
     with FakeChatServer(echo, delay_s=0.05) as server:
         replies = _client(server, api_key_env=None, max_concurrency=4).complete_many(conversations)
-    assert replies == [f"re: q{i}" for i in range(12)]
+    assert replies == [Completion(f"re: q{i}", truncated=False) for i in range(12)]
     assert 1 < server.max_in_flight <= 4
 
 
@@ -165,8 +183,9 @@ def test_local_chat_is_greedy_and_deterministic(tiny_lm: Path) -> None:
     conversations = [MESSAGES, [{"role": "user", "content": "hello"}], MESSAGES]
     replies = backend.complete_many(conversations)
     assert replies[0] == replies[2] == backend.complete(MESSAGES)
-    expected, _ = generate(backend.model, backend.tokenizer, [render_messages(backend.tokenizer, MESSAGES)], 6)[0]
-    assert replies[0] == expected.strip()
+    prompt = render_messages(backend.tokenizer, MESSAGES)
+    expected, truncated = generate(backend.model, backend.tokenizer, [prompt], 6)[0]
+    assert replies[0] == Completion(expected.strip(), truncated)
 
 
 def test_factory_rejects_unknown_kinds_and_options(tiny_lm: Path) -> None:
@@ -195,7 +214,7 @@ def test_one_override_switches_the_judge_or_editor_between_a_server_and_a_local_
     assert backend["kind"] == "local" and "base_url" not in backend  # the whole block is replaced, not merged
     local = build_chat_backend(backend)
     assert isinstance(local, LocalChat) and local.max_new_tokens == 256
-    assert isinstance(local.complete_many([[{"role": "user", "content": "hello"}]], max_tokens=4)[0], str)
+    assert isinstance(local.complete_many([[{"role": "user", "content": "hello"}]], max_tokens=4)[0].text, str)
 
 
 @pytest.mark.parametrize(
@@ -215,7 +234,7 @@ def test_a_local_backend_loads_in_the_trainers_precision_unless_its_dtype_is_set
     cfg = {"kind": "local", "path": str(tiny_lm), "dtype": dtype, "max_new_tokens": 4}
     backend = build_chat_backend(cfg, precision=resolve_precision(precision))
     assert {p.dtype for p in backend.model.parameters()} == {loaded}
-    assert isinstance(backend.complete(MESSAGES), str)
+    assert isinstance(backend.complete(MESSAGES).text, str)
     # what its cached judgments and edits are keyed by: the dtype it loads in
     resolved = with_model_dtypes({"kind": "llm", "backend": cfg}, resolve_precision(precision))
     assert resolved["backend"]["dtype"] == str(loaded).removeprefix("torch.")

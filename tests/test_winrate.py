@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bmc.data.sources import TaskData
+from bmc.generation import Completion
 from bmc.pipeline import run
 from bmc.stages.evaluation import evaluation_kind
 from bmc.stages.pairs import PreferencePairs
@@ -22,12 +23,15 @@ from bmc.stages.reward_model import JudgeSetup
 from bmc.stages.warm_start import SFT_EVAL_KEYS
 from bmc.stages.winrate import (
     EVAL_WINRATE,
+    Baseline,
     HeldOut,
     baseline_answers,
     held_out_prompts,
     judge_both_orders,
+    judge_failures,
     pairwise_judge,
 )
+from bmc.synthesis.failures import ReplyFailureError, check_failure_share
 from bmc.synthesis.judges import build_judge
 from bmc.winrate import (
     LOSS,
@@ -39,7 +43,7 @@ from bmc.winrate import (
     winrate_summary,
 )
 from tests.conftest import compose_config, run_cli
-from tests.fake_chat_server import FakeChatServer
+from tests.fake_chat_server import FakeChatServer, chat_completion
 from tests.test_ipr import AlwaysFirst, OrderJudge
 
 
@@ -147,7 +151,8 @@ def test_a_win_needs_both_orders_and_a_position_bias_ties_everything() -> None:
     assert judge_both_orders(fair, "Q?", "bad", "good")["outcome"] == LOSS
     calls = fair.calls
     assert judge_both_orders(fair, "Q?", "same", "same") == {
-        "policy_first": 0, "baseline_first": 0, "outcome": TIE, "unparseable": 0
+        "policy_first": 0, "baseline_first": 0, "outcome": TIE, "unparseable": 0, "judge_truncated": 0,
+        "judge_reply": None,
     }  # fmt: skip
     assert fair.calls == calls  # identical answers tie without asking
 
@@ -158,11 +163,27 @@ def _llm_judge_options(server: FakeChatServer) -> dict:
     return options
 
 
-def test_unparseable_judge_replies_are_counted() -> None:
+def test_unparseable_and_cut_off_judge_replies_are_counted_and_quoted() -> None:
     with FakeChatServer(lambda body: "Both are fine.") as server:
         judge = build_judge(_llm_judge_options(server))
         judged = judge_both_orders(judge, "Q?", "x", "y")
-    assert judged["outcome"] == TIE and judged["unparseable"] == 2
+    assert judged["outcome"] == TIE and judged["unparseable"] == 2 and judged["judge_reply"] == "Both are fine."
+    # a verdict in a reply the budget cut off is no verdict: the explanation may be quoting the format
+    with FakeChatServer(lambda body: chat_completion("Answer with [[A]] or [[B]]. Here A is", "length")) as server:
+        judged = judge_both_orders(build_judge(_llm_judge_options(server)), "Q?", "x", "y")
+    assert (judged["outcome"], judged["unparseable"], judged["judge_truncated"]) == (TIE, 0, 2)
+
+
+def test_one_reply_without_a_verdict_in_ten_is_reported_as_its_share(caplog) -> None:
+    rows = [{"policy": f"p{i}", "baseline": "b", "unparseable": int(i == 3), "judge_truncated": 0,
+             "judge_reply": "Hmm." if i == 3 else None} for i in range(5)]  # fmt: skip
+    rows.append({"policy": "b", "baseline": "b", "unparseable": 0, "judge_truncated": 0, "judge_reply": None})
+    failures, replies = judge_failures(rows)
+    assert (failures.counts["unparseable"], failures.example, replies) == (1, "Hmm.", 10)  # identical: unasked
+    with caplog.at_level("WARNING"):
+        share = check_failure_share(failures, replies, 0.2, stage="eval=winrate", backend="judge", what="verdict",
+                                    setting="judge.max_failure_share")  # fmt: skip
+    assert share == 0.1 and "1 of 10 replies (10%) of judge gave no verdict (unparseable 1)" in caplog.text
 
 
 def _setup(baseline: str, task_data: TaskData, judge: dict | None = None, pairs: list | None = None) -> SimpleNamespace:
@@ -204,39 +225,42 @@ def test_baselines_and_the_settings_they_cannot_work_with(tmp_path: Path) -> Non
 def test_the_reference_answers_are_generated_and_cached_in_the_trainers_precision(tmp_path: Path, monkeypatch) -> None:
     asked: list[str] = []
 
-    def generate(model, tokenizer, prompts, budget, **kwargs) -> list[tuple[str, bool]]:
+    def generate(model, tokenizer, prompts, budget, **kwargs) -> list[Completion]:
         asked.append(kwargs["precision"].name)
-        return [(f" in {kwargs['precision'].name}", False) for _ in prompts]
+        return [Completion(f" in {kwargs['precision'].name}", truncated=p == "Q1?") for p in prompts]
 
     monkeypatch.setattr("bmc.stages.winrate.generate", generate)
 
-    def answers(precision: str) -> dict[str, str]:
+    def answers(precision: str) -> Baseline:
         setup = _setup("reference", DATASET)
         setup.cfg.trainer.precision, setup.cfg.eval.batch_size = precision, 4
         setup.cfg.paths = {"cache_dir": str(tmp_path)}
         setup.policy = SimpleNamespace(fingerprint=lambda: {"checkpoint": "sft"}, model=None, tokenizer=None)
-        return baseline_answers(setup, [HeldOut("Q0?", None)], budget=8).answers
+        return baseline_answers(setup, [HeldOut("Q0?", None), HeldOut("Q1?", None)], budget=8)
 
-    assert answers("bf16") == answers("bf16-mixed") == {"Q0?": " in bf16-mixed"}
-    assert answers("32-true") == {"Q0?": " in 32-true"}
+    bf16 = answers("bf16")
+    assert bf16 == answers("bf16-mixed")
+    assert bf16.answers == {"Q0?": " in bf16-mixed", "Q1?": " in bf16-mixed"}
+    assert bf16.truncated == {"Q1?"}  # the answer the budget cut off, also when read from the cache
+    assert answers("32-true").answers == {"Q0?": " in 32-true", "Q1?": " in 32-true"}
     assert asked == ["bf16-mixed", "32-true"]  # bf16 and bf16-mixed: one cache entry
 
 
-def test_a_dataset_is_judged_against_the_reference_answers_on_its_validation_prompts(make_config, tmp_path) -> None:
+def _judged_dataset_run(make_config, tmp_path: Path, server: FakeChatServer) -> dict[str, float]:
+    """A tiny run on a dataset of 30 rows, judged against the reference answers by the LLM judge at ``server``."""
     rows = [{"prompt": f"What is {i} plus one?", "chosen": f" It is {i + 1}.", "rejected": f" It is {i + 2}."}
             for i in range(30)]  # fmt: skip
     path = tmp_path / "prefs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    judge = [f"judge.backend.base_url={server.base_url}", "judge.backend.model=judge", "judge.backend.api_key_env=null"]
+    winrate = ["eval=winrate", "eval.baseline=reference", "eval.max_new_tokens=8"]
+    task = ["task=hf_prefs", f"task.path={path}", "task.sizes.sft_val=4"]
+    return run(make_config("debug=default", *task, "judge=llm", *judge, *winrate, "optim.lr=1e-2"))
+
+
+def test_a_dataset_is_judged_against_the_reference_answers_on_its_validation_prompts(make_config, tmp_path) -> None:
     with FakeChatServer(lambda body: "Slot B, always. [[B]]") as server:  # a position bias: every game a tie
-        judge = [
-            f"judge.backend.base_url={server.base_url}",
-            "judge.backend.model=judge",
-            "judge.backend.api_key_env=null",
-        ]
-        winrate = ["eval=winrate", "eval.baseline=reference", "eval.max_new_tokens=8"]
-        task = ["task=hf_prefs", f"task.path={path}", "task.sizes.sft_val=4"]
-        cfg = make_config("debug=default", *task, "judge=llm", *judge, *winrate, "optim.lr=1e-2")
-        metrics = run(cfg)
+        metrics = _judged_dataset_run(make_config, tmp_path, server)
     judged = [json.loads(line) for line in (tmp_path / "run" / EVAL_WINRATE).read_text().splitlines()]
     assert metrics["eval/num_prompts"] == len(judged) == 2  # the 2 validation pairs of debug's 24 rows
     assert metrics["eval/winrate"] == metrics["eval/winrate_lc"] == 0.5 and metrics["eval/tie_rate"] == 1.0
@@ -245,6 +269,23 @@ def test_a_dataset_is_judged_against_the_reference_answers_on_its_validation_pro
         r["baseline"] for r in judged
     ]
     assert len(server.requests) == 2 * sum(r["policy"] != r["baseline"] for r in judged)
+    assert metrics["eval/judge_failure_share"] == 0.0
+    truncated = [json.loads(line)["truncated"] for line in reference.read_text().splitlines()]
+    assert [r["baseline_truncated"] for r in judged] == truncated  # the reference answers' own finish
+    assert metrics["eval/baseline_truncated"] == sum(truncated) / 2
+
+
+def test_a_judge_that_never_gives_a_verdict_stops_the_winrate(make_config, tmp_path) -> None:
+    with FakeChatServer(lambda body: "Both answers have merit; it is hard to say.") as server:
+        with pytest.raises(ReplyFailureError) as failed:
+            _judged_dataset_run(make_config, tmp_path, server)
+    replies = len(server.requests)
+    assert replies > 0 and str(failed.value).startswith(
+        f"eval=winrate: {replies} of {replies} replies (100%) of LLMJudge(backend=OpenAIChat(base_url="
+        f"'{server.base_url}', model='judge', api_key_env=None)) gave no verdict (unparseable {replies}), more than "
+        "judge.max_failure_share=0.2. For example: 'Both answers have merit; it is hard to say.'"
+    )
+    assert not (tmp_path / "run" / EVAL_WINRATE).exists()  # no win rate of ties
 
 
 def _question(body: dict) -> str:
@@ -291,6 +332,8 @@ def test_train_with_eval_winrate_writes_the_verdicts_and_reuses_them(tmp_path: P
     assert [r["unparseable"] for r in rows if r["prompt"] == unparseable_prompt[0]] == [2]
     metrics = json.loads((tmp_path / "first" / "summary.json").read_text())["metrics"]
     assert metrics["eval/num_prompts"] == 8 and metrics["eval/judge_unparseable"] == 2
+    assert metrics["eval/judge_failure_share"] == 2 / requests <= 0.2  # reported, below the threshold
+    assert [r["judge_reply"] for r in rows if r["unparseable"]] == ["I cannot decide."]
     assert metrics["eval/winrate"] == pytest.approx(np.mean([r["outcome"] for r in rows]))
     assert metrics["eval/tie_rate"] >= 1 / 8  # at least the unparseable prompt
     assert metrics["eval/winrate_ci_low"] <= metrics["eval/winrate"] <= metrics["eval/winrate_ci_high"]

@@ -19,7 +19,9 @@ layout                 a row                                                    
 A conversational row may also carry a ``prompt`` string (UltraFeedback-binarized): it must then equal the
 last user turn of the shared messages. ``task.format: auto`` takes the layout from the file's first row;
 every row must then fit it. A row that does not raises :class:`DataError` naming the file, the row and the
-field.
+field. An empty response is no error in any layout: the pair is read, then dropped and counted with the
+others (``empty chosen`` / ``empty rejected``, :func:`bmc.data.hf_prefs.filter_pairs`); an empty turn of a
+prompt's conversation is an error.
 """
 
 from __future__ import annotations
@@ -44,18 +46,29 @@ def is_messages(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in value)
 
 
-def _check_messages(messages: list[dict[str, str]], where: str) -> None:
+def _check_turns(messages: list[dict[str, str]], where: str) -> None:
+    """Known roles and string contents."""
     for m in messages:
         if m["role"] not in ROLES:
             raise DataError(f"{where}: unknown role {m['role']!r}; roles are {list(ROLES)}")
         if not isinstance(m["content"], str):
             raise DataError(f"{where}: message content must be a string, got {type(m['content']).__name__}")
-        if not m["content"].strip():
-            raise DataError(f"{where}: an empty {m['role']} turn")
+
+
+def _check_alternation(messages: list[dict[str, str]], where: str) -> None:
     roles = [m["role"] for m in messages if m["role"] != "system"]
     for previous, current in zip(roles, roles[1:]):
         if previous == current:
             raise DataError(f"{where}: roles must alternate between user and assistant, got {roles}")
+
+
+def _check_messages(messages: list[dict[str, str]], where: str) -> None:
+    """A prompt's conversation: known roles, non-empty string contents, alternating turns."""
+    _check_turns(messages, where)
+    for m in messages:
+        if not m["content"].strip():
+            raise DataError(f"{where}: an empty {m['role']} turn")
+    _check_alternation(messages, where)
 
 
 def _shared_length(a: Sequence[Any], b: Sequence[Any]) -> int:
@@ -120,12 +133,12 @@ def conversational(row: dict[str, Any], columns: dict[str, str], where: str) -> 
             )
     if not is_messages(prompt):
         raise DataError(f"{where}, field {columns['prompt']!r}: must be a message list in conversational rows")
-    for name, messages in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
-        _check_messages(messages, f"{where}, field {columns[name]!r}")
+    _check_messages(prompt, f"{where}, field {columns['prompt']!r}")
     for name, messages in (("chosen", chosen), ("rejected", rejected)):
+        _check_turns(messages, f"{where}, field {columns[name]!r}")  # an empty response is dropped later
         if len(messages) != 1 or messages[0]["role"] != "assistant":
             raise DataError(f"{where}, field {columns[name]!r}: expected one final assistant message")
-    _check_messages(prompt + chosen, f"{where}, field {columns['prompt']!r}+{columns['chosen']!r}")
+    _check_alternation(prompt + chosen, f"{where}, field {columns['prompt']!r}+{columns['chosen']!r}")
     return {"prompt": prompt, "chosen": chosen[0]["content"], "rejected": rejected[0]["content"]}
 
 

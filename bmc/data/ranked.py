@@ -5,9 +5,11 @@
 - ``all_pairs``: every two completions with different scores, the higher-scored one chosen.
 
 Completions with equal scores carry no preference: such pairs are dropped and counted (all of a prompt's
-completions tied: no pair at all). A completion is ``{response, score}`` (column names from ``task.columns``:
-``completions``, ``response``, ``score``), or a string with its score at the same index of a ``scores`` column.
-Each pair keeps ``score_chosen`` and ``score_rejected``.
+completions tied: no pair at all). An empty completion is paired like the others, and its pairs are dropped
+and counted as in every layout (``empty chosen`` / ``empty rejected``, :func:`bmc.data.hf_prefs.filter_pairs`).
+A completion is ``{response, score}`` (column names from ``task.columns``: ``completions``, ``response``,
+``score``), or a string with its score at the same index of a ``scores`` column. Each pair keeps
+``score_chosen`` and ``score_rejected``.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ def _scored(row: dict[str, Any], columns: dict[str, str], where: str) -> list[tu
         else:
             raise DataError(f"{at}: expected {{{columns['response']!r}, {columns['score']!r}}} or a string with a "
                             f"{columns['scores']!r} list of the same length, got {kind_of(item)}")  # fmt: skip
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{at}: the response must be a non-empty string, got {kind_of(text)}")
+        if not isinstance(text, str):
+            raise DataError(f"{at}: the response must be a string, got {kind_of(text)}")
         if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
             raise DataError(f"{at}: the score must be a finite number, got {score!r}")
         scored.append((text, float(score)))

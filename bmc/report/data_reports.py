@@ -1,6 +1,9 @@
 """The data reports of a sweep's runs (``summary.json``'s ``data_report``), one row per task and data setting:
-what went in, what came out, what was dropped and why, the edit distances before and after Bridging, and how
-many judge replies gave no verdict.
+what went in, what came out, what was dropped and why (e.g. ``truncated chosen`` / ``truncated rejected``: a
+prompt whose cut-off samples left no pair; ``edit truncated``: an edit the editor's token budget cut off;
+``read: empty chosen``: a row with an empty response), the edit distances before and after Bridging, and how
+many judge and editor replies gave no verdict or edit (their share: the stage stops above
+``max_failure_share``).
 Runs with the same task and data share their pairs (cached), so the first completed run of each speaks for all."""
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ COLUMNS = (
     ("edit distance before", "edit_distance_before"),
     ("edit distance after", "edit_distance_after"),
     ("edits accepted", "edits_accepted"),
+    ("editor failure share", "editor_failure_share"),  # replies without an edit (no block, empty, cut off)
     ("chosen verifier accept", "chosen_verifier_accept"),
     ("judge replies without verdict", "judge_unparseable"),  # an LLM judge's; each counted as a tie
+    ("judge replies cut off", "judge_truncated"),  # by the judge's max_tokens; each counted as a tie
+    ("judge failure share", "judge_failure_share"),  # the two above over the judge's replies
     ("sources (pairs)", "sources"),
     ("extra columns", "extra_columns"),
 )

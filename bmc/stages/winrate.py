@@ -16,6 +16,11 @@ meanwhile, on the trainer's device).
 Answers identical to the baseline's are ties without asking the judge: at temperature 0 the two orders of
 identical answers are the same request twice, which the both-order rule makes a tie whatever the verdict.
 
+A judge reply without a verdict (or cut off by its token budget) is a tie; when more than
+``judge.max_failure_share`` of the replies are, the stage stops with an error that names the judge's backend
+and quotes one (:mod:`bmc.synthesis.failures`) instead of reporting a win rate of ties; below it,
+``eval/judge_failure_share`` reports their share.
+
 Cached item by item under ``<cache>/winrate`` (:func:`bmc.synthesis.store.resumable_map`), keyed by the
 trained weights' contents, the starting checkpoint (the tokenizer), the prompts, the baseline's answers, the
 judge config, the answer budget and the trainer's precision, which the answers are generated in
@@ -27,9 +32,8 @@ and, with the wandb logger, to the table ``eval/winrate_answers``.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +48,13 @@ from bmc.precision import resolve_precision
 from bmc.stages.eval_setup import EvalSetup, Evaluation
 from bmc.stages.preference import TrainedPolicy, train_val_pairs
 from bmc.synthesis._common import ordered_map
+from bmc.synthesis.failures import SETTING, ReplyFailures, check_failure_share, split_limit
 from bmc.synthesis.judges import Judge, build_judge
 from bmc.synthesis.local_models import with_model_dtypes
 from bmc.synthesis.model_keys import model_config_key
 from bmc.synthesis.store import resumable_map
 from bmc.tasks import Example
 from bmc.winrate import TIE, both_order_outcome, winrate_summary
-
-log = logging.getLogger(__name__)
 
 #: the run folder's file of judged answers, one JSON line per held-out prompt
 EVAL_WINRATE = "eval_winrate.jsonl"
@@ -63,10 +66,13 @@ COLUMNS = (
     "policy_tokens",
     "baseline_tokens",
     "truncated",
+    "baseline_truncated",
     "policy_first",
     "baseline_first",
     "outcome",
     "unparseable",
+    "judge_truncated",
+    "judge_reply",
 )
 
 
@@ -104,10 +110,13 @@ def answer_budget(cfg: DictConfig, tokenizer: Any, held_out: list[HeldOut]) -> i
 
 @dataclass(frozen=True)
 class Baseline:
-    """The baseline's answer to each held-out prompt; ``name`` says where they came from."""
+    """The baseline's answer to each held-out prompt; ``name`` says where they came from. ``truncated``: the
+    prompts whose answer, generated here, the token budget cut off (answers from the data or a file are taken as
+    they are)."""
 
     name: str
     answers: dict[str, str]
+    truncated: frozenset[str] = field(default_factory=frozenset)
 
     def key(self) -> dict[str, str]:
         """What identifies the baseline in the stage's cache key: its answers' contents."""
@@ -120,16 +129,18 @@ def _reference_answers(setup: EvalSetup, held_out: list[HeldOut], budget: int) -
     cfg, policy = setup.cfg, setup.policy
     precision = resolve_precision(cfg.trainer.precision)
     prompts = [h.prompt for h in held_out]
+    # "entry": entries since then say whether the budget cut the answer off; older ones, without, are not read
     payload = {"reference": policy.fingerprint(), "max_new_tokens": budget, "batch_size": cfg.eval.batch_size,
-               **precision.key_fields()}  # fmt: skip
+               **precision.key_fields(), "entry": "truncated"}  # fmt: skip
 
     def answer(batch: list[str], start: int) -> list[dict[str, Any]]:
         outputs = generate(policy.model, policy.tokenizer, batch, budget, batch_size=len(batch), desc="reference",
                            precision=precision)  # fmt: skip
-        return [{"answer": text} for text, _ in outputs]
+        return [{"answer": text, "truncated": truncated} for text, truncated in outputs]
 
     rows = resumable_map(cfg.paths.cache_dir, "reference_answers", payload, prompts, answer, cfg.eval.batch_size)
-    return Baseline("reference", {p: row["answer"] for p, row in zip(prompts, rows)})
+    answers = {p: row["answer"] for p, row in zip(prompts, rows)}
+    return Baseline("reference", answers, frozenset(p for p, row in zip(prompts, rows) if row["truncated"]))
 
 
 def _chosen_answers(setup: EvalSetup, held_out: list[HeldOut], budget: int) -> Baseline:
@@ -205,20 +216,39 @@ def pairwise_judge(setup: EvalSetup) -> Judge:
 
 
 def judge_both_orders(judge: Judge, prompt: str, policy: str, baseline: str) -> dict[str, Any]:
-    """Both orders' verdicts (from slot A's view) and the outcome; identical answers tie unasked."""
+    """Both orders' verdicts (from slot A's view) and the outcome, with the judge's replies that gave no verdict
+    (``unparseable``, ``judge_truncated``: cut off) and the first of them quoted (``judge_reply``); identical
+    answers tie unasked."""
     if policy == baseline:
-        return {"policy_first": 0, "baseline_first": 0, "outcome": TIE, "unparseable": 0}
-    before = judge.unparseable_by_prompt[prompt]
+        return {"policy_first": 0, "baseline_first": 0, "outcome": TIE, **_failure_fields(ReplyFailures())}
     policy_first, baseline_first = judge.prefer_many(prompt, [(policy, baseline), (baseline, policy)])
     return {
         "policy_first": policy_first,
         "baseline_first": baseline_first,
         "outcome": both_order_outcome(policy_first, baseline_first),
-        "unparseable": judge.unparseable_by_prompt[prompt] - before,
+        **_failure_fields(judge.take_failures(prompt)),
     }
 
 
-def _metrics(rows: list[dict[str, Any]], cfg: DictConfig) -> dict[str, float]:
+def _failure_fields(failures: ReplyFailures) -> dict[str, Any]:
+    return {
+        "unparseable": failures.counts["unparseable"],
+        "judge_truncated": failures.counts["truncated"],
+        "judge_reply": failures.example,
+    }
+
+
+def judge_failures(rows: list[dict[str, Any]]) -> tuple[ReplyFailures, int]:
+    """The judge's replies without a verdict over ``rows`` and how many replies there were (two per prompt
+    whose answers differ)."""
+    failures = ReplyFailures()
+    for row in rows:
+        failures.counts.update({"unparseable": row["unparseable"], "truncated": row["judge_truncated"]})
+        failures.example = failures.example or row["judge_reply"]
+    return failures, 2 * sum(row["policy"] != row["baseline"] for row in rows)
+
+
+def _metrics(rows: list[dict[str, Any]], cfg: DictConfig, judge_failure_share: float) -> dict[str, float]:
     n = len(rows)
     stats = winrate_summary(
         [r["outcome"] for r in rows],
@@ -230,8 +260,11 @@ def _metrics(rows: list[dict[str, Any]], cfg: DictConfig) -> dict[str, float]:
         **stats,
         "num_prompts": float(n),
         "truncated": sum(bool(r["truncated"]) for r in rows) / n,
+        "baseline_truncated": sum(bool(r["baseline_truncated"]) for r in rows) / n,
         "identical": sum(r["policy"] == r["baseline"] for r in rows) / n,
         "judge_unparseable": float(sum(r["unparseable"] for r in rows)),
+        "judge_truncated": float(sum(r["judge_truncated"] for r in rows)),
+        "judge_failure_share": judge_failure_share,
         "policy_tokens": sum(r["policy_tokens"] for r in rows) / n,
         "baseline_tokens": sum(r["baseline_tokens"] for r in rows) / n,
     }
@@ -247,6 +280,8 @@ def prepare_winrate(setup: EvalSetup) -> Evaluation:
     budget = answer_budget(cfg, tokenizer, held_out)
     baseline = baseline_answers(setup, held_out, budget)
     judge = pairwise_judge(setup)
+    # the threshold is no part of the key: changing it re-reads the same verdicts
+    max_failure_share, judge_key = split_limit(judge_options(setup), "judge")
     prompts = [h.prompt for h in held_out]
     precision = resolve_precision(cfg.trainer.precision)
 
@@ -271,6 +306,7 @@ def prepare_winrate(setup: EvalSetup) -> Evaluation:
                     "policy_tokens": lengths[i],
                     "baseline_tokens": lengths[len(batch) + i],
                     "truncated": truncated,
+                    "baseline_truncated": p in baseline.truncated,
                     **verdict,
                 }
                 for i, (p, (text, truncated), base, verdict) in enumerate(zip(batch, outputs, theirs, verdicts))
@@ -280,17 +316,20 @@ def prepare_winrate(setup: EvalSetup) -> Evaluation:
             "policy": weights_fingerprint(trained.model),
             "start": setup.policy.fingerprint(),
             "baseline": baseline.key(),
-            "judge": model_config_key(judge_options(setup), "judge"),
+            "judge": model_config_key(judge_key, "judge"),
+            # rows since then hold the judge's replies without a verdict by reason (a cut-off one is no verdict)
+            "entry": "failures",
             "max_new_tokens": budget,
             "batch_size": cfg.eval.batch_size,
             **precision.key_fields(),
         }
         rows = resumable_map(cfg.paths.cache_dir, "winrate", payload, prompts, answer_and_judge, cfg.eval.batch_size)
+        failures, replies = judge_failures(rows)
+        # before anything is written: a win rate of ties from a judge that gave no verdicts is no result
+        share = check_failure_share(failures, replies, max_failure_share, stage="eval=winrate", backend=repr(judge),
+                                    what="verdict", setting=f"judge.{SETTING}")  # fmt: skip
         _write_rows(cfg, rows, loggers, trained.trainer.global_step)
-        metrics = {f"eval/{k}": v for k, v in _metrics(rows, cfg).items()}
-        if metrics["eval/judge_unparseable"]:
-            log.warning("eval=winrate: %d judge replies had no verdict and count as ties (eval/judge_unparseable)",
-                        metrics["eval/judge_unparseable"])  # fmt: skip
+        metrics = {f"eval/{k}": v for k, v in _metrics(rows, cfg, share).items()}
         for logger in loggers:
             logger.log_metrics(metrics, step=trained.trainer.global_step)
         return metrics

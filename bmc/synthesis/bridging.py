@@ -3,6 +3,8 @@ response.
 
 An edit is kept when it is a small fix of the rejected response. It is turned down as
 - ``unparseable``: an LLM editor's reply without a ``<revised>`` block (it answered instead of editing);
+- ``truncated``: an LLM editor's reply that the token budget cut off before its block closed (the edit stops
+  mid-way);
 - ``empty``, ``no fix`` (the task editor could not parse y_l) or ``identical to rejected``;
 - ``not_minimal``: its token edit distance to y_l is larger than y_w's (the edit moved further from y_l than
   the original chosen response is), or than ``max_edit_ratio`` x the length of y_l in tokens (null: no such
@@ -11,6 +13,11 @@ An edit is kept when it is a small fix of the rejected response. It is turned do
 ``on_reject`` decides what happens to a pair whose edit is turned down: ``drop`` it, or ``keep_original``
 (the pair stays with its original chosen response). The data report counts each reason
 (``edit_rejections``), and a warning names the share turned down when it passes ``warn_drop_fraction``.
+
+The editor's replies that gave no edit at all (``unparseable``, ``truncated``, ``empty``) are failures of the
+editor itself, not of one pair: when more than ``max_failure_share`` of them fail, the stage stops with an
+error that names the editor's backend and quotes a reply (:mod:`bmc.synthesis.failures`); below it the data
+report gives their share (``editor_failure_share``).
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from transformers import PreTrainedTokenizerBase
 from bmc.cache import cache_key
 from bmc.data.tokenize import encode_texts
 from bmc.synthesis.context import SynthesisContext
-from bmc.synthesis.editors import Edit, EditGates, build_editor
+from bmc.synthesis.editors import Edit, EditGates, Editor, build_editor
+from bmc.synthesis.failures import SETTING, ReplyFailures, check_failure_share
 from bmc.synthesis.model_keys import model_config_key
 from bmc.synthesis.store import resumable_map
 
@@ -50,21 +58,25 @@ def bridge(ctx: SynthesisContext, pairs: list[dict[str, str]]) -> list[dict[str,
         edits = editor.edit_many(
             [p["prompt"] for p in batch], [p["chosen"] for p in batch], [p["rejected"] for p in batch]
         )
-        return [{"edited": e.text, "problem": e.problem} for e in edits]
+        return [{"edited": e.text, "problem": e.problem, "reply": e.reply} for e in edits]
 
-    # the gates are not part of the key: changing them re-reads the same edits
-    payload = {"pairs": cache_key(to_edit), "editor": model_config_key(editor_cfg, "editor")}
-    edits = iter(resumable_map(ctx.cache_root, "edits", payload, to_edit, process, batch_size=16))
+    # the gates are not part of the key: changing them re-reads the same edits. "entry": entries since then hold
+    # the reply of an edit that failed, and turn down cut-off replies that older ones accepted: those are not read
+    payload = {"pairs": cache_key(to_edit), "editor": model_config_key(editor_cfg, "editor"), "entry": "truncated"}
+    entries = resumable_map(ctx.cache_root, "edits", payload, to_edit, process, batch_size=16)
+    edits = [Edit(e["edited"], e["problem"], e["reply"]) for e in entries]
+    _check_failures(ctx, gates, editor, edits)
+    remaining = iter(edits)
     rejections: dict[str, int] = {}
     out = []
     for i, pair in enumerate(pairs):
         if i not in chosen_for_edit:
             out.append(pair)
             continue
-        entry = next(edits)
-        reason = edit_problem(ctx, pair, Edit(entry["edited"], entry.get("problem")), gates.max_edit_ratio)
+        edit = next(remaining)
+        reason = edit_problem(ctx, pair, edit, gates.max_edit_ratio)
         if reason is None:
-            out.append({**pair, "chosen": entry["edited"]})
+            out.append({**pair, "chosen": edit.text})
         else:
             rejections[reason] = rejections.get(reason, 0) + 1
             if gates.on_reject == "drop":
@@ -73,6 +85,19 @@ def bridge(ctx: SynthesisContext, pairs: list[dict[str, str]]) -> list[dict[str,
             out.append(pair)
     _report(ctx, gates, rejections, len(to_edit))
     return out
+
+
+def _check_failures(ctx: SynthesisContext, gates: EditGates, editor: Editor, edits: list[Edit]) -> None:
+    """Stop the stage when more than ``editor.max_failure_share`` of the editor's replies gave no edit, else
+    report their share."""
+    failures = ReplyFailures()
+    for edit in edits:
+        if edit.failed:
+            failures.add(edit.problem, edit.reply or "")
+    ctx.report["editor_failure_share"] = check_failure_share(
+        failures, len(edits), gates.max_failure_share, stage="bridging", backend=repr(editor), what="edit",
+        setting=f"editor.{SETTING}",
+    )  # fmt: skip
 
 
 def edit_problem(ctx: SynthesisContext, pair: dict[str, str], edit: Edit, max_edit_ratio: float | None) -> str | None:

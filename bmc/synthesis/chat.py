@@ -1,8 +1,10 @@
 """Chat backends for the LLM judge and the LLM editor: an OpenAI-compatible HTTP endpoint or a local model.
 
-Both answer ``complete(messages) -> str`` for one conversation (a list of ``{"role", "content"}`` dicts)
-and ``complete_many(conversations) -> list[str]`` in input order. ``temperature=0`` is greedy: judges and
-editors must be reproducible. The HTTP client is :class:`~bmc.synthesis.endpoint.OpenAIEndpoint`.
+Both answer ``complete(messages)`` for one conversation (a list of ``{"role", "content"}`` dicts) and
+``complete_many(conversations)`` in input order, each reply a :class:`~bmc.generation.Completion`: its text and
+whether the token budget cut it off (the server's ``finish_reason == "length"``, or no end token within a local
+model's budget), which the judges' and editors' gates read. ``temperature=0`` is greedy: judges and editors
+must be reproducible. The HTTP client is :class:`~bmc.synthesis.endpoint.OpenAIEndpoint`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from bmc.generation import generate
+from bmc.generation import Completion, generate
 from bmc.models import load_causal_lm
 from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.synthesis._common import MISSING, build_from_options, ordered_map
@@ -35,7 +37,9 @@ class ChatBackend(ABC):
     max_concurrency: int = 1
 
     @abstractmethod
-    def complete(self, messages: Sequence[Message], *, temperature: float = 0.0, max_tokens: int | None = None) -> str:
+    def complete(
+        self, messages: Sequence[Message], *, temperature: float = 0.0, max_tokens: int | None = None
+    ) -> Completion:
         """The assistant's reply to one conversation; ``max_tokens=None`` uses the backend's default."""
 
     def complete_many(
@@ -44,7 +48,7 @@ class ChatBackend(ABC):
         *,
         temperature: float = 0.0,
         max_tokens: int | None = None,
-    ) -> list[str]:
+    ) -> list[Completion]:
         """Replies to several conversations, in input order."""
         return [self.complete(m, temperature=temperature, max_tokens=max_tokens) for m in conversations]
 
@@ -70,16 +74,15 @@ class OpenAIChat(OpenAIEndpoint, ChatBackend):
         self.max_tokens = int(max_tokens)
         self.url = f"{self.base_url}/chat/completions"
 
-    def complete(self, messages: Sequence[Message], *, temperature: float = 0.0, max_tokens: int | None = None) -> str:
+    def complete(
+        self, messages: Sequence[Message], *, temperature: float = 0.0, max_tokens: int | None = None
+    ) -> Completion:
         body = {
             "messages": [dict(m) for m in messages],
             "temperature": temperature,
             "max_tokens": max_tokens or self.max_tokens,
         }
-        content = self.post(
-            "chat/completions", body, lambda r: r["choices"][0]["message"]["content"], "chat completion"
-        )
-        return content or ""
+        return self.post("chat/completions", body, _reply, "chat completion")
 
     def complete_many(
         self,
@@ -87,13 +90,19 @@ class OpenAIChat(OpenAIEndpoint, ChatBackend):
         *,
         temperature: float = 0.0,
         max_tokens: int | None = None,
-    ) -> list[str]:
+    ) -> list[Completion]:
         """Up to ``max_concurrency`` requests in flight; the replies in input order."""
         return ordered_map(
             lambda m: self.complete(m, temperature=temperature, max_tokens=max_tokens),
             conversations,
             self.max_concurrency,
         )
+
+
+def _reply(response: Mapping[str, Any]) -> Completion:
+    """The first choice of a chat-completions reply; a null content (a refusal, a tool call) is no text."""
+    choice = response["choices"][0]
+    return Completion.from_finish_reason(choice["message"]["content"] or "", choice.get("finish_reason"))
 
 
 def render_messages(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> str:
@@ -124,9 +133,13 @@ class LocalChat(ChatBackend):
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
 
     def __repr__(self) -> str:
-        return f"LocalChat(model={type(self.model).__name__}, max_new_tokens={self.max_new_tokens})"
+        # the folder or hub id the model was loaded from: what an error about its replies must name
+        path = getattr(self.model, "name_or_path", "")
+        return f"LocalChat(model={type(self.model).__name__}, path={path!r}, max_new_tokens={self.max_new_tokens})"
 
-    def complete(self, messages: Sequence[Message], *, temperature: float = 0.0, max_tokens: int | None = None) -> str:
+    def complete(
+        self, messages: Sequence[Message], *, temperature: float = 0.0, max_tokens: int | None = None
+    ) -> Completion:
         return self.complete_many([messages], temperature=temperature, max_tokens=max_tokens)[0]
 
     def complete_many(
@@ -135,7 +148,7 @@ class LocalChat(ChatBackend):
         *,
         temperature: float = 0.0,
         max_tokens: int | None = None,
-    ) -> list[str]:
+    ) -> list[Completion]:
         outputs = generate(
             self.model,
             self.tokenizer,
@@ -146,7 +159,7 @@ class LocalChat(ChatBackend):
             temperature=temperature,
             desc="chat",
         )
-        return [text.strip() for text, _ in outputs]
+        return [Completion(text.strip(), truncated) for text, truncated in outputs]
 
 
 def build_chat_backend(

@@ -20,20 +20,33 @@ from typing import Any
 
 import torch
 
+from bmc.generation import Completion
 from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.synthesis._common import ExampleIndex, build_from_options, check_template_fields, require_builtin_task
 from bmc.synthesis.chat import ChatBackend, build_chat_backend
+from bmc.synthesis.failures import DEFAULT_MAX_FAILURE_SHARE, check_limit
 from bmc.tasks import Example, Task
+
+#: the problems of an LLM editor's reply that gave no edit at all (:mod:`bmc.synthesis.failures`)
+REPLY_FAILURES = ("unparseable", "empty", "truncated")
 
 
 @dataclass(frozen=True)
 class Edit:
     """An editor's answer for one pair: ỹ_w, or no text and why (``problem``): ``unparseable`` (an LLM reply
-    without a ``<revised>`` block), ``empty`` (an empty block or reply), ``no fix`` (the task editor could not
-    parse y_l)."""
+    without a ``<revised>`` block), ``empty`` (an empty block or reply), ``truncated`` (an LLM reply the token
+    budget cut off before its block closed), ``no fix`` (the task editor could not parse y_l). ``reply``: the
+    LLM's reply where it gave no edit, quoted when too many fail."""
 
     text: str | None
     problem: str | None = None
+    reply: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether the editor's reply gave no edit (:data:`REPLY_FAILURES`), as opposed to an edit the gates
+        turn down or a pair the task editor cannot fix."""
+        return self.problem in REPLY_FAILURES
 
 
 ON_REJECT = ("drop", "keep_original")
@@ -42,11 +55,13 @@ ON_REJECT = ("drop", "keep_original")
 @dataclass(frozen=True)
 class EditGates:
     """The quality gates on edits (:mod:`bmc.synthesis.bridging` applies them), set in ``conf/editor/*.yaml``
-    beside the editor's own options: ``max_edit_ratio``, ``on_reject``, ``warn_drop_fraction``."""
+    beside the editor's own options: ``max_edit_ratio``, ``on_reject``, ``warn_drop_fraction`` and
+    ``max_failure_share`` (:mod:`bmc.synthesis.failures`)."""
 
     max_edit_ratio: float | None = 2.0
     on_reject: str = "drop"
     warn_drop_fraction: float = 0.2
+    max_failure_share: float = DEFAULT_MAX_FAILURE_SHARE
 
     def __post_init__(self) -> None:
         if self.max_edit_ratio is not None and self.max_edit_ratio <= 0:
@@ -55,6 +70,7 @@ class EditGates:
             raise ValueError(f"editor.on_reject must be one of {ON_REJECT}, got {self.on_reject!r}")
         if not 0 <= self.warn_drop_fraction <= 1:
             raise ValueError(f"editor.warn_drop_fraction must be in [0, 1], got {self.warn_drop_fraction}")
+        check_limit(self.max_failure_share, "editor")
 
     @classmethod
     def split(cls, editor_cfg: dict[str, Any]) -> tuple[EditGates, dict[str, Any]]:
@@ -93,16 +109,23 @@ _OPEN_TAG = re.compile(r"<revised>", re.IGNORECASE)
 _CLOSE_TAG = re.compile(r"</revised>", re.IGNORECASE)
 
 
-def extract_revision(reply: str) -> Edit:
+def extract_revision(reply: Completion) -> Edit:
     """The revised response in an editor's reply: the text after the LAST ``<revised>`` up to ``</revised>``
-    (or the end, for a reply cut off by the token budget), stripped. A reply without ``<revised>`` is
+    (or the end of a reply that finished without closing it), stripped.
+
+    A reply the token budget cut off before its block closed is ``truncated``: its edit stops mid-way (an
+    accepted one became a pseudo-winning response cut mid-sentence). A reply without ``<revised>`` is
     ``unparseable``: a model that ignores the answer format writes its own answer, not an edit (a real small
     instruct model did, and its whole replies became the pseudo-winning responses)."""
-    opens = list(_OPEN_TAG.finditer(reply))
+    text = reply.text
+    opens = list(_OPEN_TAG.finditer(text))
+    block = text[opens[-1].end() :] if opens else ""
+    if reply.truncated and not _CLOSE_TAG.search(block):
+        return Edit(None, "truncated", text)
     if not opens:
-        return Edit(None, "unparseable" if reply.strip() else "empty")
-    text = _CLOSE_TAG.split(reply[opens[-1].end() :])[0].strip()
-    return Edit(text) if text else Edit(None, "empty")
+        return Edit(None, "unparseable", text) if text.strip() else Edit(None, "empty", text)
+    revised = _CLOSE_TAG.split(block)[0].strip()
+    return Edit(revised) if revised else Edit(None, "empty", text)
 
 
 def _with_outer_whitespace(text: str, like: str) -> str:
@@ -132,7 +155,8 @@ class LLMEditor(Editor):
         max_tokens: the reply's token budget (a revision is about as long as y_l).
 
     The reply is expected between ``<revised>`` and ``</revised>`` (see :func:`extract_revision`); the result
-    takes y_l's leading/trailing whitespace. A reply without the block is ``unparseable``, an empty one ``empty``.
+    takes y_l's leading/trailing whitespace. A reply without the block is ``unparseable``, an empty one
+    ``empty``, one cut off before the block closed ``truncated``.
     """
 
     def __init__(
@@ -155,6 +179,9 @@ class LLMEditor(Editor):
         self.backend, self.use_reference, self.reference = backend, use_reference, reference
         self.template = templates[task_type] if task_type in templates else templates["default"]
         self.system, self.max_tokens = system, int(max_tokens)
+
+    def __repr__(self) -> str:
+        return f"LLMEditor(backend={self.backend!r})"
 
     def messages(self, prompt: str, winning: str, losing: str) -> list[dict[str, str]]:
         """The conversation asking for one edit."""

@@ -4,6 +4,10 @@ or an LLM asked for a verdict.
 A single judgment ``prefer(x, first, second)`` puts ``first`` in slot A and returns +1 (A better), −1
 (B better) or 0 (tie); ``calls`` counts single judgments. Asking both orders to cancel position bias is
 :func:`compare`'s job (:meth:`Judge.compare`), which iterative pairwise ranking builds on.
+
+An LLM judge's reply without a verdict counts as a tie and is recorded per prompt with its reason
+(:meth:`Judge.take_failures`): the stages that judge stop when more than ``judge.max_failure_share`` of the
+replies gave none (:mod:`bmc.synthesis.failures`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import logging
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +33,7 @@ from bmc.synthesis._common import (
     sign,
 )
 from bmc.synthesis.chat import ChatBackend, build_chat_backend
+from bmc.synthesis.failures import ReplyFailures, split_limit
 from bmc.synthesis.local_models import model_dtype
 from bmc.tasks import Example, Task
 
@@ -44,9 +48,20 @@ class Judge(ABC):
 
     def __init__(self) -> None:
         self.calls = 0
-        #: replies that gave no verdict (counted as ties), per prompt: only an LLM judge has them
-        self.unparseable_by_prompt: Counter[str] = Counter()
+        # replies that gave no verdict (counted as ties), per prompt until taken: only an LLM judge has them
+        self._failures: dict[str, ReplyFailures] = {}
         self._lock = threading.Lock()  # the counters are updated from the threads judging different prompts
+
+    def take_failures(self, prompt: str) -> ReplyFailures:
+        """The replies without a verdict among ``prompt``'s judgments since the last take (each was a tie), by
+        reason, and forget them: a stage takes them once it has judged a prompt, to keep with its result."""
+        with self._lock:
+            return self._failures.pop(prompt, ReplyFailures())
+
+    def _failed(self, prompt: str, reason: str, reply: str) -> None:
+        """Record a reply to one of ``prompt``'s judgments that gave no verdict."""
+        with self._lock:
+            self._failures.setdefault(prompt, ReplyFailures()).add(reason, reply)
 
     def prepare(self, items: Sequence[tuple[str, str]]) -> None:
         """Told every (prompt, response) that the comparisons to come will judge, across prompts: a judge that
@@ -207,8 +222,10 @@ class LLMJudge(Judge):
 
     ``template`` is the user message, formatted with ``{prompt}``, ``{a}`` (slot A) and ``{b}`` (slot B); it
     (or ``system``) must ask for a final verdict ``[[A]]``, ``[[B]]`` or ``[[C]]`` (tie). The last verdict in
-    the reply counts; a reply without one is a tie, counted in ``unparseable`` (per prompt in
-    ``unparseable_by_prompt``). Up to the backend's ``max_concurrency`` prompts are judged at once.
+    the reply counts. A reply without one is a tie, recorded as ``unparseable`` (:meth:`Judge.take_failures`);
+    so is a reply the token budget cut off, as ``truncated``, whatever it holds: its final verdict never came,
+    and a verdict before the cut may be the explanation quoting the format. Up to the backend's
+    ``max_concurrency`` prompts are judged at once.
     """
 
     def __init__(self, backend: ChatBackend, template: str, system: str | None = None, max_tokens: int = 1024) -> None:
@@ -216,7 +233,9 @@ class LLMJudge(Judge):
         check_template_fields(template, {"prompt", "a", "b"}, "the LLM judge's template")
         self.backend, self.template, self.system, self.max_tokens = backend, template, system, int(max_tokens)
         self.max_concurrency = backend.max_concurrency
-        self.unparseable = 0
+
+    def __repr__(self) -> str:
+        return f"LLMJudge(backend={self.backend!r})"
 
     def messages(self, prompt: str, first: str, second: str) -> list[dict[str, str]]:
         """The conversation of one judgment, ``first`` in slot A."""
@@ -231,12 +250,12 @@ class LLMJudge(Judge):
         )
         verdicts = []
         for reply in replies:
-            verdict = parse_verdict(reply)
+            verdict = None if reply.truncated else parse_verdict(reply.text)
             if verdict is None:
-                with self._lock:
-                    self.unparseable += 1
-                    self.unparseable_by_prompt[prompt] += 1
-                log.warning("LLM judge reply has no [[A]]/[[B]]/[[C]] verdict, counted as a tie: %r", reply[-200:])
+                reason = "truncated" if reply.truncated else "unparseable"
+                self._failed(prompt, reason, reply.text)
+                # one line per reply at debug level: the stage warns once with the share, or stops
+                log.debug("LLM judge reply without a verdict (%s), counted as a tie: %r", reason, reply.text[-200:])
             verdicts.append(0 if verdict is None else verdict)
         return verdicts
 
@@ -256,9 +275,10 @@ def build_judge(
     (:func:`bmc.synthesis.chat.build_chat_backend`) and :class:`LLMJudge`'s other arguments. A model loaded
     here (the reward model, a local backend's) loads in its config's ``dtype``, else in the trainer's
     ``precision``'s compute dtype (:func:`bmc.synthesis.local_models.model_dtype`), and runs on its config's
-    ``device``, else on ``device`` (the trainer's, on this rank).
+    ``device``, else on ``device`` (the trainer's, on this rank). ``max_failure_share`` is checked here and
+    applied by the stages that judge (:mod:`bmc.synthesis.failures`).
     """
-    options = dict(cfg)
+    _, options = split_limit(cfg, "judge")
     kind = options.pop("kind", None)
     if kind == "verifier":
         require_builtin_task(task, examples, "judge=verifier", "judge=llm or judge=reward_model")

@@ -10,6 +10,12 @@
 ``data.bridge`` (the BMC Bridging phase) then optionally replaces each chosen response by a
 pseudo-winning one: the rejected response after the smallest edit that fixes it, made by an editor.
 
+A sample the token budget cut off (``truncated``) stops mid-way: it is never a chosen response, and with
+``data.drop_truncated_rejected`` (the default) not a rejected one either. IPR and ``rm_score`` rank only the
+complete samples (all of them with the setting off, a cut-off best then dropping its prompt), and ``sampled``
+takes the first complete wrong one. A prompt left without a pair by this is dropped and counted in the data
+report: ``truncated chosen`` (no complete sample to choose), ``truncated rejected`` (none to reject).
+
 Every expensive stage (samples, judgments, edits) is cached and resumable (:mod:`bmc.synthesis.store`).
 """
 
@@ -25,6 +31,7 @@ from bmc.generation import generation_budget
 from bmc.synthesis._common import build_from_options
 from bmc.synthesis.bridging import bridge, mean_token_edit_distance
 from bmc.synthesis.context import SynthesisContext
+from bmc.synthesis.failures import SETTING, ReplyFailures, check_failure_share, split_limit
 from bmc.synthesis.ipr import rank_many, rm_pairs
 from bmc.synthesis.judges import build_judge
 from bmc.synthesis.local_models import with_model_dtypes
@@ -70,19 +77,47 @@ def samples_from_policy(data_cfg: dict[str, Any]) -> bool:
     return sampled and sampler_backend_class((data_cfg.get("sampler") or {}).get("backend")).needs_policy_model
 
 
+def _drops_truncated_rejected(ctx: SynthesisContext) -> bool:
+    """``data.drop_truncated_rejected``: whether a cut-off sample may not be a rejected response either (the
+    default, as in ``conf/data/ipr.yaml``)."""
+    return bool(ctx.cfg.get("drop_truncated_rejected", True))
+
+
 def sampled_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
     """(gold, a wrong on-policy sample) pairs; needs a task with gold responses and a verifier."""
     if ctx.verifier is None:
         raise ValueError("data.pairs=sampled needs a built-in task with a verifier (task=math|qa|instruct)")
+    drop_truncated = _drops_truncated_rejected(ctx)
     pairs = []
     for sample in _samples(ctx):
         example = ctx.examples[sample["prompt"]]
-        wrong = [c for c in sample["completions"] if ctx.verifier.score(example, c) < 1.0]
-        if not wrong:
-            ctx.report["dropped"]["no wrong sample"] += 1
+        wrong = [(c, cut) for c, cut in zip(sample["completions"], sample["truncated"])
+                 if ctx.verifier.score(example, c) < 1.0]  # fmt: skip
+        usable = [c for c, cut in wrong if not (cut and drop_truncated)]
+        if not usable:
+            ctx.report["dropped"]["truncated rejected" if wrong else "no wrong sample"] += 1
             continue
-        pairs.append({"prompt": sample["prompt"], "chosen": example.gold, "rejected": wrong[0]})
+        pairs.append({"prompt": sample["prompt"], "chosen": example.gold, "rejected": usable[0]})
     return pairs
+
+
+def _ranked(ctx: SynthesisContext, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What IPR and ``rm_score`` rank: each prompt's samples restricted to the complete ones (with
+    ``data.drop_truncated_rejected=false``, all of them). A prompt without a complete sample, or (by default)
+    with only one, is dropped and counted: it can give no pair."""
+    drop_truncated = _drops_truncated_rejected(ctx)
+    ranked = []
+    for sample in samples:
+        complete = [i for i, cut in enumerate(sample["truncated"]) if not cut]
+        if not complete:
+            ctx.report["dropped"]["truncated chosen"] += 1
+        elif drop_truncated and len(complete) < 2:
+            ctx.report["dropped"]["truncated rejected"] += 1
+        else:
+            kept = complete if drop_truncated else range(len(sample["truncated"]))
+            ranked.append({"prompt": sample["prompt"], "completions": [sample["completions"][i] for i in kept],
+                           "truncated": [sample["truncated"][i] for i in kept]})  # fmt: skip
+    return ranked
 
 
 def _judge_payload(samples: list[dict[str, Any]], judge_cfg: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -91,9 +126,11 @@ def _judge_payload(samples: list[dict[str, Any]], judge_cfg: dict[str, Any], kin
 
 
 def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
-    """Iterative pairwise ranking with the configured judge, both orders per comparison."""
-    samples = _samples(ctx)
-    judge = build_judge(ctx.judge_cfg, task=ctx.verifier, examples=ctx.task_data.pref_examples,
+    """Iterative pairwise ranking with the configured judge, both orders per comparison; past
+    ``judge.max_failure_share`` of replies without a verdict (ties), the stage stops."""
+    samples = _ranked(ctx, _samples(ctx))
+    max_failure_share, judge_cfg = split_limit(ctx.judge_cfg, "judge")
+    judge = build_judge(judge_cfg, task=ctx.verifier, examples=ctx.task_data.pref_examples,
                         precision=ctx.precision, device=ctx.device)  # fmt: skip
 
     def process(batch: list[dict[str, Any]], first_index: int) -> list[dict[str, Any]]:
@@ -103,16 +140,23 @@ def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
                 "worst": result.worst_index,
                 "comparisons": result.comparisons,
                 "judge_calls": result.judge_calls,
-                "unparseable": judge.unparseable_by_prompt[sample["prompt"]],
+                **judge.take_failures(sample["prompt"]).entry(),
             }
             for sample, result in zip(batch, rank_many(judge, batch))
         ]
 
-    # "entry": entries count the judge's unparseable replies since then; older ones, without, are not read
-    payload = {**_judge_payload(samples, ctx.judge_cfg, "ipr"), "entry": "unparseable"}
+    # "entry": entries hold the judge's replies without a verdict by reason (a cut-off reply is one, whatever it
+    # says) and quote one; older ones, without, are not read
+    payload = {**_judge_payload(samples, judge_cfg, "ipr"), "entry": "failures"}
     rankings = resumable_map(ctx.cache_root, "judgments", payload, samples, process, batch_size=16)
     ctx.report["judge_calls"] = sum(r["judge_calls"] for r in rankings)
-    ctx.report["judge_unparseable"] = sum(r["unparseable"] for r in rankings)
+    failures = ReplyFailures.from_entries(rankings)
+    ctx.report["judge_failure_share"] = check_failure_share(
+        failures, ctx.report["judge_calls"], max_failure_share, stage="data=ipr", backend=repr(judge),
+        what="verdict", setting=f"judge.{SETTING}",
+    )  # fmt: skip
+    ctx.report["judge_unparseable"] = failures.counts["unparseable"]
+    ctx.report["judge_truncated"] = failures.counts["truncated"]
     ctx.report["comparisons_per_prompt"] = sum(r["comparisons"] for r in rankings) / max(len(rankings), 1)
     choices = [(r["best"], r["worst"]) for r in rankings]
     if ctx.cfg.get("agreement_judge"):
@@ -147,7 +191,7 @@ def _rm_choices(ctx: SynthesisContext, samples: list[dict[str, Any]], judge_cfg:
 
 def rm_score_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
     """The baseline IPR replaces: chosen/rejected = max/min of a scalar reward model's scores."""
-    samples = _samples(ctx)
+    samples = _ranked(ctx, _samples(ctx))
     choices = _rm_choices(ctx, samples, ctx.judge_cfg)
     ctx.report["judge_calls"] = ctx.report.pop("rm_calls")
     return _pairs_from_choices(ctx, samples, choices)
@@ -159,6 +203,9 @@ def _pairs_from_choices(
     pairs = []
     for sample, (best, worst) in zip(samples, choices):
         chosen, rejected = sample["completions"][best], sample["completions"][worst]
+        if sample["truncated"][best]:  # ranked with the cut-off ones (data.drop_truncated_rejected=false)
+            ctx.report["dropped"]["truncated chosen"] += 1
+            continue
         if chosen == rejected:
             ctx.report["dropped"]["chosen == rejected after ranking"] += 1
             continue

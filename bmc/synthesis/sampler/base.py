@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from bmc.generation import Completion
 from bmc.synthesis._common import MISSING
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.store import resumable_map
 
-#: n (text, truncated) samples of one prompt
-PromptSamples = list[tuple[str, bool]]
+#: the n samples of one prompt
+PromptSamples = list[Completion]
 
 
 @dataclass(frozen=True)

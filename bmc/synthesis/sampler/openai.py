@@ -9,6 +9,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from bmc.data.tokenize import served_prompt
+from bmc.generation import Completion
 from bmc.synthesis._common import build_from_options, ordered_map
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.endpoint import OpenAIEndpoint
@@ -100,4 +101,4 @@ def _choices(reply: Mapping[str, Any], n: int) -> PromptSamples:
         )
     if len(choices) != n or any(not isinstance(c["text"], str) for c in choices):
         raise ValueError(f"expected {n} choices with text")
-    return [(c["text"], c.get("finish_reason") == "length") for c in choices]
+    return [Completion.from_finish_reason(c["text"], c.get("finish_reason")) for c in choices]

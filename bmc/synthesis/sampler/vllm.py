@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from bmc.cache import checkpoint_fingerprint
 from bmc.data.tokenize import encode_prompts
-from bmc.generation import stop_token_ids
+from bmc.generation import Completion, stop_token_ids
 from bmc.synthesis._common import build_from_options
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.sampler.base import ModelSampler, PromptSamples, SamplingSettings, require_options
@@ -135,6 +135,11 @@ class VLLMSampler(ModelSampler):
         requests = [{"prompt_token_ids": ids} for ids in encode_prompts(self.tokenizer, list(prompts))]
         outputs = self._engine.generate(requests, params, use_tqdm=False)
         return [
-            [(c.text, c.finish_reason == "length") for c in sorted(output.outputs, key=lambda c: c.index)]
+            [Completion.from_finish_reason(c.text, c.finish_reason) for c in sorted(output.outputs, key=_index)]
             for output in outputs
         ]
+
+
+def _index(choice: Any) -> int:
+    """A vLLM ``CompletionOutput``'s position among its prompt's ``n`` samples."""
+    return choice.index
