@@ -101,17 +101,21 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 RM_TEXTS = ["Tom has 3 apples. How many? Answer: 3+4=7. The answer is 7.", "lime-salt-grape", "Mirvan lives in Tolvik."]
 
 
-@pytest.fixture(scope="module")
-def reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-layer Llama with a one-output score head (random weights) and its BPE tokenizer, saved: a scalar
-    reward model for the reward-model judge and rm_score."""
-    tokenizer = train_bpe_tokenizer(RM_TEXTS * 4, vocab_size=300)
-    torch.manual_seed(0)
+def save_reward_model(folder: Path, seed: int = 0, num_labels: int = 1, texts: list[str] = RM_TEXTS) -> Path:
+    """A one-layer Llama with a score head of ``num_labels`` outputs (random weights of ``seed``; another seed
+    gives other weights in files of the same sizes) and its BPE tokenizer, saved in ``folder``."""
+    tokenizer = train_bpe_tokenizer(texts * 4, vocab_size=300)
+    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=64, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+        num_key_value_heads=2, intermediate_size=64, num_labels=num_labels, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
-    path = tmp_path_factory.mktemp("reward_model")
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scalar reward model (:func:`save_reward_model`) for the reward-model judge and rm_score."""
+    return save_reward_model(tmp_path_factory.mktemp("reward_model"))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+from transformers import AutoTokenizer
 
 from bmc import digest
 from bmc.cache import checkpoint_fingerprint
@@ -31,7 +31,7 @@ from bmc.synthesis.model_keys import model_config_key
 from bmc.synthesis.pipeline import _rm_choices, _samples
 from bmc.synthesis.sampler import OpenAISampler
 from bmc.synthesize import prepare_data
-from bmc.tokenizer import train_bpe_tokenizer
+from tests.conftest import save_reward_model
 from tests.fake_chat_server import FakeChatServer, completions
 
 
@@ -226,18 +226,6 @@ def test_an_unwritable_record_folder_warns_and_reads_the_files_each_time(
 # ------------------------------------------------------------------ judges and served models
 
 
-def _save_reward_model(folder: Path, seed: int) -> None:
-    """A one-layer reward model; another seed gives other weights in files of the same sizes."""
-    tokenizer = train_bpe_tokenizer(["Tom has 3 apples.", "The answer is 7."] * 4, vocab_size=300)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=64, num_labels=1, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    LlamaForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
 def test_a_local_judges_cached_judgments_follow_its_weights_not_its_path(tmp_path: Path) -> None:
     """rm_score judgments: a reward model retrained in place is judged anew; the same model copied elsewhere
     reads the judgments already made."""
@@ -254,10 +242,10 @@ def test_a_local_judges_cached_judgments_follow_its_weights_not_its_path(tmp_pat
     def entries() -> int:
         return len(list((tmp_path / "cache" / "judgments").glob("*/results.jsonl")))
 
-    _save_reward_model(tmp_path / "rm", seed=0)
+    save_reward_model(tmp_path / "rm", seed=0)
     assert judgments(tmp_path / "rm") == scored_now(tmp_path / "rm") and entries() == 1
     time.sleep(0.05)
-    _save_reward_model(tmp_path / "rm", seed=1)  # the same path and file sizes, other weights
+    save_reward_model(tmp_path / "rm", seed=1)  # the same path and file sizes, other weights
     assert judgments(tmp_path / "rm") == scored_now(tmp_path / "rm") and entries() == 2
     shutil.copytree(tmp_path / "rm", tmp_path / "rm-copy", copy_function=shutil.copyfile)
     assert judgments(tmp_path / "rm-copy") == scored_now(tmp_path / "rm")

@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from bmc.precision import resolve_precision
 from bmc.synthesis.ipr import rank, rm_pairs
 from bmc.synthesis.judges import LLMJudge, RewardModelJudge, VerifierJudge, build_judge, parse_verdict
 from bmc.synthesis.local_models import with_model_dtypes
 from bmc.tasks import MathTask
-from bmc.tokenizer import train_bpe_tokenizer
-from tests.conftest import CONF, RM_TEXTS, compose_config
+from tests.conftest import CONF, compose_config, save_reward_model
 from tests.fake_chat_server import FakeChatServer, chat_completion
 
 # ------------------------------------------------------------------ verifier
@@ -105,15 +103,8 @@ def test_reward_model_compare_agrees_with_score_order(reward_model_dir: Path) ->
 def test_reward_model_configuration_errors(reward_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs `path`"):
         build_judge(OmegaConf.to_container(OmegaConf.load(CONF / "judge" / "reward_model.yaml")))
-    tokenizer = train_bpe_tokenizer(RM_TEXTS, vocab_size=300)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=32, num_labels=2, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    LlamaForSequenceClassification(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="num_labels=2"):
-        RewardModelJudge(str(tmp_path))
+        RewardModelJudge(str(save_reward_model(tmp_path, num_labels=2)))
 
 
 # ------------------------------------------------------------------ LLM judge
