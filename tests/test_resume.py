@@ -12,18 +12,22 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.demos.boring_classes import BoringModel
 from torch.utils.data import DataLoader
 
+from bmc import timed_checkpoint
 from bmc.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from bmc.data.datamodule import EpochSampler
 from bmc.pipeline import run
 from bmc.preemption import Preempted, PreemptionCheckpoint, handed_back_signals
+from bmc.timed_checkpoint import TimedCheckpoint
 from tests.conftest import ROOT, THREADS, run_cli
 from tests.signal_at import SignalAt
 
@@ -449,3 +453,49 @@ def test_a_signal_before_the_first_optimizer_step_writes_no_checkpoint(
     assert stop is not None and stop.checkpoint is None and stop.step == 0
     assert "nothing new to save" in str(stop) and "ckpt_path=auto" in str(stop)
     assert not (tmp_path / "last.ckpt").exists()
+
+
+class _MinutePerMicroBatch(pl.Callback):
+    """A clock for bmc.timed_checkpoint on which every training micro-batch takes a minute; ``saves`` records
+    the micro-batches of the epoch done at every full checkpoint, whoever writes it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.minutes, self.saves = 0, []
+        monkeypatch.setattr(timed_checkpoint, "time", SimpleNamespace(monotonic=lambda: 60.0 * self.minutes))
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        self.minutes += 1
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.saves.append(_position(checkpoint)["processed"])
+
+
+def test_a_timed_checkpoint_waits_for_the_optimizer_step_and_any_checkpoint_restarts_its_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every 3 minutes, a minute per micro-batch, 2 micro-batches per step, and a ModelCheckpoint every 3 steps:
+    the 3 minutes are up at step 2 (minute 4: written), and at step 5 (minute 10), the step-3 checkpoint of
+    minute 6 having restarted the clock (not at step 4, minute 8). Every checkpoint is written as an optimizer
+    step ends (an even count of micro-batches), never inside a window."""
+    clock = _MinutePerMicroBatch(monkeypatch)
+    checkpoint = tmp_path / "last.ckpt"
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=12, accumulate_grad_batches=2, accelerator="cpu", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[clock, TimedCheckpoint(str(checkpoint), every_minutes=3),
+                   ModelCheckpoint(dirpath=tmp_path, filename="every3", every_n_train_steps=3, save_top_k=-1)],
+    )  # fmt: skip
+    with caplog.at_level("INFO", logger="bmc.timed_checkpoint"):
+        trainer.fit(_Recorded())
+    timed = [record.args[1] for record in caplog.records if record.name == "bmc.timed_checkpoint"]
+    assert timed == [2, 5]
+    assert clock.saves == [4, 6, 10, 12] and all(done % 2 == 0 for done in clock.saves)
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 5 and saved["optimizer_states"]  # resumable
+
+
+def test_model_hf_writes_last_ckpt_every_15_minutes_and_the_tiny_default_only_after_validations(make_config) -> None:
+    presets = (["callbacks=default"], ["callbacks=default", "model=hf", "model.path=/ckpts/m"])
+    timed = [instantiate(make_config(*overrides).callbacks.timed_checkpoint) for overrides in presets]
+    assert [callback.every_s for callback in timed] == [None, 15 * 60]
+    assert timed[0].checkpoint == timed[1].checkpoint == Path(make_config().paths.output_dir) / "checkpoints/last.ckpt"
