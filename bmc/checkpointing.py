@@ -103,3 +103,16 @@ def load_policy_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], 
             f"missing trainable {sorted(trainable & set(missing))[:3]})"
         )
 
+
+def policy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights as a PreferenceModule checkpoint holds them: its trainable parameters and its
+    buffers, under ``policy.``."""
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {POLICY_PREFIX + k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Two state dicts hold the same tensors under the same names (bit for bit, dtype included)."""
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k].cpu(), b[k].cpu()) for k in a
+    )
