@@ -499,3 +499,26 @@ def test_model_hf_writes_last_ckpt_every_15_minutes_and_the_tiny_default_only_af
     timed = [instantiate(make_config(*overrides).callbacks.timed_checkpoint) for overrides in presets]
     assert [callback.every_s for callback in timed] == [None, 15 * 60]
     assert timed[0].checkpoint == timed[1].checkpoint == Path(make_config().paths.output_dir) / "checkpoints/last.ckpt"
+
+
+def test_ddp_ranks_checkpoint_the_window_start_together_when_one_rank_is_signalled(tmp_path: Path) -> None:
+    """Two DDP processes (gloo), 2 micro-batches per step: SIGTERM reaches rank 1 alone, as micro-batch 3 of
+    epoch 0 starts. The decision is reduced across the ranks at the end of every micro-batch: both stop there
+    and write last.ckpt at the window's start (step 1), and the run resumed with ckpt_path=auto ends with the
+    metrics of the uninterrupted DDP run."""
+    common = ["debug=default", "callbacks=default", "trainer.max_steps=-1", "trainer.max_epochs=2", "optim.lr=2e-3",
+              "optim.warmup_ratio=0", "logger=none", "eval.enabled=false", "trainer=ddp", "trainer.accelerator=cpu",
+              "trainer.devices=2", "batch_size=2", "trainer.accumulate_grad_batches=2", "ckpt_path=auto",
+              f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    run_cli([*common, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path)
+    run_dir = tmp_path / "preempted"
+    signal_rank_1 = "+callbacks.signal_at={_target_:tests.signal_at.SignalAt,epoch:0,batch:2,rank:1}"
+    assert _start_train([*common, f"hydra.run.dir={run_dir}", signal_rank_1], tmp_path).wait(timeout=300) != 0
+    logs = [(run_dir / name).read_text() for name in ("train.log", "train_ddp_process_1.log")]
+    assert "received SIGTERM" not in logs[0] and "received SIGTERM" in logs[1]
+    assert all("wrote " in log and "at step 1 (the start of its accumulation window" in log for log in logs)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "preempted"
+
+    run_cli([*common, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    expected = json.loads((tmp_path / "uninterrupted" / "summary.json").read_text())["metrics"]
+    _assert_same_metrics(json.loads((run_dir / "summary.json").read_text()), expected)
