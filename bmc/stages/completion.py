@@ -43,11 +43,11 @@ def tidy_checkpoints(trained: TrainedPolicy, exported: bool, keep_optimizer: boo
     kept = [policy_state(trained.model)] if exported else []
     written = written_checkpoints(trained.trainer)
     outcome = {str(path): "kept (a sharded checkpoint)" for path in written if path.is_dir()}
-    files = [path for path in written if path.is_file()]
-    checkpoints = {path: torch.load(path, map_location="cpu", weights_only=True, mmap=True) for path in files}
     # the resumable ones first: with keep_optimizer they stay, and a weights-only copy of them goes
-    for path in sorted(files, key=lambda p: not _resumable(checkpoints[p])):
-        checkpoint, before = checkpoints[path], _size(path)
+    files = sorted((path for path in written if path.is_file()), key=lambda path: not _resumable(_load(path)))
+    for path in files:
+        # memory-mapped: only the weights compared are read, and those of a checkpoint that goes are let go
+        checkpoint, before = _load(path), _size(path)
         if keep_optimizer and _resumable(checkpoint):
             outcome[str(path)] = "kept whole (checkpoint.keep_optimizer)"
             kept.append(checkpoint["state_dict"])
@@ -75,6 +75,10 @@ def written_checkpoints(trainer: pl.Trainer) -> list[Path]:
     ]
     paths += [str(c.checkpoint) for c in trainer.callbacks if isinstance(c, (PreemptionCheckpoint, TimedCheckpoint))]
     return [Path(path) for path in dict.fromkeys(paths) if Path(path).exists()]
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def _resumable(checkpoint: dict) -> bool:
