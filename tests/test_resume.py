@@ -103,11 +103,13 @@ def test_resuming_a_run_without_checkpoints_fails_before_the_data_stages(make_co
 
 def _start_train(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``train.py`` with ``args`` (and ``env`` added to the environment) in the background, its output discarded
-    (the tests read the run's files)."""
+    (the tests read the run's files). Its processes import ``bmc`` from this checkout: a submitit job, started
+    by ``python -m submitit...``, would otherwise import the installed one, which may be another checkout."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=cwd,
-        env={**os.environ, **THREADS, "WANDB_SILENT": "true", **(env or {})},
+        env={**os.environ, **THREADS, "WANDB_SILENT": "true", "PYTHONPATH": path, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
