@@ -11,7 +11,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from bmc.run_dir import register_resolvers
+
 log = logging.getLogger(__name__)
+register_resolvers()  # before Hydra names the run folder (conf/hydra/default.yaml)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -2,9 +2,11 @@
 
 A run writes ``<output_dir>/checkpoints/last.ckpt`` (and the best one by a ``val/`` metric). To resume a
 killed run, run the same command again in its output folder with ``ckpt_path=last``
-(``python train.py ... hydra.run.dir=<that run's folder> ckpt_path=last``), or pass any checkpoint file
+(``python train.py ... hydra.run.dir=<that run's folder> ckpt_path=last``), or pass any checkpoint
 as ``ckpt_path=<path>``. ``ckpt_path=auto`` resumes from ``last.ckpt`` when the folder has one and starts
-afresh otherwise: what a job that a cluster may requeue into its own folder passes.
+afresh otherwise: what a job that a cluster may requeue into its own folder passes (a SLURM job's folder is
+keyed by its job id, :mod:`bmc.run_dir`). A checkpoint is a file or, as a sharded one is, a folder: the path
+is handed to the strategy's checkpoint IO as it is.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> str | None:
     """The checkpoint ``Trainer.fit`` resumes from: ``None`` starts afresh, ``last`` is ``last.ckpt`` in
     ``checkpoint_dir`` (the run's own checkpoint folder), ``auto`` is that one when it exists and a fresh start
-    otherwise (a job that a cluster may requeue into its own folder), anything else is a checkpoint file.
+    otherwise (a job that a cluster may requeue into its own folder), anything else is a checkpoint (a file, or
+    the folder of a sharded checkpoint).
 
     A missing checkpoint is an error: Lightning would warn and silently train from scratch instead.
     """
@@ -68,15 +71,15 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> str 
         return None
     last = Path(checkpoint_dir) / "last.ckpt"
     if ckpt_path == AUTO:
-        log.info("ckpt_path=auto: %s", f"resuming from {last}" if last.is_file() else f"no {last}, a fresh start")
-        return str(last) if last.is_file() else None
+        log.info("ckpt_path=auto: %s", f"resuming from {last}" if last.exists() else f"no {last}, a fresh start")
+        return str(last) if last.exists() else None
     path = last if ckpt_path == LAST else Path(ckpt_path)
-    if not path.is_file():
+    if not path.exists():
         hint = (
             "ckpt_path=last resumes the run whose output folder this is: pass the killed run's folder as "
             "hydra.run.dir=<folder> (its checkpoints are in <folder>/checkpoints), or ckpt_path=<file.ckpt>"
             if ckpt_path == LAST
-            else "ckpt_path must be a checkpoint file (e.g. <run folder>/checkpoints/last.ckpt) or `last`"
+            else "ckpt_path must be a checkpoint (e.g. <run folder>/checkpoints/last.ckpt), `last` or `auto`"
         )
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no checkpoint at {path}. {hint}")
     return str(path)
@@ -99,3 +102,17 @@ def load_policy_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], 
             f"{source}: does not match the policy (unexpected keys {unexpected[:3]}, "
             f"missing trainable {sorted(trainable & set(missing))[:3]})"
         )
+
+
+def policy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights as a PreferenceModule checkpoint holds them: its trainable parameters and its
+    buffers, under ``policy.``."""
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {POLICY_PREFIX + k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Two state dicts hold the same tensors under the same names (bit for bit, dtype included)."""
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k].cpu(), b[k].cpu()) for k in a
+    )

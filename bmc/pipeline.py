@@ -1,7 +1,8 @@
 """The main job, as its stages in order (one module each under :mod:`bmc.stages`):
 
 render the task's data -> warm start (SFT) -> judge (reward model) -> preference pairs -> (evaluation prepared)
--> preference training -> evaluation -> export (and push to the Hub) -> summary.
+-> preference training -> evaluation -> export (and push to the Hub) -> completion (each set of weights once in
+the run folder) -> summary.
 
 ``train.py`` only composes the Hydra config and calls :func:`run`; ``python -m bmc.synthesize`` runs the data
 stages alone.
@@ -17,6 +18,7 @@ from bmc.loggers import build_loggers
 from bmc.losses import build_objective
 from bmc.preemption import handed_back_signals
 from bmc.stages.common import container, truncation
+from bmc.stages.completion import tidy_checkpoints
 from bmc.stages.eval_setup import EvalSetup
 from bmc.stages.evaluation import evaluation_kind, prepare_evaluation
 from bmc.stages.export import check_push, export_policy, push_to_hub
@@ -50,6 +52,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if trained.is_global_zero:
             results.exported = export_policy(cfg, trained, policy.tokenizer)
             results.pushed = push_to_hub(cfg, results.exported)
+            results.checkpoints = tidy_checkpoints(trained, results.exported is not None, cfg.checkpoint.keep_optimizer)
     return results.metrics
 
 

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from bmc.data.sources import TaskData
+from bmc.run_dir import register_resolvers
 from bmc.stages.pairs import PreferencePairs, needs_policy_model, preference_pairs
 from bmc.stages.reward_model import judge_setup
 from bmc.stages.task import load_task
@@ -42,6 +43,9 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
     policy = warm_start(cfg, task_data, source) if needs_policy_model(cfg) else tokenizer_only(task_data, source)
     data: PreferencePairs = preference_pairs(cfg, task_data, policy, judge_setup(cfg, task_data, policy))
     return PreparedData(task_data, policy, data.pairs, data.report)
+
+
+register_resolvers()  # before Hydra names the run folder (conf/hydra/default.yaml)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

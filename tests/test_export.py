@@ -52,7 +52,7 @@ def _greedy(model, tokenizer) -> list[tuple[str, bool]]:
 
 
 def test_exported_policy_loads_with_from_pretrained_and_generates_the_same(make_config, tmp_path, monkeypatch):
-    cfg = make_config(*MOVES, "callbacks=default")
+    cfg = make_config(*MOVES, "callbacks=default", "checkpoint.keep_optimizer=true")  # last.ckpt stays, to read
     trained = _run_and_capture(cfg, monkeypatch)
     folder = tmp_path / "run" / "model"
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["model_dir"] == str(folder)
@@ -69,6 +69,8 @@ def test_exported_policy_loads_with_from_pretrained_and_generates_the_same(make_
 
 
 def test_export_which_best_writes_the_best_checkpoints_weights(make_config, tmp_path, monkeypatch):
+    # at completion best.ckpt would go, its weights being model/'s (tests/test_run_folder.py): kept here, to compare
+    monkeypatch.setattr("bmc.pipeline.tidy_checkpoints", lambda *args: {})
     run(make_config(*MOVES, "callbacks=default", "export.which=best", "trainer.max_steps=12"))  # 2 validations
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model").state_dict()
@@ -85,7 +87,8 @@ def test_lora_exports_its_adapter_or_a_merged_model_and_checkpoints_only_the_ada
     from peft import PeftModel
 
     cfg = make_config(*MOVES, "model=hf", f"model.path={checkpoint}", "model.lora={r: 4, lora_alpha: 8}",
-                      "callbacks=default", f"export.merge={str(merge).lower()}")  # fmt: skip
+                      "callbacks=default", f"export.merge={str(merge).lower()}",
+                      "checkpoint.keep_optimizer=true")  # fmt: skip
     trained = _run_and_capture(cfg, monkeypatch)
     folder = tmp_path / "run" / "model"
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -71,7 +71,8 @@ class _RunsCode:
 def test_a_checkpoint_that_would_run_code_is_refused_and_a_real_one_resumes(
     tmp_path: Path, shared_cache: Path
 ) -> None:
-    first = compose_config([*FAST, "callbacks=default"], tmp_path / "first", shared_cache)
+    first = compose_config([*FAST, "callbacks=default", "checkpoint.keep_optimizer=true"], tmp_path / "first",
+                           shared_cache)  # fmt: skip
     run(first)
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     resumed = compose_config([*FAST, f"ckpt_path={last}", "trainer.max_steps=8"], tmp_path / "resumed", shared_cache)
@@ -105,6 +106,7 @@ def test_the_api_key_reaches_the_server_and_nothing_else(tmp_path: Path) -> None
     with FakeChatServer(lambda body: _editor_reply(body, counter, lock)) as server:
         output = run_cli(
             [*FAST, "data=pseudo_winning", "data.pairs=original", "editor=llm", "logger=many", "callbacks=default",
+             "checkpoint.keep_optimizer=true",
              f"editor.backend.base_url={server.base_url}", "editor.backend.model=editor", "editor.backend.backoff_s=0",
              f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}"],
             cwd=tmp_path,

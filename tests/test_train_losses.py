@@ -52,7 +52,7 @@ def test_bmc_run_writes_token_rewards_and_policy_only_checkpoints(make_config, t
     import torch
 
     cfg = make_config(
-        "debug=default", "loss=bmc", "callbacks=default", "eval.enabled=false"
+        "debug=default", "loss=bmc", "callbacks=default", "eval.enabled=false", "checkpoint.keep_optimizer=true"
     )
     run(cfg)
     out = tmp_path / "run"

@@ -1,7 +1,7 @@
 """The last stage, the summary: ``summary.json`` in the run folder (status, metrics, the essential config with
 the preset chosen in each config group, the data report, the exported model's folder, the Hub repo and commit
-``export.push_to_hub`` made, versions), attached to the W&B run, and the headline metrics printed. Written when
-the run ends (completed, preempted or failed), by rank 0 only."""
+``export.push_to_hub`` made, what completion kept of each checkpoint, versions), attached to the W&B run, and
+the headline metrics printed. Written when the run ends (completed, preempted or failed), by rank 0 only."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ class RunResults:
     reports: bool = field(default_factory=lambda: is_global_zero(None))
     exported: Path | None = None
     pushed: HubPush | None = None
+    checkpoints: dict[str, str] = field(default_factory=dict)  # what completion made of each checkpoint
 
     def add(self, metrics: dict[str, float]) -> None:
         self.metrics.update(metrics)
@@ -94,6 +95,7 @@ def summarized(cfg: DictConfig) -> Iterator[RunResults]:
             extra={
                 "data_report": results.data_report,
                 "model_dir": results.exported and str(results.exported),
+                "checkpoints": results.checkpoints,
                 **(results.pushed.summary() if results.pushed else {}),
             },
         )
