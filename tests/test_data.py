@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bmc.data.datamodule import EpochSampler, PreferenceDataModule, pad_sequences
+from bmc.data.datamodule import PreferenceDataModule, pad_sequences
+from bmc.data.epoch_sampler import EpochSampler
 from bmc.data.sources import split_pairs
 from bmc.data.tokenize import Truncation
 from bmc.logprobs import response_token_logps, token_logps

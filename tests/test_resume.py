@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from bmc import timed_checkpoint
 from bmc.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
-from bmc.data.datamodule import EpochSampler
+from bmc.data.epoch_sampler import EpochSampler
 from bmc.pipeline import run
 from bmc.preemption import Preempted, PreemptionCheckpoint, handed_back_signals
 from bmc.timed_checkpoint import TimedCheckpoint

@@ -21,16 +21,8 @@ from bmc.stages.evaluation import evaluation_kind
 from bmc.stages.pairs import PreferencePairs
 from bmc.stages.reward_model import JudgeSetup
 from bmc.stages.warm_start import SFT_EVAL_KEYS
-from bmc.stages.winrate import (
-    EVAL_WINRATE,
-    Baseline,
-    HeldOut,
-    baseline_answers,
-    held_out_prompts,
-    judge_both_orders,
-    judge_failures,
-    pairwise_judge,
-)
+from bmc.stages.winrate import EVAL_WINRATE, judge_both_orders, judge_failures, pairwise_judge
+from bmc.stages.winrate_baseline import Baseline, HeldOut, baseline_answers, held_out_prompts
 from bmc.synthesis.failures import ReplyFailureError, check_failure_share
 from bmc.synthesis.judges import build_judge
 from bmc.winrate import (
@@ -229,7 +221,7 @@ def test_the_reference_answers_are_generated_and_cached_in_the_trainers_precisio
         asked.append(kwargs["precision"].name)
         return [Completion(f" in {kwargs['precision'].name}", truncated=p == "Q1?") for p in prompts]
 
-    monkeypatch.setattr("bmc.stages.winrate.generate", generate)
+    monkeypatch.setattr("bmc.stages.winrate_baseline.generate", generate)
 
     def answers(precision: str) -> Baseline:
         setup = _setup("reference", DATASET)

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from bmc.bench.workload import make_pairs, write_workload
-from bmc.data.datamodule import EpochSampler, PreferenceDataModule
+from bmc.data.datamodule import PreferenceDataModule
+from bmc.data.epoch_sampler import EpochSampler
 from bmc.data.tokenize import Truncation
 from bmc.logprobs import token_logps
 from bmc.models import load_causal_lm
