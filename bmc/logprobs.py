@@ -21,6 +21,7 @@ from bmc.attention import packed_attention_mask
 #: learned position tables, the chunked head applies logit multipliers
 SCORING_REVISION = 2
 
+
 def token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
     """``log softmax(logits)[labels]`` per token, in float32.
 

@@ -168,3 +168,21 @@ def test_layer_kinds_and_windows_are_read_from_each_familys_config() -> None:
     flash = of("llama")
     flash.config._attn_implementation = "flash_attention_2"
     assert "takes no 4D attention mask" in why_prompts_cannot_be_shared(flash)
+
+
+def test_the_first_batch_check_scores_two_pairs_of_a_large_batch() -> None:
+    """The check's reference is the model's full float32 logits: it scores the first two pairs of a batch, cut to
+    their widest row, not the whole batch."""
+    from bmc.scoring_check import CHECKED_PAIRS, _first_pairs
+
+    batch = pair_batch()  # 3 pairs; the rows of the first two are 8, 7 (chosen) and 10, 8 (rejected) wide
+    first = _first_pairs(batch, CHECKED_PAIRS)
+    assert CHECKED_PAIRS == 2 and first["input_ids"].shape == (4, 10)
+    assert torch.equal(first["input_ids"], batch["input_ids"][[0, 1, 3, 4]])
+    assert _first_pairs(batch, 5)["input_ids"].shape == (6, 10)
+    seen = []
+    model = tiny_model("llama")
+    model.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].shape[0]),
+                                with_kwargs=True)  # fmt: skip
+    assert verify_scoring(model, batch, share_prompt=True)
+    assert seen == [4, 2]  # the model's own rows of two pairs, then their two packed rows
