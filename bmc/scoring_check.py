@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 #: the largest per-token log-prob gap between a scoring path and the model's own forward, both in float32
 #: (the conformance matrix's bound; SmolLM2-135M's shared-prompt layout is off by 2e-5, docs/performance.md)
 FLOAT32_TOLERANCE = 1e-4
-#: the same for 16-bit weights the check cannot cast (parameters that are not plain tensors, e.g. sharded):
+#: the same for 16-bit weights the check cannot cast (sharded parameters, which are not plain tensors):
 #: bf16 rounding alone reaches 0.39 per token on SmolLM2-135M; a model ignoring the packing is off by 1.9-9.7
 SIXTEEN_BIT_TOLERANCE = 1.0
 #: the pairs of the first batch the check scores: its reference is the model's full float32 logits, which at a
@@ -97,7 +97,10 @@ def _compare(
 def _float32(model: torch.nn.Module) -> Iterator[float]:
     """Float32 computation for the check (module docstring); yields the tolerance that applies."""
     params = list(model.parameters())
-    castable = all(type(p.data) is torch.Tensor for p in params)
+    # sharded parameters (FSDP2's DTensors, FSDP1's views into a flat parameter) are not the model's to recast
+    castable = all(
+        type(p.data) is torch.Tensor and p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in params
+    )
     half = [p for p in params if p.is_floating_point() and p.dtype.itemsize < 4]
     dtypes = [p.dtype for p in half]
     matmul = torch.get_float32_matmul_precision()

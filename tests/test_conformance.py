@@ -186,3 +186,18 @@ def test_the_first_batch_check_scores_two_pairs_of_a_large_batch() -> None:
                                 with_kwargs=True)  # fmt: skip
     assert verify_scoring(model, batch, share_prompt=True)
     assert seen == [4, 2]  # the model's own rows of two pairs, then their two packed rows
+
+
+def test_sharded_16_bit_weights_are_checked_in_their_dtype_with_the_16_bit_bound() -> None:
+    """Parameters that are views into a flat buffer (FSDP1) or DTensors (FSDP2) belong to the sharding, so the check
+    leaves them in bf16 and applies the bound measured for bf16 rounding; plain bf16 weights are cast to float32."""
+    from bmc.scoring_check import FLOAT32_TOLERANCE, SIXTEEN_BIT_TOLERANCE, _float32
+
+    model = tiny_model("llama").to(torch.bfloat16)
+    with _float32(model) as tolerance:
+        assert tolerance == FLOAT32_TOLERANCE and next(model.parameters()).dtype == torch.float32
+    weight, flat = model.lm_head.weight, torch.zeros(model.lm_head.weight.numel() + 8, dtype=torch.bfloat16)
+    flat[: weight.numel()] = weight.detach().flatten()
+    weight.data = flat[: weight.numel()].view(weight.shape)  # a view into a larger buffer, as FSDP1 leaves them
+    with _float32(model) as tolerance:
+        assert tolerance == SIXTEEN_BIT_TOLERANCE and next(model.parameters()).dtype == torch.bfloat16
