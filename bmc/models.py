@@ -195,6 +195,14 @@ def add_lora(model: PreTrainedModel, lora: dict[str, Any]) -> PreTrainedModel:
     return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **options))
 
 
+def decoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The decoder layers of ``model``, in order: its modules of the classes transformers keeps whole when
+    sharding (``_no_split_modules``), through a PEFT wrapper; empty where the model names none."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    blocks = set(getattr(base, "_no_split_modules", None) or [])
+    return [module for module in base.modules() if type(module).__name__ in blocks]
+
+
 def compile_decoder_layers(model: PreTrainedModel, backend: str = "inductor") -> int:
     """``torch.compile`` each decoder layer of ``model`` in place, with dynamic shapes; returns how many.
 
@@ -202,12 +210,10 @@ def compile_decoder_layers(model: PreTrainedModel, backend: str = "inductor") ->
     layer's worth, and batches of another width reuse it. In place (``nn.Module.compile``), so state-dict keys,
     checkpoints and the exported model are unchanged. The layers are the modules of the classes transformers
     keeps whole when sharding (``_no_split_modules``), through a PEFT wrapper."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    blocks = set(getattr(base, "_no_split_modules", None) or [])
-    layers = [module for module in base.modules() if type(module).__name__ in blocks]
+    layers = decoder_layers(model)
     if not layers:
         raise ValueError(
-            f"compile.enabled: {type(base).__name__} names no decoder layer class (_no_split_modules); "
+            f"compile.enabled: {type(model).__name__} names no decoder layer class (_no_split_modules); "
             "set compile.enabled=false"
         )
     for layer in layers:
