@@ -8,13 +8,17 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import ModelParallelStrategy
+from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
 from bmc.logprobs import response_token_logps, shared_prompt_token_logps
 from bmc.losses import SequenceLogps, build_objective, needs_reference, weighted_score, weighting_stats
 from bmc.models import compile_decoder_layers
+from bmc.precision import resolve_precision
 from bmc.schedule import cosine_with_warmup
 from bmc.scoring_check import verify_scoring
+from bmc.sharding import fully_shard_model
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,15 @@ class _CausalLMModule(pl.LightningModule):
             compiled = compile_decoder_layers(self.policy, self.compile_backend)
             log.info("compile: %d decoder layers of the policy, backend %s", compiled, self.compile_backend)
             self._compiled = True
+        # ModelParallelStrategy (trainer=fsdp2) leaves parallelising to this hook, which Lightning calls again
+        # at every fit and validate: the policy is sharded once. An in-step reference stays replicated.
+        if isinstance(self.trainer.strategy, ModelParallelStrategy) and not isinstance(self.policy, FSDPModule):
+            if self.device_mesh["tensor_parallel"].size() > 1:
+                raise ValueError("trainer=fsdp2: tensor parallelism is not implemented; set tensor_parallel_size=1")
+            precision = resolve_precision(self.trainer.precision)
+            layers = fully_shard_model(self.policy, self.device_mesh["data_parallel"], precision)
+            log.info("fsdp2: policy sharded over %d ranks, %d decoder layers as shard units, precision %s",
+                     self.device_mesh["data_parallel"].size(), layers, precision.name)  # fmt: skip
 
     def on_train_start(self) -> None:
         # from_pretrained returns a model in eval mode and Lightning 2.6 leaves modes as they are: without this

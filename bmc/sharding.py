@@ -1,0 +1,39 @@
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``) of a policy, as Lightning's ``ModelParallelStrategy`` expects it
+applied in ``configure_model``: each decoder layer its own shard unit, then the whole model.
+
+Parameters become DTensors holding this rank's shard; a layer's forward gathers its full weights from every
+rank and frees them again after it. Under a bfloat16 precision the gathered weights are cast to bfloat16 and
+gradients reduced in float32 (:class:`MixedPrecisionPolicy`), while the sharded weights the optimizer steps
+stay in the dtype Lightning left them in (float32 under ``bf16-mixed``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from bmc.models import decoder_layers
+from bmc.precision import Precision
+
+
+def mixed_precision_policy(precision: Precision) -> MixedPrecisionPolicy:
+    """FSDP2's mixed precision for a trainer precision: bfloat16 compute and float32 gradient reduction where
+    the precision computes in bfloat16 (``bf16-mixed``, ``bf16-true``), else FSDP2's default (no casts)."""
+    if precision.compute_dtype == torch.bfloat16:
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def fully_shard_model(model: torch.nn.Module, mesh: DeviceMesh, precision: Precision) -> int:
+    """``fully_shard`` each decoder layer of ``model`` (:func:`bmc.models.decoder_layers`), then ``model`` itself
+    (its embeddings, final norm and LM head), over the ranks of ``mesh``; returns how many layers.
+
+    Per layer, so that one layer's full weights at a time exist on a rank (a single unit would gather the whole
+    model for every forward). A model that names no decoder layer is sharded as one unit."""
+    policy = mixed_precision_policy(precision)
+    layers = decoder_layers(model)
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return len(layers)
