@@ -1,5 +1,6 @@
-"""Runs with several processes (Lightning strategies ddp, ddp_spawn, fsdp, deepspeed): which process reports,
-which launches cannot work, and work split across the processes.
+"""Runs with several processes (Lightning strategies ddp, ddp_spawn, fsdp, fsdp2, deepspeed): which process
+reports, which launches cannot work, which strategies shard the parameters, and work split across the
+processes.
 
 The SFT warm start and the data stages run once (the first process to take the cache lock of
 :mod:`bmc.cache`), the preference stage on every rank, the evaluation's generation split across the ranks
@@ -13,11 +14,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import pytorch_lightning as pl
+import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -27,6 +31,26 @@ def is_global_zero(trainer: pl.Trainer | None) -> bool:
     """Whether this process writes the run's results (rank 0 of a multi-process run). Before the Trainer
     exists, the rank is the one the launcher (Lightning, torchrun, SLURM) put in the environment."""
     return trainer.is_global_zero if trainer is not None else rank_zero_only.rank == 0
+
+
+def shards_parameters(strategy: Strategy) -> bool:
+    """Whether ``strategy`` splits the model's parameters across the processes (FSDP, FSDP2 through
+    ``ModelParallelStrategy``, DeepSpeed ZeRO stage 3), so that no process holds the whole model and a forward
+    needs every rank. Under DDP or DeepSpeed stages 1-2 every process holds all the weights."""
+    if isinstance(strategy, DeepSpeedStrategy):
+        return strategy.zero_stage_3
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
+
+
+def full_state_dict(strategy: Strategy) -> dict[str, torch.Tensor]:
+    """The LightningModule's whole state dict, gathered from the shards of every rank, on rank 0 (other ranks
+    may get an empty dict); every rank must call it. FSDP1 (``state_dict_type: full``) and DeepSpeed gather it
+    in Lightning's ``lightning_module_state_dict``; ModelParallelStrategy returns the shards there when it
+    writes distributed checkpoints, so the full weights are collected here."""
+    if isinstance(strategy, ModelParallelStrategy):
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(strategy.lightning_module, options=options)
+    return strategy.lightning_module_state_dict()
 
 
 def check_launch(trainer: pl.Trainer) -> None:

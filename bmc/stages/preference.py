@@ -19,13 +19,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import Logger
-from pytorch_lightning.strategies import FSDPStrategy
 from transformers import PreTrainedModel
 
 from bmc.checkpointing import load_policy_weights, resolve_ckpt_path
 from bmc.data.sources import split_pairs
 from bmc.devices import accelerator_device
-from bmc.distributed import check_launch
+from bmc.distributed import check_launch, full_state_dict, shards_parameters
 from bmc.losses import needs_reference
 from bmc.models import add_lora, frozen_copy
 from bmc.precision import resolve_precision
@@ -119,7 +118,7 @@ def train_preference(
     metrics["data/dropped_pairs"] = float(sum(datamodule.dropped_rows.values()))
     if not trainer.is_global_zero:
         log.info("rank %d of %d: training done; rank 0 writes summary.json", trainer.global_rank, trainer.world_size)
-    sharded = isinstance(trainer.strategy, FSDPStrategy) and trainer.world_size > 1
+    sharded = shards_parameters(trainer.strategy) and trainer.world_size > 1
     model = _runnable_alone(trainer, policy) if sharded else module.policy
     return TrainedPolicy(model, metrics, trainer, on_every_rank=not sharded)
 
@@ -131,7 +130,7 @@ def _runnable_alone(trainer: pl.Trainer, policy: StartingPolicy) -> PreTrainedMo
     would wait forever. Every rank joins in collecting the full weights (Lightning's full state dict, what a
     checkpoint holds), and rank 0 loads them into a fresh copy of the starting model (with fresh LoRA adapters
     where trained so). Other ranks keep their shards; nothing runs them after training."""
-    state = trainer.strategy.lightning_module_state_dict()
+    state = full_state_dict(trainer.strategy)
     if not trainer.is_global_zero:
         return trainer.lightning_module.policy
     model, _ = policy.source.load(policy.checkpoint)
