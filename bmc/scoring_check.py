@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 
 from bmc.attention import attention_windows, why_prompts_cannot_be_shared
 from bmc.logprobs import response_token_logps, shared_prompt_token_logps
+from bmc.sharding import sharded_compute_dtype
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ def _float32(model: torch.nn.Module) -> Iterator[float]:
         type(p.data) is torch.Tensor and p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in params
     )
     half = [p for p in params if p.is_floating_point() and p.dtype.itemsize < 4]
+    # FSDP2 under a bfloat16 precision stores float32 shards but computes in bfloat16, which no recast undoes
+    cast = sharded_compute_dtype(model)
+    sixteen_bit = (half and not castable) or (cast is not None and cast.itemsize < 4)
     dtypes = [p.dtype for p in half]
     matmul = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
@@ -111,7 +115,7 @@ def _float32(model: torch.nn.Module) -> Iterator[float]:
             if half and castable:
                 for p in half:  # in place: the optimizer's references to these parameters stay valid
                     p.data = p.data.float()
-            yield SIXTEEN_BIT_TOLERANCE if half and not castable else FLOAT32_TOLERANCE
+            yield SIXTEEN_BIT_TOLERANCE if sixteen_bit else FLOAT32_TOLERANCE
     finally:
         if castable:
             for p, dtype in zip(half, dtypes):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from bmc.models import decoder_layers
 from bmc.precision import Precision
@@ -37,3 +37,11 @@ def fully_shard_model(model: torch.nn.Module, mesh: DeviceMesh, precision: Preci
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return len(layers)
+
+
+def sharded_compute_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype FSDP2 casts ``model``'s gathered weights to for its forward (its MixedPrecisionPolicy's
+    ``param_dtype``), whatever dtype the shards are stored in; None where no part of ``model`` is sharded with a
+    cast. The policy is kept in FSDP2's private per-module state, read here alone."""
+    dtypes = [m._get_fsdp_state()._mp_policy.param_dtype for m in model.modules() if isinstance(m, FSDPModule)]
+    return next((dtype for dtype in dtypes if dtype is not None), None)
