@@ -169,9 +169,10 @@ Fallbacks:
   takes no 4D mask, so its pairs are scored as separate rows, with one log line.
 
 Every run checks its own model again on its first batch (`bmc/scoring_check.py`): its scoring path against the
-model's own forward, in float32, at the float32 tolerance, on rows longer than its sliding window; a model that
-ignores the position ids, the mask or its window, or rescales its logits in a way the chunked head does not know,
-stops the run with the setting that turns the path off.
+model's own forward, in float32 and at the float32 tolerance (sharded 16-bit weights, which it cannot recast: in
+their dtype, at the bound of bf16 rounding), on its first two pairs and on rows longer than its sliding window; a
+model that ignores the position ids, the mask or its window, or rescales its logits in a way the chunked head does
+not know, stops the run with the setting that turns the path off.
 """
 
 
