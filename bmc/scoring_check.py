@@ -5,7 +5,7 @@ ids and a 4D mask, and the chunked LM head on knowing what the family does to it
 (:mod:`bmc.logprobs`). Both are proven per family in the conformance matrix (``tests/test_conformance.py``,
 ``docs/architectures.md``); the check proves them again for the model a run actually trains, once, on its first
 batch, against the model's own forward (full logits, plain rows). It looks at rows longer than the model's
-sliding window: where the batch has none, it adds a pair built from the batch's tokens that is.
+sliding window: for a windowed model it adds a pair built from the batch's tokens that is.
 
 The question is the model's structure, not rounding, so the check computes in float32 whatever the run's
 precision: outside autocast, with full-precision float32 matmuls (no TF32), and with 16-bit weights cast to
@@ -133,12 +133,13 @@ def _first_pairs(batch: dict[str, torch.Tensor], n_pairs: int) -> dict[str, torc
 
 
 def _probes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """``batch``, and a pair longer than the model's smallest sliding window when no row of ``batch`` is: the
-    first pair's prompt repeated past the window, then its two responses."""
+    """``batch``, and for a model with a sliding window a pair longer than its smallest window: the first pair's
+    prompt repeated past the window, then its two responses. Added whatever the batch's lengths, so that every
+    rank of a sharded run runs as many forwards (each gathers weights from all ranks)."""
     windows = [w for w in attention_windows(model).values() if w is not None]
-    lengths = batch["attention_mask"].sum(-1)
-    if not windows or int(lengths.max()) > min(windows):
+    if not windows:
         return [batch]
+    lengths = batch["attention_mask"].sum(-1)
     ids, response = batch["input_ids"], batch["response_mask"]
     n_pairs, prompt = ids.shape[0] // 2, int(response[0].int().argmax())
     chosen, rejected = ids[0, prompt : lengths[0]], ids[n_pairs, prompt : lengths[n_pairs]]

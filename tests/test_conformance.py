@@ -186,6 +186,14 @@ def test_the_first_batch_check_scores_two_pairs_of_a_large_batch() -> None:
                                 with_kwargs=True)  # fmt: skip
     assert verify_scoring(model, batch, share_prompt=True)
     assert seen == [4, 2]  # the model's own rows of two pairs, then their two packed rows
+    # a windowed model: the pair longer than the window as well, though the batch has such rows (every rank of a
+    # sharded run must run as many forwards)
+    seen.clear()
+    windowed = tiny_model("mistral")
+    windowed.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].shape),
+                                   with_kwargs=True)  # fmt: skip
+    assert verify_scoring(windowed, batch, share_prompt=True)
+    assert [shape[0] for shape in seen] == [4, 2, 2, 1] and seen[2][1] > WINDOW
 
 
 def test_sharded_16_bit_weights_are_checked_in_their_dtype_with_the_16_bit_bound() -> None:
