@@ -119,9 +119,8 @@ def compute_reference_logps(
     plain_widths = [p + max(c, r) for p, c, r in zip(prompts, chosen, rejected)]
     values: dict[str, list[torch.Tensor]] = {name: [torch.zeros(0)] * len(rows) for name in REF_COLUMNS}
     try:
-        # the check computes in float32 whatever the precision (bmc.scoring_check)
-        checked = rows and (share_prompt or chunk_positions is not None)
-        packs = bool(checked) and verify_scoring(model, _on(device, collate(rows[:1])), chunk_positions, share_prompt)
+        # the check computes in float32 whatever the precision, and runs nothing without a path to check
+        packs = bool(rows) and verify_scoring(model, _on(device, collate(rows[:1])), chunk_positions, share_prompt)
         score = shared_prompt_token_logps if packs else response_token_logps
         batches = length_batches(packed_widths if packs else plain_widths, 1 if packs else 2, batch_size, batch_tokens)
         for indices in tqdm(batches, desc=desc, unit="batch"):

@@ -24,6 +24,7 @@ import torch
 from transformers import PreTrainedModel
 
 from bmc.attention import attention_windows, why_prompts_cannot_be_shared
+from bmc.data.tokenize import pad_sequences
 from bmc.logprobs import response_token_logps, shared_prompt_token_logps
 from bmc.sharding import sharded_compute_dtype
 
@@ -139,21 +140,10 @@ def _probes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[dict
     windows = [w for w in attention_windows(model).values() if w is not None]
     if not windows:
         return [batch]
-    lengths = batch["attention_mask"].sum(-1)
-    ids, response = batch["input_ids"], batch["response_mask"]
-    n_pairs, prompt = ids.shape[0] // 2, int(response[0].int().argmax())
-    chosen, rejected = ids[0, prompt : lengths[0]], ids[n_pairs, prompt : lengths[n_pairs]]
-    repeats = -(-(min(windows) + 1) // prompt)
-    long_prompt = ids[0, :prompt].repeat(repeats)
-    rows = [torch.cat([long_prompt, chosen]), torch.cat([long_prompt, rejected])]
-    width = max(len(row) for row in rows)
-    probe = {
-        "input_ids": ids.new_zeros(2, width),
-        "attention_mask": batch["attention_mask"].new_zeros(2, width),
-        "response_mask": response.new_zeros(2, width),
-    }
-    for i, row in enumerate(rows):
-        probe["input_ids"][i, : len(row)] = row
-        probe["attention_mask"][i, : len(row)] = 1
-        probe["response_mask"][i, len(long_prompt) : len(row)] = True
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    ids, n_pairs = batch["input_ids"], batch["input_ids"].shape[0] // 2
+    prompt = int(batch["response_mask"][0].int().argmax())
+    long_prompt = ids[0, :prompt].tolist() * -(-(min(windows) + 1) // prompt)
+    responses = [ids[0, prompt : lengths[0]].tolist(), ids[n_pairs, prompt : lengths[n_pairs]].tolist()]
+    probe = {name: value.to(ids.device) for name, value in pad_sequences([long_prompt] * 2, responses, 0).items()}
     return [batch, probe]

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from bmc.data.tokenize import pad_sequences
 from bmc.scoring_check import FLOAT32_TOLERANCE
 
 VOCAB = 96
@@ -110,13 +111,7 @@ def pair_batch() -> dict[str, torch.Tensor]:
     responses = [[4, 7, 9, 2, 5], [5, 6], [8, 3, 3, 3, 3, 3, 3], [11, 12, 13, 14, 15, 16, 17], [21, 22, 23], [30]]
     rows = [prompts[i % 3] + r for i, r in enumerate(responses)]
     assert max(map(len, rows)) == WIDTH and sum(len(r) > WINDOW for r in rows) == 5
-    ids, attention = torch.zeros(len(rows), WIDTH, dtype=torch.long), torch.zeros(len(rows), WIDTH, dtype=torch.long)
-    response = torch.zeros(len(rows), WIDTH, dtype=torch.bool)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        attention[i, : len(row)] = 1
-        response[i, len(prompts[i % 3]) : len(row)] = True
-    return {"input_ids": ids, "attention_mask": attention, "response_mask": response}
+    return pad_sequences([prompts[i % 3] for i in range(len(responses))], responses, pad_id=0)
 
 
 def own_forward_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
