@@ -26,7 +26,7 @@ from bmc.stages.pairs import preference_pairs
 from bmc.stages.preference import resume_checkpoint, train_preference
 from bmc.stages.reward_model import judge_setup
 from bmc.stages.summary import summarized
-from bmc.stages.task import load_task
+from bmc.stages.task_data import load_task
 from bmc.stages.warm_start import warm_start
 
 

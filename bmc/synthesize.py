@@ -22,7 +22,7 @@ from bmc.data.sources import TaskData
 from bmc.run_dir import register_resolvers
 from bmc.stages.pairs import PreferencePairs, needs_policy_model, preference_pairs
 from bmc.stages.reward_model import judge_setup
-from bmc.stages.task import load_task
+from bmc.stages.task_data import load_task
 from bmc.stages.warm_start import StartingPolicy, tokenizer_only, warm_start
 
 

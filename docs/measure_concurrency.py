@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bmc.data.sources import TaskData  # noqa: E402
 from bmc.synthesis.bridging import bridge  # noqa: E402
 from bmc.synthesis.context import SynthesisContext  # noqa: E402
-from bmc.synthesis.pipeline import _samples, ipr_pairs  # noqa: E402
+from bmc.synthesis.pair_sources import _samples, ipr_pairs  # noqa: E402
 from bmc.tokenizer import train_bpe_tokenizer  # noqa: E402
 from tests.fake_chat_server import FakeChatServer, completions  # noqa: E402
 

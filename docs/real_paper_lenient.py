@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from bmc.report import load_sweep
-from bmc.summary import EVAL_ANSWERS
+from bmc.summary_file import EVAL_ANSWERS
 from bmc.tasks.math import MathTask
 from bmc.tasks.qa import QATask
 

@@ -28,7 +28,7 @@ from bmc.synthesis.endpoint import OpenAIEndpoint
 from bmc.synthesis.ipr import rm_pairs
 from bmc.synthesis.judges import build_judge
 from bmc.synthesis.model_keys import model_config_key
-from bmc.synthesis.pipeline import _rm_choices, _samples
+from bmc.synthesis.pair_sources import _rm_choices, _samples
 from bmc.synthesis.sampler import OpenAISampler
 from bmc.synthesize import prepare_data
 from tests.conftest import save_reward_model

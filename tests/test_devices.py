@@ -23,7 +23,7 @@ from bmc.synthesis.bridging import bridge
 from bmc.synthesis.chat import LocalChat
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.judges import RewardModelJudge, build_judge
-from bmc.synthesis.pipeline import _rm_choices, _samples
+from bmc.synthesis.pair_sources import _rm_choices, _samples
 from bmc.synthesis.sampler.vllm import MEMORY_MARGIN
 from tests.fake_vllm import fake_vllm
 

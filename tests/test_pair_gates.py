@@ -1,4 +1,4 @@
-"""The gates between sampled completions and preference pairs (bmc.synthesis.pipeline): a judge that gives no
+"""The gates between sampled completions and preference pairs (bmc.synthesis.pair_sources): a judge that gives no
 verdicts stops IPR, and a sample the token budget cut off is never a chosen response (nor, by default, a
 rejected one). One fake server plays the served policy (its completions, some cut off) and the LLM judge."""
 
@@ -13,7 +13,7 @@ from bmc.data.sources import TaskData
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.failures import ReplyFailureError
 from bmc.synthesis.judges import RewardModelJudge
-from bmc.synthesis.pipeline import ipr_pairs, rm_score_pairs, sampled_pairs
+from bmc.synthesis.pair_sources import ipr_pairs, rm_score_pairs, sampled_pairs
 from bmc.tasks import MathTask
 from tests.fake_chat_server import FakeChatServer, Reply, completions
 from tests.test_bridging import CharTokenizer

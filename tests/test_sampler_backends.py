@@ -20,7 +20,7 @@ from bmc.data.tokenize import encode_prompts
 from bmc.precision import resolve_precision
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.endpoint import ChatError, OpenAIEndpoint
-from bmc.synthesis.pipeline import _samples, samples_from_policy
+from bmc.synthesis.pair_sources import _samples, samples_from_policy
 from bmc.synthesis.sampler import OpenAISampler, SamplingSettings, build_sampler_backend
 from tests.conftest import compose_config
 from tests.fake_chat_server import FakeChatServer, completions

@@ -22,7 +22,7 @@ from bmc.report.significance import (
     paired_bootstrap,
     resamples_for,
 )
-from bmc.summary import EVAL_ANSWERS
+from bmc.summary_file import EVAL_ANSWERS
 from tests.test_report import run_config, write_job
 
 

@@ -25,7 +25,7 @@ from bmc.stages.winrate import EVAL_WINRATE, judge_both_orders, judge_failures, 
 from bmc.stages.winrate_baseline import Baseline, HeldOut, baseline_answers, held_out_prompts
 from bmc.synthesis.failures import ReplyFailureError, check_failure_share
 from bmc.synthesis.judges import build_judge
-from bmc.winrate import (
+from bmc.winrate_stats import (
     LOSS,
     TIE,
     WIN,

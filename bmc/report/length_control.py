@@ -1,7 +1,7 @@
 """Length-controlled win rates that extrapolate, marked in the report table.
 
 A run's ``eval/winrate_lc_extrapolated`` is 1.0 when its length differences (policy minus baseline tokens)
-did not straddle 0 (:func:`bmc.winrate.extrapolates`): LC = σ(θ) is then the length regression carried to
+did not straddle 0 (:func:`bmc.winrate_stats.extrapolates`): LC = σ(θ) is then the length regression carried to
 equal length, a length at the edge of the data or beyond it, and can sit far from the raw win rate with an
 interval nearly as wide as [0, 1]. A cell of ``eval/winrate_lc`` is marked † when any of its seeds
 extrapolated, since its mean then averages in such a value.

@@ -2,7 +2,7 @@
 seeds, Holm–Bonferroni-corrected across the table's cells.
 
 **Resampled differences.** Each run's evaluation writes every held-out answer's verifier score
-(``eval_answers.jsonl``, see :data:`bmc.summary.EVAL_ANSWERS`). For a row and the baseline row on one (task,
+(``eval_answers.jsonl``, see :data:`bmc.summary_file.EVAL_ANSWERS`). For a row and the baseline row on one (task,
 metric), a resample draws the prompts with replacement, the same draw for both rows (paired: every row
 answered the same prompts), and each row's seeds with replacement; its statistic δ* is the row's mean minus the
 baseline's. The 95% interval is the 2.5th to 97.5th percentile of the B resampled δ*. Prompt noise dominates
@@ -44,7 +44,7 @@ import numpy as np
 from bmc.report.holm import holm_adjusted
 from bmc.report.records import RunRecord
 from bmc.report.table import Table
-from bmc.summary import EVAL_ANSWERS
+from bmc.summary_file import EVAL_ANSWERS
 
 #: metrics that per-prompt scores give, and how one answer's verifier score counts towards each
 PER_PROMPT: dict[str, Callable[[float], float]] = {

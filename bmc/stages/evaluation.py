@@ -29,7 +29,7 @@ from bmc.stages.common import verifier_answers
 from bmc.stages.eval_setup import EvalSetup, Evaluation
 from bmc.stages.preference import TrainedPolicy
 from bmc.stages.winrate import prepare_winrate
-from bmc.summary import EVAL_ANSWERS
+from bmc.summary_file import EVAL_ANSWERS
 
 
 def evaluate(

@@ -1,4 +1,4 @@
-"""Stage 3, the preference pairs of ``cfg.data`` (:func:`bmc.synthesis.pipeline.build_pairs`): the task's own,
+"""Stage 3, the preference pairs of ``cfg.data`` (:func:`bmc.synthesis.pair_sources.build_pairs`): the task's own,
 sampled from the starting policy, ranked by a judge, and/or bridged by an editor, with the data report.
 
 Samples, judgments and edits are cached item by item under ``<cache>/samples``, ``judgments`` and ``edits``
@@ -25,7 +25,7 @@ from bmc.precision import resolve_precision
 from bmc.stages.common import container
 from bmc.stages.reward_model import JudgeSetup
 from bmc.stages.warm_start import StartingPolicy
-from bmc.synthesis.pipeline import SynthesisContext, build_pairs, samples_from_policy
+from bmc.synthesis.pair_sources import SynthesisContext, build_pairs, samples_from_policy
 
 log = logging.getLogger(__name__)
 

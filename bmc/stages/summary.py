@@ -21,7 +21,7 @@ from bmc.loggers import finish_wandb
 from bmc.preemption import Preempted
 from bmc.stages.common import container
 from bmc.stages.export import HubPush
-from bmc.summary import results_table, write_summary
+from bmc.summary_file import results_table, write_summary
 
 #: the config groups whose chosen preset summary.json records, and the config nodes it keeps
 PRESET_GROUPS = ("task", "data", "judge", "editor", "loss", "token_weighting", "regularizer", "model", "eval")

@@ -1,6 +1,6 @@
 """The ``winrate`` evaluation (``eval=winrate``): the trained policy's greedy answer to each held-out prompt,
 compared with a baseline answer by the ``judge`` group's pairwise judge in both orders; win rate, tie rate,
-length-controlled win rate and bootstrap intervals by :mod:`bmc.winrate` (the rule and the formulas).
+length-controlled win rate and bootstrap intervals by :mod:`bmc.winrate_stats` (the rule and the formulas).
 
 The held-out prompts and the baseline's answers (``eval.baseline``: ``reference``, ``chosen`` or a JSONL file)
 come from :mod:`bmc.stages.winrate_baseline`, before training. The judge is built before training too, so that
@@ -46,7 +46,7 @@ from bmc.synthesis.judges import Judge, build_judge
 from bmc.synthesis.local_models import with_model_dtypes
 from bmc.synthesis.model_keys import model_config_key
 from bmc.synthesis.store import resumable_map
-from bmc.winrate import TIE, both_order_outcome, winrate_summary
+from bmc.winrate_stats import TIE, both_order_outcome, winrate_summary
 
 #: the run folder's file of judged answers, one JSON line per held-out prompt
 EVAL_WINRATE = "eval_winrate.jsonl"

@@ -1,4 +1,4 @@
-"""What the data stages of :mod:`bmc.synthesis.pipeline` and :mod:`bmc.synthesis.bridging` share."""
+"""What the data stages of :mod:`bmc.synthesis.pair_sources` and :mod:`bmc.synthesis.bridging` share."""
 
 from __future__ import annotations
 

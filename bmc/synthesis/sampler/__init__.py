@@ -9,7 +9,7 @@
 - ``task``: a built-in task's gold response and realistic errors, no model (:func:`task_completions`).
 
 What the backends share, the settings, the interface and the cache of the model backends, is in
-:mod:`bmc.synthesis.sampler.base`.
+:mod:`bmc.synthesis.sampler.backend`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bmc.synthesis.context import SynthesisContext
-from bmc.synthesis.sampler.base import SamplerBackend, SamplingSettings
+from bmc.synthesis.sampler.backend import SamplerBackend, SamplingSettings
 from bmc.synthesis.sampler.hf import HFSampler
 from bmc.synthesis.sampler.openai import OpenAISampler
 from bmc.synthesis.sampler.task import TaskSampler, task_completions

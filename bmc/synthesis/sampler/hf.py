@@ -13,7 +13,7 @@ from bmc.generation import generate
 from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.synthesis._common import build_from_options
 from bmc.synthesis.context import SynthesisContext
-from bmc.synthesis.sampler.base import ModelSampler, PromptSamples, SamplingSettings
+from bmc.synthesis.sampler.backend import ModelSampler, PromptSamples, SamplingSettings
 
 
 class HFSampler(ModelSampler):

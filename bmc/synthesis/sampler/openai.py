@@ -14,7 +14,7 @@ from bmc.synthesis._common import build_from_options, ordered_map
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.endpoint import OpenAIEndpoint
 from bmc.synthesis.model_keys import SERVED_KEY_OPTIONS, served_model_key
-from bmc.synthesis.sampler.base import ModelSampler, PromptSamples, SamplingSettings, require_options
+from bmc.synthesis.sampler.backend import ModelSampler, PromptSamples, SamplingSettings, require_options
 
 
 class OpenAISampler(ModelSampler):

@@ -9,7 +9,7 @@ from typing import Any
 
 from bmc.synthesis._common import ExampleIndex, build_from_options
 from bmc.synthesis.context import SynthesisContext
-from bmc.synthesis.sampler.base import SamplerBackend, SamplingSettings
+from bmc.synthesis.sampler.backend import SamplerBackend, SamplingSettings
 from bmc.tasks import Example, Task
 
 

@@ -16,7 +16,7 @@ from bmc.data.tokenize import encode_prompts
 from bmc.generation import Completion, stop_token_ids
 from bmc.synthesis._common import build_from_options
 from bmc.synthesis.context import SynthesisContext
-from bmc.synthesis.sampler.base import ModelSampler, PromptSamples, SamplingSettings, require_options
+from bmc.synthesis.sampler.backend import ModelSampler, PromptSamples, SamplingSettings, require_options
 
 log = logging.getLogger(__name__)
 
