@@ -27,7 +27,7 @@ from bmc.synthesis.bridging import bridge  # noqa: E402
 from bmc.synthesis.context import SynthesisContext  # noqa: E402
 from bmc.synthesis.pair_sources import _samples, ipr_pairs  # noqa: E402
 from bmc.tokenizer import train_bpe_tokenizer  # noqa: E402
-from tests.fake_chat_server import FakeChatServer, completions  # noqa: E402
+from tests.doubles.fake_chat_server import FakeChatServer, completions  # noqa: E402
 
 JUDGE_TEMPLATE = "Question: {prompt}\n[A]\n{a}\n[B]\n{b}\nWhich is better? Answer [[A]], [[B]] or [[C]]."
 EDITOR_TEMPLATES = {"default": "{prompt}\n{reference}\n[Response to revise]\n{losing}\n[End]"}

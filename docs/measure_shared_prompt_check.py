@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from bmc.bench.workload import realistic_datamodule  # noqa: E402
 from bmc.logprobs import response_token_logps, shared_prompt_token_logps  # noqa: E402
-from tests.ignores_packing import IgnoresPacking  # noqa: E402
+from tests.doubles.ignores_packing import IgnoresPacking  # noqa: E402
 
 MODELS = {
     "honours the packing": None,

@@ -25,7 +25,7 @@ from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.judges import RewardModelJudge, build_judge
 from bmc.synthesis.pair_sources import _rm_choices, _samples
 from bmc.synthesis.sampler.vllm import MEMORY_MARGIN
-from tests.fake_vllm import fake_vllm
+from tests.doubles.fake_vllm import fake_vllm
 
 GIB = 1 << 30
 #: what the fake device reports: 30 of 80 GiB free (the policy and a judge hold the rest)
