@@ -1,28 +1,18 @@
-"""eval=winrate: the both-order rule, the length-controlled win rate on cases with a closed-form answer, seeded
-bootstrap intervals, the baselines and their errors, and a tiny train.py run judged by the fake chat server
-whose rerun is a cache hit."""
+"""eval=winrate: the both-order rule, the judge's failures, and a tiny train.py run judged by the fake chat server whose
+rerun is a cache hit."""
 
 from __future__ import annotations
 
 import json
-import math
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from bmc.data.sources import TaskData
-from bmc.generation import Completion
 from bmc.pipeline import run
-from bmc.stages.evaluation import evaluation_kind
-from bmc.stages.pairs import PreferencePairs
-from bmc.stages.reward_model import JudgeSetup
-from bmc.stages.warm_start import SFT_EVAL_KEYS
-from bmc.stages.winrate import EVAL_WINRATE, judge_both_orders, judge_failures, pairwise_judge
-from bmc.stages.winrate_baseline import Baseline, HeldOut, baseline_answers, held_out_prompts
+from bmc.stages.winrate import EVAL_WINRATE, judge_both_orders, judge_failures
 from bmc.synthesis.failures import ReplyFailureError, check_failure_share
 from bmc.synthesis.judges import build_judge
 from bmc.winrate_stats import (
@@ -32,104 +22,10 @@ from bmc.winrate_stats import (
     both_order_outcome,
     extrapolates,
     length_controlled_winrate,
-    winrate_summary,
 )
 from tests.conftest import compose_config, run_cli
 from tests.doubles.fake_chat_server import FakeChatServer, chat_completion
 from tests.synthesis.test_ipr import AlwaysFirst, OrderJudge
-
-
-def test_the_eval_group_selects_the_kind_and_winrate_shares_the_sft_checkpoint() -> None:
-    def kind(*overrides: str) -> str:
-        return evaluation_kind(compose_config(list(overrides)))
-
-    assert kind() == "verifier" and kind("eval=winrate") == "winrate"
-    assert kind("eval=none") == kind("eval.enabled=false") == kind("eval=winrate", "eval.enabled=false") == "none"
-    with pytest.raises(ValueError, match=r"eval.kind must be one of \['none', 'verifier', 'winrate'\]"):
-        kind("eval.kind=accuracy")
-    # the SFT cache key holds the evaluation settings of the SFT's own check, as before the eval group existed
-    sft_key = [{k: compose_config(o).eval.get(k) for k in SFT_EVAL_KEYS} for o in ([], ["eval=winrate"])]
-    assert sft_key[0] == sft_key[1] == {"enabled": True, "batch_size": 128, "max_new_tokens": None}
-
-
-def _logit(p: float) -> float:
-    return math.log(p / (1 - p))
-
-
-def _two_lengths(d1: float, n1: int, wins1: int, d2: float, n2: int, wins2: int) -> tuple[np.ndarray, np.ndarray]:
-    """Outcomes at two length differences: the logistic fit is saturated, so it reproduces both win shares."""
-    outcomes = [WIN] * wins1 + [LOSS] * (n1 - wins1) + [WIN] * wins2 + [LOSS] * (n2 - wins2)
-    return np.array(outcomes), np.array([d1] * n1 + [d2] * n2)
-
-
-def _saturated(d: np.ndarray, p1: float, p2: float) -> tuple[float, float]:
-    """(LC, φ) of a two-length design by hand: the fit passes through (x_k, logit p_k), x_k = tanh(d_k / s)
-    with s the std (ddof 1) of all the differences, so θ is that line's value at x = 0."""
-    s = float(np.std(d, ddof=1))
-    x1, x2 = math.tanh(d[0] / s), math.tanh(d[-1] / s)
-    theta = (x2 * _logit(p1) - x1 * _logit(p2)) / (x2 - x1)
-    return 1 / (1 + math.exp(-theta)), (_logit(p1) - _logit(p2)) / (x1 - x2)
-
-
-def test_length_controlled_winrate_has_the_closed_form_of_a_saturated_fit() -> None:
-    # Judged by length alone: the longer answer wins 7 of 8 games, and the policy is longer on 32 of 40 prompts.
-    # logit p = θ + φ tanh(d/s) through (+x, 7/8) and (−x, 1/8), tanh odd: θ = (logit 7/8 + logit 1/8) / 2 = 0.
-    y, d = _two_lengths(10, 32, 28, -10, 8, 1)
-    assert y.mean() == pytest.approx(0.725)
-    lc = length_controlled_winrate(y, d)
-    assert lc.winrate == pytest.approx(0.5, abs=1e-3) and lc.phi > 0 and not lc.extrapolated
-    # No length effect: 3/4 wins at both lengths, so φ = 0 and LC = W.
-    y, d = _two_lengths(10, 32, 24, -10, 8, 6)
-    lc = length_controlled_winrate(y, d)
-    assert lc.winrate == pytest.approx(y.mean(), abs=1e-3) == pytest.approx(0.75, abs=1e-3)
-    assert lc.phi == pytest.approx(0.0, abs=1e-3)
-    # Equal lengths everywhere: nothing to control for, and nothing extrapolated.
-    lc = length_controlled_winrate(np.array([1, 1, 0, 0.5]), np.zeros(4))
-    assert lc.winrate == pytest.approx(0.625, abs=1e-3) and not lc.extrapolated
-
-
-def test_the_tanh_length_term_against_a_hand_computed_fit() -> None:
-    # p = 0.8 at d = +30, 0.3 at d = −10 (10 prompts each): s = 20·sqrt(20/19) = 20.5196,
-    # x = tanh(30/s) = 0.89804 and tanh(−10/s) = −0.45210, so φ = (logit 0.8 − logit 0.3) / 1.35014 = 1.6543 and
-    # θ = (−0.45210 logit 0.8 − 0.89804 logit 0.3) / (−1.35014) = −0.09937: LC = σ(θ) = 0.4752.
-    y, d = _two_lengths(30, 10, 8, -10, 10, 3)
-    lc = length_controlled_winrate(y, d)
-    assert (lc.winrate, lc.phi) == pytest.approx(_saturated(d, 0.8, 0.3), abs=1e-3)
-    assert (lc.winrate, lc.phi) == pytest.approx((0.4752, 1.6543), abs=1e-3)
-    assert not lc.extrapolated  # the differences straddle 0: LC is read between them
-
-
-def test_a_one_sided_length_difference_flags_lc_as_extrapolated_and_reports_phi() -> None:
-    # Every policy answer shorter (d = −10 on 20 prompts, 4 won; d = −60 on 20, 1 won): W = 0.125, but the curve
-    # through both, carried on to d = 0, says 0.396 (s = 25.318, x = −0.37564 and −0.98267, φ = 2.5668).
-    y, d = _two_lengths(-10, 20, 4, -60, 20, 1)
-    lc = length_controlled_winrate(y, d)  # the ridge pulls φ by about 1e-3 here
-    assert (lc.winrate, lc.phi) == pytest.approx(_saturated(d, 0.2, 0.05), abs=2e-3)
-    assert (lc.winrate, lc.phi) == pytest.approx((0.396, 2.567), abs=2e-3) and lc.extrapolated
-    summary = winrate_summary(y, d, samples=200)
-    assert summary["winrate"] == 0.125 and summary["winrate_lc_extrapolated"] == 1.0
-    assert summary["winrate_lc_phi"] == pytest.approx(lc.phi) and summary["winrate_lc"] == lc.winrate
-    # one-sided counts ties at 0 in (every d ≥ 0), equal lengths everywhere do not, a single opposite sign does
-    assert extrapolates(np.array([0.0, 5.0, 12.0])) and extrapolates(np.array([-3.0, 0.0]))
-    assert not extrapolates(np.zeros(3)) and not extrapolates(np.array([-1.0, 40.0, 90.0]))
-
-
-def test_length_controlled_winrate_stays_finite_on_separable_outcomes() -> None:
-    y, d = _two_lengths(10, 30, 30, -10, 10, 0)  # the longer answer always wins
-    assert 0.0 < length_controlled_winrate(y, d).winrate < 1.0
-    assert length_controlled_winrate(np.ones(20), np.arange(20.0)).winrate > 0.99  # every game won
-
-
-def test_bootstrap_intervals_hold_the_estimate_and_are_seeded() -> None:
-    rng = np.random.default_rng(3)
-    y, d = rng.choice([WIN, TIE, LOSS], size=60), rng.normal(0, 40, size=60)
-    summary = winrate_summary(y, d, samples=300, seed=7)
-    assert summary["winrate"] == pytest.approx(y.mean()) and summary["tie_rate"] == pytest.approx(np.mean(y == TIE))
-    for name in ("winrate", "winrate_lc"):
-        assert summary[f"{name}_ci_low"] <= summary[name] <= summary[f"{name}_ci_high"]
-        assert summary[f"{name}_ci_low"] < summary[f"{name}_ci_high"]
-    assert winrate_summary(y, d, samples=300, seed=7) == summary
-    assert winrate_summary(y, d, samples=300, seed=8) != summary
 
 
 def test_a_win_needs_both_orders_and_a_position_bias_ties_everything() -> None:
@@ -176,66 +72,6 @@ def test_one_reply_without_a_verdict_in_ten_is_reported_as_its_share(caplog) -> 
         share = check_failure_share(failures, replies, 0.2, stage="eval=winrate", backend="judge", what="verdict",
                                     setting="judge.max_failure_share")  # fmt: skip
     assert share == 0.1 and "1 of 10 replies (10%) of judge gave no verdict (unparseable 1)" in caplog.text
-
-
-def _setup(baseline: str, task_data: TaskData, judge: dict | None = None, pairs: list | None = None) -> SimpleNamespace:
-    cfg = OmegaConf.create({"eval": {"baseline": baseline}, "data": {"val_fraction": 0.5}, "task": {"seed": 0},
-                            "trainer": {"accelerator": "cpu", "precision": "32-true"}})  # fmt: skip
-    return SimpleNamespace(
-        cfg=cfg, task_data=task_data, judge=JudgeSetup(judge or {}), pairs=PreferencePairs(pairs or [], {})
-    )
-
-
-PAIRS = [{"prompt": f"Q{i}?", "chosen": f" good {i}", "rejected": f" bad {i}"} for i in range(6)]
-DATASET = TaskData(name="prefs", sft_train=[], sft_val=[], pairs=PAIRS)
-
-
-def test_a_dataset_holds_out_its_validation_prompts_with_their_chosen_responses() -> None:
-    held_out = held_out_prompts(_setup("chosen", DATASET, pairs=PAIRS))
-    assert len(held_out) == 3 and all(h.chosen == f" good {h.prompt[1]}" for h in held_out)
-
-
-def test_baselines_and_the_settings_they_cannot_work_with(tmp_path: Path) -> None:
-    held_out = [HeldOut("Q0?", " good 0"), HeldOut("Q1?", None)]
-    with pytest.raises(ValueError, match=r"eval.baseline=chosen needs .* 1 of 2 have none"):
-        baseline_answers(_setup("chosen", DATASET), held_out, budget=8)
-    answers = tmp_path / "gpt4.jsonl"
-    answers.write_text(json.dumps({"prompt": "Q0?", "answer": " theirs"}) + "\n")
-    with pytest.raises(ValueError, match=r"gpt4.jsonl has no answer text for 1 of 2 held-out prompts"):
-        baseline_answers(_setup(str(answers), DATASET), held_out, budget=8)
-    assert baseline_answers(_setup(str(answers), DATASET), held_out[:1], budget=8).answers == {"Q0?": " theirs"}
-    with pytest.raises(ValueError, match=r"eval.baseline must be reference, chosen or a JSONL file"):
-        baseline_answers(_setup("refrence", DATASET), held_out, budget=8)
-    # no verifier to judge by, and an LLM judge without its served model
-    with pytest.raises(ValueError, match=r"eval=winrate .* judge=verifier .* needs a built-in task"):
-        pairwise_judge(_setup("chosen", DATASET, judge={"kind": "verifier"}))
-    llm = OmegaConf.to_container(compose_config(["judge=llm"]).judge)
-    with pytest.raises(ValueError, match=r"eval=winrate .* judge=llm .* needs `model`"):
-        pairwise_judge(_setup("chosen", DATASET, judge=llm))
-
-
-def test_the_reference_answers_are_generated_and_cached_in_the_trainers_precision(tmp_path: Path, monkeypatch) -> None:
-    asked: list[str] = []
-
-    def generate(model, tokenizer, prompts, budget, **kwargs) -> list[Completion]:
-        asked.append(kwargs["precision"].name)
-        return [Completion(f" in {kwargs['precision'].name}", truncated=p == "Q1?") for p in prompts]
-
-    monkeypatch.setattr("bmc.stages.winrate_baseline.generate", generate)
-
-    def answers(precision: str) -> Baseline:
-        setup = _setup("reference", DATASET)
-        setup.cfg.trainer.precision, setup.cfg.eval.batch_size = precision, 4
-        setup.cfg.paths = {"cache_dir": str(tmp_path)}
-        setup.policy = SimpleNamespace(fingerprint=lambda: {"checkpoint": "sft"}, model=None, tokenizer=None)
-        return baseline_answers(setup, [HeldOut("Q0?", None), HeldOut("Q1?", None)], budget=8)
-
-    bf16 = answers("bf16")
-    assert bf16 == answers("bf16-mixed")
-    assert bf16.answers == {"Q0?": " in bf16-mixed", "Q1?": " in bf16-mixed"}
-    assert bf16.truncated == {"Q1?"}  # the answer the budget cut off, also when read from the cache
-    assert answers("32-true").answers == {"Q0?": " in 32-true", "Q1?": " in 32-true"}
-    assert asked == ["bf16-mixed", "32-true"]  # bf16 and bf16-mixed: one cache entry
 
 
 def _judged_dataset_run(make_config, tmp_path: Path, server: FakeChatServer) -> dict[str, float]:
