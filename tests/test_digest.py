@@ -1,6 +1,5 @@
-"""Stage caches are keyed by what a model holds, not by its path or name: a checkpoint rewritten in place (the next
-round of an iterative experiment) gets new samples and judgments, a copy of it reuses them, and a served model
-is keyed by the folder it serves or by its name and ``revision``."""
+"""A model folder's content digest for cache keys: a folder rewritten in place with its sizes and dates kept
+gets a new key, a byte-identical copy the same key, and the recorded digests are reused and kept outside it."""
 
 from __future__ import annotations
 
@@ -11,102 +10,13 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import AutoTokenizer
 
 from bmc import digest
 from bmc.cache import checkpoint_fingerprint
-from bmc.data.sources import TaskData
-from bmc.models import PretrainedLM, TinyLlama
-from bmc.synthesis.chat import OpenAIChat, build_chat_backend
-from bmc.synthesis.context import SynthesisContext
-from bmc.synthesis.endpoint import OpenAIEndpoint
-from bmc.synthesis.ipr import rm_pairs
-from bmc.synthesis.judges import build_judge
-from bmc.synthesis.model_keys import model_config_key
-from bmc.synthesis.pair_sources import _rm_choices, _samples
-from bmc.synthesis.sampler import OpenAISampler
-from bmc.synthesize import prepare_data
-from tests.conftest import save_reward_model
-from tests.doubles.fake_chat_server import FakeChatServer, completions
-
-
-def _save_checkpoint(folder: Path, seed: int) -> None:
-    torch.manual_seed(seed)
-    texts = [f" What is {i} plus {i + 3}? The answer is {2 * i + 3}." for i in range(40)]
-    model, tokenizer = TinyLlama(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300).build(
-        texts
-    )
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
-def test_a_checkpoint_rewritten_in_place_invalidates_the_sample_cache(make_config, tmp_path: Path) -> None:
-    checkpoint = tmp_path / "policy"
-    _save_checkpoint(checkpoint, seed=0)
-    overrides = ["debug=default", "model=hf", f"model.path={checkpoint}", "data=sampled", "data.sampler.backend=hf",
-                 "data.sampler.max_new_tokens=6"]  # fmt: skip
-
-    def sample_entries() -> int:
-        return len([p for p in (tmp_path / "cache" / "samples").iterdir() if p.is_dir()])
-
-    first = prepare_data(make_config(*overrides))
-    assert sample_entries() == 1 and first.report["completions"] == 24 * 5
-    assert prepare_data(make_config(*overrides)).pairs == first.pairs and sample_entries() == 1  # a cache hit
-    _save_checkpoint(checkpoint, seed=1)  # the same path, other weights
-    prepare_data(make_config(*overrides))
-    assert sample_entries() == 2  # new samples from the new weights, not the old ones under the old path
-
-
-def test_a_pretrained_base_rewritten_in_place_is_fine_tuned_anew(make_config, tmp_path: Path) -> None:
-    checkpoint = tmp_path / "base"
-    _save_checkpoint(checkpoint, seed=0)
-    overrides = ["debug=default", "model=hf", f"model.path={checkpoint}", "sft.enabled=true", "data=sampled",
-                 "data.sampler.backend=hf", "data.sampler.max_new_tokens=6"]  # fmt: skip
-
-    def sft_entries() -> int:
-        return len(list((tmp_path / "cache" / "sft").glob("*/_COMPLETE")))
-
-    prepare_data(make_config(*overrides))
-    prepare_data(make_config(*overrides))
-    assert sft_entries() == 1  # a cache hit
-    _save_checkpoint(checkpoint, seed=1)  # the same path, other weights
-    prepare_data(make_config(*overrides))
-    assert sft_entries() == 2  # the new base is fine-tuned, not the SFT of the old one reused
-    assert PretrainedLM(str(checkpoint)).spec()["weights"] == checkpoint_fingerprint(checkpoint)
-
-
-def test_a_hub_id_is_keyed_by_the_commit_its_revision_resolves_to(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Offline, a hub id resolves through the local Hugging Face cache (refs/<branch> -> snapshots/<commit>): the
-    key names that commit, moves when the branch does, and a pinned commit keys by itself. A hub id that resolves
-    nowhere is an error naming it, not a key made of the name alone."""
-    from huggingface_hub import constants
-
-    repo = tmp_path / "hub" / "models--org--policy"
-    old, new = "a" * 40, "b" * 40
-    for commit in (old, new):
-        (repo / "snapshots" / commit).mkdir(parents=True)
-        (repo / "snapshots" / commit / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(old)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-
-    assert checkpoint_fingerprint("org/policy") == {"hub": "org/policy", "commit": old}
-    (repo / "refs" / "main").write_text(new)  # the branch moved: a pushed repo is a new key
-    assert checkpoint_fingerprint("org/policy") == {"hub": "org/policy", "commit": new}
-    assert checkpoint_fingerprint("org/policy", revision=old)["commit"] == old
-    with pytest.raises(ValueError, match=r"'org/absent' \(revision main\) is not a local folder"):
-        checkpoint_fingerprint("org/absent")
-    # neither a folder nor a hub id (a path on another machine): nothing to read; whatever loads it reports it
-    assert checkpoint_fingerprint("/ckpts/missing") == {"path": "/ckpts/missing"}
-
 
 # ------------------------------------------------------------------ checkpoint folders: keyed by their contents
 
@@ -226,99 +136,3 @@ def test_an_unwritable_record_folder_warns_and_reads_the_files_each_time(
 # ------------------------------------------------------------------ judges and served models
 
 
-def test_a_local_judges_cached_judgments_follow_its_weights_not_its_path(tmp_path: Path) -> None:
-    """rm_score judgments: a reward model retrained in place is judged anew; the same model copied elsewhere
-    reads the judgments already made."""
-    samples = [{"prompt": "Tom has 3 apples.", "completions": [" 7", " 8", " apples"]}]
-    ctx = SynthesisContext({}, TaskData("t", [], [], []), None, None, tmp_path / "cache", None)
-
-    def judgments(path: Path) -> list[tuple]:
-        return _rm_choices(ctx, samples, {"kind": "reward_model", "path": str(path), "batch_size": 2})
-
-    def scored_now(path: Path) -> list[tuple]:  # what the model in the folder picks, uncached
-        judge = build_judge({"kind": "reward_model", "path": str(path)})
-        return [rm_pairs(judge.score([s["prompt"]] * 3, s["completions"])) for s in samples]
-
-    def entries() -> int:
-        return len(list((tmp_path / "cache" / "judgments").glob("*/results.jsonl")))
-
-    save_reward_model(tmp_path / "rm", seed=0)
-    assert judgments(tmp_path / "rm") == scored_now(tmp_path / "rm") and entries() == 1
-    time.sleep(0.05)
-    save_reward_model(tmp_path / "rm", seed=1)  # the same path and file sizes, other weights
-    assert judgments(tmp_path / "rm") == scored_now(tmp_path / "rm") and entries() == 2
-    shutil.copytree(tmp_path / "rm", tmp_path / "rm-copy", copy_function=shutil.copyfile)
-    assert judgments(tmp_path / "rm-copy") == scored_now(tmp_path / "rm")
-    assert entries() == 2  # the copy is the same model: a cache hit
-
-
-def test_judge_and_editor_keys_name_local_models_by_content(tiny_lm: Path, tmp_path: Path) -> None:
-    shutil.copytree(tiny_lm, tmp_path / "copy", copy_function=shutil.copyfile)
-    content = checkpoint_fingerprint(tiny_lm)
-    editor = {"kind": "llm", "max_tokens": 64, "backend": {"kind": "local", "path": str(tiny_lm), "revision": None}}
-    assert model_config_key(editor, "editor") == {
-        "kind": "llm", "max_tokens": 64, "backend": {"kind": "local", "path": content, "revision": None},
-    }  # fmt: skip
-    moved = {**editor, "backend": {**editor["backend"], "path": str(tmp_path / "copy")}}
-    assert model_config_key(moved, "editor") == model_config_key(editor, "editor")
-    judge = {"kind": "reward_model", "path": str(tiny_lm), "batch_size": 4}
-    assert model_config_key(judge, "judge") == {"kind": "reward_model", "path": content, "batch_size": 4}
-    assert model_config_key({"kind": "verifier"}, "judge") == {"kind": "verifier"}
-
-
-def test_a_served_judge_is_keyed_by_name_and_revision_or_by_the_folder_it_serves(
-    tiny_lm: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    backend = {"kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "judge", "max_concurrency": 8}
-    cfg = {"kind": "llm", "backend": {**backend, "revision": None, "weights": None}}
-    with caplog.at_level(logging.WARNING, logger="bmc.synthesis.model_keys"):
-        assert model_config_key(cfg, "judge") == {"kind": "llm", "backend": backend}  # the key before revisions
-    assert "judge.backend: the served model 'judge' is keyed by its name alone" in caplog.text
-    assert "judge.backend.revision" in caplog.text and "judge.backend.weights" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="bmc.synthesis.model_keys"):
-        revised = model_config_key({"kind": "llm", "backend": {**backend, "revision": "v2"}}, "judge")
-        served = model_config_key({"kind": "llm", "backend": {**backend, "weights": str(tiny_lm)}}, "judge")
-    assert revised["backend"] == {**backend, "revision": "v2"}
-    without_model = {k: v for k, v in backend.items() if k != "model"}
-    assert served["backend"] == {**without_model, "weights": checkpoint_fingerprint(tiny_lm)}
-    assert caplog.text == ""
-    # the options key the cache only: the backend is built without them and never sends them
-    built = build_chat_backend({**backend, "revision": "v2", "weights": str(tiny_lm), "api_key_env": None})
-    assert isinstance(built, OpenAIChat) and built.model == "judge"
-
-
-def test_the_openai_samplers_cache_follows_its_revision_and_warns_without_one(
-    tiny_lm: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
-    pairs = [{"prompt": q, "chosen": "yes", "rejected": "no"} for q in ("What is 2+2?", "Say hi.")]
-
-    def sample(server: FakeChatServer, **key: Any) -> list[dict[str, Any]]:
-        backend = {"kind": "openai", "base_url": server.base_url, "model": "policy", "api_key_env": None, **key}
-        sampler = {"backend": backend, "n": 2, "max_new_tokens": 4, "prompts_per_batch": 2, "seed": 0}
-        ctx = SynthesisContext({"sampler": sampler}, TaskData("t", [], [], pairs), None, tokenizer, tmp_path, None)
-        return _samples(ctx)
-
-    def reply(body: dict[str, Any]) -> dict[str, Any]:
-        return completions([f"{body['prompt'][-4:]}|{k}" for k in range(body["n"])])
-
-    with FakeChatServer(reply) as server:
-        with caplog.at_level(logging.WARNING, logger="bmc.synthesis.model_keys"):
-            sample(server)
-        assert "data.sampler.backend: the served model 'policy' is keyed by its name alone" in caplog.text
-        assert len(server.requests) == 2
-        sample(server, revision="step-100")
-        assert len(server.requests) == 4  # another revision: sampled anew
-        sample(server, revision="step-100")
-        assert len(server.requests) == 4  # the same one: read from the cache
-        sample(server, weights=str(tiny_lm))
-        assert len(server.requests) == 6
-    assert all(set(r.json) == {"model", "prompt", "n", "temperature", "top_p", "max_tokens", "seed"}
-               for r in server.requests)  # fmt: skip
-    assert len(list((tmp_path / "samples").glob("*/results.jsonl"))) == 3
-    sampler = OpenAISampler(OpenAIEndpoint(server.base_url, "policy"), weights=str(tiny_lm))
-    assert sampler.identity() == {"backend": "openai", "weights": checkpoint_fingerprint(tiny_lm)}
-    assert OpenAISampler(OpenAIEndpoint(server.base_url, "policy"), revision="r1").identity() == {
-        "backend": "openai", "model": "policy", "revision": "r1",
-    }  # fmt: skip

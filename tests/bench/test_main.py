@@ -7,37 +7,7 @@ import json
 import math
 from pathlib import Path
 
-import pytest
-
 from bmc.bench.__main__ import format_table, main
-from bmc.bench.clock import StepClock
-from bmc.bench.workload import make_pairs
-
-
-def test_step_clock_times_from_the_end_of_warmup(tmp_path: Path, monkeypatch) -> None:
-    times = iter([10.0, 11.0, 11.5, 13.0])
-    monkeypatch.setattr("bmc.bench.clock.time.perf_counter", lambda: next(times))
-    clock = StepClock(tmp_path / "clock.json", warmup=1)
-    with pytest.raises(RuntimeError, match="warmup"):
-        clock.result()
-    for _ in range(4):
-        clock.tick()
-    clock.write()
-    result = json.loads((tmp_path / "clock.json").read_text())
-    assert result["steps"] == 4 and result["timed_steps"] == 3 and result["seconds"] == 3.0
-    assert result["step_seconds"] == [1.0, 0.5, 1.5]
-    assert result["peak_rss_mb"] > 0
-    with pytest.raises(ValueError, match="warmup"):
-        StepClock(tmp_path / "x.json", warmup=0)
-
-
-def test_workload_pairs_are_deterministic_and_differ_in_a_few_words() -> None:
-    pairs = make_pairs(50, seed=1)
-    assert pairs == make_pairs(50, seed=1) and pairs != make_pairs(50, seed=2)
-    for pair in pairs:
-        chosen, rejected = pair["chosen"].split(), pair["rejected"].split()
-        assert pair["prompt"].endswith("\nAnswer:") and len(chosen) == len(rejected)
-        assert 0 < sum(a != b for a, b in zip(chosen, rejected)) < len(chosen)
 
 
 def test_smoke_benchmark_writes_a_well_formed_report(tmp_path: Path) -> None:

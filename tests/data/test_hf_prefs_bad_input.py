@@ -5,20 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hydra.errors import MissingConfigException
 
-from bmc.data.datamodule import PreferenceDataModule
 from bmc.data.hf_prefs import DataError, hf_preferences
-from bmc.data.tokenize import Truncation
-from bmc.pipeline import run
-from bmc.tokenizer import train_bpe_tokenizer
-from tests.conftest import ROOT, THREADS, compose_config
 
 GOOD = {"prompt": "What is 1 plus one?", "chosen": " It is 2.", "rejected": " It is 3."}
 
@@ -144,80 +135,3 @@ def test_a_file_whose_rows_are_all_dropped_is_an_error(tmp_path: Path) -> None:
         _load(_jsonl(tmp_path / "prefs.jsonl", [GOOD | {"chosen": ""}, GOOD | {"rejected": GOOD["chosen"]}]))
 
 
-def _datamodule(pairs: list[dict], truncation: Truncation) -> PreferenceDataModule:
-    tokenizer = train_bpe_tokenizer([p["prompt"] + p["chosen"] + p["rejected"] for p in pairs] * 10, vocab_size=300)
-    dm = PreferenceDataModule(train=pairs, val=pairs[:1], tokenizer=tokenizer, truncation=truncation, batch_size=2)
-    dm.setup()
-    return dm
-
-
-def test_a_prompt_longer_than_max_length_keeps_its_end_and_the_responses(caplog: pytest.LogCaptureFixture) -> None:
-    long_prompt = " ".join(f"word{i}" for i in range(200)) + " Question: 2+2?"
-    pairs = [{"prompt": long_prompt, "chosen": " 4", "rejected": " 5"},
-             {"prompt": "1+1?", "chosen": " 2", "rejected": " 3"}]  # fmt: skip
-    rule = Truncation(max_length=32, max_prompt_length=24)
-    with caplog.at_level(logging.WARNING, logger="bmc.data.datamodule"):
-        dm = _datamodule(pairs, rule)
-    row = dm.datasets["train"][0]
-    tokenizer = dm.tokenizer
-    assert tokenizer.decode(row["chosen_ids"]) == " 4<eos>" and tokenizer.decode(row["rejected_ids"]) == " 5<eos>"
-    # the prompt gives up its beginning: it fills what the responses leave of max_length (and keeps >= 24)
-    assert len(row["prompt_ids"]) == 32 - len(row["chosen_ids"]) >= 24
-    assert tokenizer.decode(row["prompt_ids"]).endswith("Question: 2+2?")
-    assert dm.truncated_rows == {"train": 1, "val": 1}
-    assert "pairs/train: truncated 1 of 2 pair(s) longer than max_length=32" in caplog.text
-    assert "0 of them have identical responses after the cut" in caplog.text
-
-
-def test_truncation_never_empties_a_response_and_reports_pairs_it_made_identical(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    shared = " ".join(f"step{i}" for i in range(40))
-    pairs = [{"prompt": "Q " * 60, "chosen": shared + " so 4", "rejected": shared + " so 5"}]
-    with caplog.at_level(logging.WARNING, logger="bmc.data.datamodule"):
-        dm = _datamodule(pairs, Truncation(max_length=20, max_prompt_length=19))
-    row = dm.datasets["train"][0]
-    assert len(row["prompt_ids"]) == 19 and len(row["chosen_ids"]) == len(row["rejected_ids"]) == 1
-    assert "1 of them have identical responses after the cut" in caplog.text  # the differing tail was cut off
-
-
-@pytest.mark.parametrize(("group", "name"), [("loss", "dpoo"), ("data", "sampeld"), ("model", "gpt9")])
-def test_an_unknown_config_name_lists_the_available_choices(group: str, name: str, tmp_path: Path) -> None:
-    with pytest.raises(MissingConfigException, match=rf"Could not find '{group}/{name}'") as error:
-        compose_config([f"{group}={name}"], tmp_path / "run", tmp_path / "cache")
-    assert f"Available options in '{group}'" in str(error.value)
-    assert {"loss": "dpo", "data": "sampled", "model": "tiny"}[group] in str(error.value)
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (["loss=robust", "loss.eps=0.5"], r"loss 'robust': eps=0.5 is out of range \[0.0, 0.5\)"),
-        (["loss.beta=-0.1"], r"loss 'dpo': beta=-0.1 is out of range \(0.0, inf\)"),
-        (["token_weighting=bmc", "token_weighting.delta=-1"], r"token weighting 'bmc': delta=-1 is out of range"),
-        (["regularizer=bcr", "regularizer.delta=-0.05"], r"regularizer 'bcr': delta=-0.05 is out of range"),
-        (["loss=dpo", "+loss.gamma=1"], r"loss 'dpo' got unknown option\(s\) \['gamma'\]"),
-        (["truncation.max_prompt_length=300"], r"need 0 < max_prompt_length < max_length"),
-    ],
-)
-def test_out_of_range_options_fail_before_any_model_is_built(
-    overrides: list[str], message: str, tmp_path: Path
-) -> None:
-    cfg = compose_config(["debug=default", *overrides], tmp_path / "run", tmp_path / "cache")
-    with pytest.raises(ValueError, match=message):
-        run(cfg)
-    assert not (tmp_path / "cache").exists()  # no SFT model was trained or cached
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["error"].startswith("ValueError: ") and summary["metrics"] == {}
-
-
-def test_the_cli_reports_a_bad_option_in_one_line_without_a_torch_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "debug=default", "loss=robust", "loss.eps=0.5",
-         f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, **THREADS},
-    )  # fmt: skip
-    assert proc.returncode == 1
-    assert "ValueError: loss 'robust': eps=0.5 is out of range [0.0, 0.5)" in proc.stderr
-    assert "torch" not in proc.stderr and "lightning" not in proc.stderr
-    assert not (tmp_path / "cache").exists()

@@ -23,7 +23,7 @@ from bmc.report.significance import (
     resamples_for,
 )
 from bmc.summary_file import EVAL_ANSWERS
-from tests.report.test_table import run_config, write_job
+from tests.doubles.report_runs import run_config, write_job
 
 
 def test_paired_bootstrap_on_hand_made_scores() -> None:

@@ -1,4 +1,5 @@
-"""Data stages: cache hits, resume after an interrupted stage, bridging and the data report."""
+"""The data stages' pair sources: cache hits of samples, IPR and reward-model pairs, the tiny reward model trained
+once, and a BMC run on the pseudo-winning pairs."""
 
 from __future__ import annotations
 
@@ -6,49 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
-from bmc.synthesis.store import resumable_map
-
-
-class Interrupted(RuntimeError):
-    pass
-
-
-def test_resumable_map_resumes_without_redoing_finished_items(tmp_path: Path) -> None:
-    items = list(range(10))
-    calls: list[list[int]] = []
-
-    def process(batch: list[int], first: int, fail_at: int | None = None) -> list[dict]:
-        if fail_at is not None and first >= fail_at:
-            raise Interrupted
-        calls.append(batch)
-        return [{"square": x * x, "first": first} for x in batch]
-
-    with pytest.raises(Interrupted):
-        resumable_map(tmp_path, "stage", {"v": 1}, items, lambda b, f: process(b, f, fail_at=6), batch_size=3)
-    assert calls == [[0, 1, 2], [3, 4, 5]]
-    journal = next((tmp_path / "stage").glob("*.journal.jsonl"))
-    assert len(journal.read_text().splitlines()) == 6  # finished items were stored as they completed
-
-    result = resumable_map(tmp_path, "stage", {"v": 1}, items, process, batch_size=3)
-    assert calls[2:] == [[6, 7, 8], [9]]  # only the unfinished batches ran
-    assert [r["square"] for r in result] == [x * x for x in items]
-    assert not journal.exists()
-
-    again = resumable_map(tmp_path, "stage", {"v": 1}, items, process, batch_size=3)
-    assert again == result and len(calls) == 4  # cache hit: nothing recomputed
-    resumable_map(tmp_path, "stage", {"v": 2}, items, process, batch_size=3)
-    assert len(calls) == 8  # another config is another cache entry
-
-
-def test_a_torn_last_journal_line_is_ignored(tmp_path: Path) -> None:
-    items = [1, 2]
-    with pytest.raises(Interrupted):
-        resumable_map(tmp_path, "s", {}, items, lambda b, f: (_ for _ in ()).throw(Interrupted()), batch_size=1)
-    journal = next((tmp_path / "s").glob("*.journal.jsonl"))
-    journal.write_text(json.dumps({"index": 0, "result": {"x": 1}}) + "\n" + '{"index": 1, "res')
-    result = resumable_map(tmp_path, "s", {}, items, lambda b, f: [{"x": 2}], batch_size=1)
-    assert result == [{"x": 1}, {"x": 2}]
 
 
 def _report(run_dir: Path) -> dict:
@@ -154,25 +112,6 @@ def _cached_samples_of(cache: Path, pair: dict) -> dict:
         r for r in rows if r["prompt"] == pair["prompt"] and {pair["chosen"], pair["rejected"]} <= set(r["completions"])
     ]
     return row
-
-
-def test_reward_module_bradley_terry_loss_by_hand() -> None:
-    from types import SimpleNamespace
-
-    import torch
-
-    from bmc.module import RewardModule
-
-    class FixedScores(torch.nn.Module):
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
-            # rows: chosen 1, chosen 2, rejected 1, rejected 2 -> margins 1.0 and -1.0
-            return SimpleNamespace(logits=torch.tensor([[1.0], [0.5], [0.0], [1.5]]))
-
-    module = RewardModule(FixedScores(), {"lr": 1e-3})
-    batch = {"input_ids": torch.zeros(4, 3, dtype=torch.long), "attention_mask": torch.ones(4, 3)}
-    loss = module._step(batch, "val")
-    # -log sigmoid(1) = 0.31326169, -log sigmoid(-1) = 1.31326169
-    assert loss.item() == pytest.approx((0.31326169 + 1.31326169) / 2, abs=1e-6)
 
 
 def test_tiny_rm_is_trained_once_and_ranks_the_samples(make_config, shared_cache: Path) -> None:
