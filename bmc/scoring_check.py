@@ -2,7 +2,7 @@
 
 The shared-prompt layout (:func:`bmc.logprobs.shared_prompt_token_logps`) relies on the model honouring position
 ids and a 4D mask, and the chunked LM head on knowing what the family does to its logits
-(:mod:`bmc.logprobs`). Both are proven per family in the conformance matrix (``tests/test_conformance.py``,
+(:mod:`bmc.logprobs`). Both are proven per family in the conformance matrix (``tests/test_logprobs_conformance.py``,
 ``docs/architectures.md``); the check proves them again for the model a run actually trains, once, on its first
 batch, against the model's own forward (full logits, plain rows). It looks at rows longer than the model's
 sliding window: for a windowed model it adds a pair built from the batch's tokens that is.

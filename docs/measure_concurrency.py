@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# the checkout's bmc and its test double (tests/fake_chat_server.py), not an installed copy
+# the checkout's bmc and its test double (tests/doubles/fake_chat_server.py), not an installed copy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bmc.data.sources import TaskData  # noqa: E402

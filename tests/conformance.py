@@ -1,7 +1,7 @@
 """The conformance matrix's parameters: tiny random configs of the model families users train with DPO, the
 scoring layouts, the precisions, what each cell must be and its tolerance; the tiny models and the batch.
 
-``tests/test_conformance.py`` runs every cell against the model's own plain forward (``logits.log_softmax``,
+``tests/test_logprobs_conformance.py`` runs every cell against the model's own plain forward (``logits.log_softmax``,
 one unpadded row at a time); ``python -m tests.conformance`` writes ``docs/architectures.md`` from these same
 parameters, and a test checks that the file is what it would write, so the table cannot drift from the tests.
 """
@@ -137,8 +137,9 @@ def render() -> str:
     fallbacks = "\n".join(f"- `{family}`: {why}." for family, why in FALLBACKS.items())
     return f"""# Architectures: the conformance matrix
 
-Written by `python -m tests.conformance` from the parameters of `tests/conformance.py`; `tests/test_conformance.py`
-runs every cell and checks that this file is what the script writes. Do not edit it by hand.
+Written by `python -m tests.conformance` from the parameters of `tests/conformance.py`;
+`tests/test_logprobs_conformance.py` runs every cell and checks that this file is what the script writes. Do not edit it
+by hand.
 
 Every scoring path of the project must give each model the per-token log-probs and gradients of the model's own
 forward (`logits.log_softmax`, one unpadded row at a time). The matrix checks it on tiny random configs of each

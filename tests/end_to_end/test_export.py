@@ -69,7 +69,8 @@ def test_exported_policy_loads_with_from_pretrained_and_generates_the_same(make_
 
 
 def test_export_which_best_writes_the_best_checkpoints_weights(make_config, tmp_path, monkeypatch):
-    # at completion best.ckpt would go, its weights being model/'s (tests/test_run_folder.py): kept here, to compare
+    # at completion best.ckpt would go, its weights being model/'s (tests/end_to_end/test_run_folder.py): kept here,
+    # to compare
     monkeypatch.setattr("bmc.pipeline.tidy_checkpoints", lambda *args: {})
     run(make_config(*MOVES, "callbacks=default", "export.which=best", "trainer.max_steps=12"))  # 2 validations
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]

@@ -1,4 +1,4 @@
-"""``export.push_to_hub``: the exported folder reaches the Hub (a local fake of its API, tests/fake_hub.py) byte
+"""``export.push_to_hub``: the exported folder reaches the Hub (a local fake of its API, tests/doubles/fake_hub.py) byte
 for byte, with the token of ``HF_TOKEN`` and nothing else; the summary records the repo and the commit; a run
 that could not push fails before training, and the token is written nowhere."""
 

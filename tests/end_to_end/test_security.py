@@ -20,8 +20,8 @@ from bmc.synthesis.bridging import bridge
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.judges import build_judge
 from tests.conftest import compose_config, run_cli
+from tests.doubles.char_tokenizer import CharTokenizer
 from tests.doubles.fake_chat_server import FakeChatServer
-from tests.synthesis.test_bridging import CharTokenizer
 
 FAST = ["debug=default"]
 PLANTED_KEY = "sk-planted-3b1f9c0e-do-not-leak"

@@ -25,7 +25,7 @@ from bmc.winrate_stats import (
 )
 from tests.conftest import compose_config, run_cli
 from tests.doubles.fake_chat_server import FakeChatServer, chat_completion
-from tests.synthesis.test_ipr import AlwaysFirst, OrderJudge
+from tests.doubles.order_judges import AlwaysFirst, OrderJudge
 
 
 def test_a_win_needs_both_orders_and_a_position_bias_ties_everything() -> None:

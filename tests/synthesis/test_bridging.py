@@ -15,18 +15,8 @@ from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.editors import EditGates, build_editor
 from bmc.synthesis.failures import ReplyFailureError
 from tests.conftest import compose_config
+from tests.doubles.char_tokenizer import CharTokenizer
 from tests.doubles.fake_chat_server import FakeChatServer, Reply, chat_completion
-
-
-class CharTokenizer:
-    """One token per character: token edit distances are character edit distances. No BOS: a prompt is served as
-    it is."""
-
-    bos_token = None
-
-    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
-        return {"input_ids": [[ord(c) for c in text] for text in texts]}
-
 
 # rejected response -> the editor's reply, and the reason it is turned down (None: kept)
 REPLIES: dict[str, tuple[Reply, str | None]] = {

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 
 import pytest
 
 from bmc.synthesis.ipr import rank, rm_pairs
-from bmc.synthesis.judges import Judge, compare
-
-
-class OrderJudge(Judge):
-    """Knows each response's quality; slot A gets ``slot_a_bonus`` extra (a position bias)."""
-
-    def __init__(self, quality: dict[str, float], slot_a_bonus: float = 0.0) -> None:
-        super().__init__()
-        self.quality, self.bonus = quality, slot_a_bonus
-
-    def _verdicts(self, prompt: str, pairs: Sequence[tuple[str, str]]) -> list[int]:
-        diffs = [self.quality[a] + self.bonus - self.quality[b] for a, b in pairs]
-        return [(d > 0) - (d < 0) for d in diffs]
-
-
-class AlwaysFirst(Judge):
-    """Pure position bias: whatever sits in slot A wins."""
-
-    def _verdicts(self, prompt: str, pairs: Sequence[tuple[str, str]]) -> list[int]:
-        return [1] * len(pairs)
-
+from bmc.synthesis.judges import compare
+from tests.doubles.order_judges import AlwaysFirst, OrderJudge
 
 TEXTS = ["r0", "r1", "r2", "r3", "r4"]
 QUALITY = {t: float(i) for i, t in enumerate(TEXTS)}  # r4 best, r0 worst

@@ -15,8 +15,8 @@ from bmc.synthesis.failures import ReplyFailureError
 from bmc.synthesis.judges import RewardModelJudge
 from bmc.synthesis.pair_sources import ipr_pairs, rm_score_pairs, sampled_pairs
 from bmc.tasks import MathTask
+from tests.doubles.char_tokenizer import CharTokenizer
 from tests.doubles.fake_chat_server import FakeChatServer, Reply, completions
-from tests.synthesis.test_bridging import CharTokenizer
 
 #: prompt -> its completions as the served policy samples them: (text, finish_reason)
 Samples = dict[str, list[tuple[str, str]]]
