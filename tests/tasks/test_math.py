@@ -10,7 +10,6 @@ import pytest
 
 from bmc.tasks import MathTask
 
-
 STEP = re.compile(r"(\d+)([+-])(\d+)=(-?\d+)")
 
 
