@@ -1,5 +1,6 @@
 """The main job's shape: every method preset runs under debug, each stage builds only what it needs, runs are
-named after the presets that ran, the prompts are rendered once, and the package imports without cycles."""
+named after the presets that ran, the prompts are rendered once, the package imports without cycles, and the tests are
+laid out like it."""
 
 from __future__ import annotations
 
@@ -184,6 +185,57 @@ def test_the_package_has_no_import_cycle_and_no_test_doubles() -> None:
             visit(name, [])
     assert "bmc.pipeline" in graph and graph["bmc.pipeline"]  # the walk saw the package
     assert not [n for n in files if "testing" in n or "fake" in n]  # test doubles live in tests/
+
+
+#: test files of the tests/ root that test no one module: the config presets and these house rules
+UNMAPPED_TESTS = {"test_config.py", "test_house.py"}
+#: the tests/ root's other modules: fixtures, the conformance matrix (docs/architectures.md's source) and the real
+#: checkpoint's builder (``python -m tests.real_checkpoint``)
+ROOT_MODULES = {"__init__.py", "conftest.py", "conformance.py", "real_checkpoint.py"}
+
+
+def tested_module(test: Path) -> Path | None:
+    """The module a test file is named after: tests/<sub>/test_<m>.py or test_<m>_<topic>.py tests bmc/<sub>/<m>.py
+    (the longest such module; test_main.py tests __main__.py), None when there is none."""
+    package = ROOT / "bmc" / test.parent.relative_to(ROOT / "tests")
+    parts = test.stem.removeprefix("test_").split("_")
+    for n in range(len(parts), 0, -1):
+        name = "_".join(parts[:n])
+        module = package / ("__main__.py" if name == "main" else f"{name}.py")
+        if module.is_file():
+            return module
+    return None
+
+
+def test_the_tests_are_laid_out_like_the_package() -> None:
+    tests = ROOT / "tests"
+    files = sorted(tests.rglob("*.py"))
+    assert tested_module(tests / "test_winrate_stats.py") == ROOT / "bmc" / "winrate_stats.py"
+    assert tested_module(tests / "synthesis" / "test_pair_sources_gates.py") == ROOT / "bmc/synthesis/pair_sources.py"
+    assert tested_module(tests / "bench" / "test_main.py") == ROOT / "bmc" / "bench" / "__main__.py"
+    assert tested_module(tests / "stages" / "test_pairwise.py") is None  # bmc/losses/pairwise.py is not a stage
+    unmapped = [p.relative_to(tests) for p in files if p.name.startswith("test_") and p.parent.name != "end_to_end"
+                and not (p.parent == tests and p.name in UNMAPPED_TESTS) and tested_module(p) is None]  # fmt: skip
+    assert not unmapped, f"name these tests after the bmc module they test, or move them to end_to_end/: {unmapped}"
+    doubles = [p.relative_to(tests) for p in files if not p.name.startswith("test_") and p.name != "__init__.py"
+               and p.parent.name != "doubles" and not (p.parent == tests and p.name in ROOT_MODULES)]  # fmt: skip
+    assert not doubles, f"test doubles and shared builders live in tests/doubles/: {doubles}"
+    assert not [p for p in files if p.parent.name == "doubles" and p.name.startswith("test_")]
+    assert not [d for d in {p.parent for p in files} if not (d / "__init__.py").is_file()]
+    # a helper two test files share is a double: no test file imports another
+    imported = {(p.relative_to(tests), m) for p in files for m in _test_imports(p)}
+    assert not imported, f"import shared helpers from tests/doubles/, not from a test file: {sorted(imported)}"
+
+
+def _test_imports(path: Path) -> set[str]:
+    """The test modules (``tests....test_*``) a file of tests/ imports."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return {n for n in names if n.startswith("tests.") and n.rsplit(".", 1)[-1].startswith("test_")}
 
 
 def test_generation_stops_at_every_end_token_of_the_generation_config() -> None:
