@@ -194,7 +194,7 @@ UNMAPPED_TESTS = {"test_config.py", "test_house.py"}
 ROOT_MODULES = {"__init__.py", "conftest.py", "conformance.py", "real_checkpoint.py"}
 
 
-def tested_module(test: Path) -> Path | None:
+def _tested_module(test: Path) -> Path | None:
     """The module a test file is named after: tests/<sub>/test_<m>.py or test_<m>_<topic>.py tests bmc/<sub>/<m>.py
     (the longest such module; test_main.py tests __main__.py), None when there is none."""
     package = ROOT / "bmc" / test.parent.relative_to(ROOT / "tests")
@@ -210,12 +210,12 @@ def tested_module(test: Path) -> Path | None:
 def test_the_tests_are_laid_out_like_the_package() -> None:
     tests = ROOT / "tests"
     files = sorted(tests.rglob("*.py"))
-    assert tested_module(tests / "test_winrate_stats.py") == ROOT / "bmc" / "winrate_stats.py"
-    assert tested_module(tests / "synthesis" / "test_pair_sources_gates.py") == ROOT / "bmc/synthesis/pair_sources.py"
-    assert tested_module(tests / "bench" / "test_main.py") == ROOT / "bmc" / "bench" / "__main__.py"
-    assert tested_module(tests / "stages" / "test_pairwise.py") is None  # bmc/losses/pairwise.py is not a stage
+    assert _tested_module(tests / "test_winrate_stats.py") == ROOT / "bmc" / "winrate_stats.py"
+    assert _tested_module(tests / "synthesis" / "test_pair_sources_gates.py") == ROOT / "bmc/synthesis/pair_sources.py"
+    assert _tested_module(tests / "bench" / "test_main.py") == ROOT / "bmc" / "bench" / "__main__.py"
+    assert _tested_module(tests / "stages" / "test_pairwise.py") is None  # bmc/losses/pairwise.py is not a stage
     unmapped = [p.relative_to(tests) for p in files if p.name.startswith("test_") and p.parent.name != "end_to_end"
-                and not (p.parent == tests and p.name in UNMAPPED_TESTS) and tested_module(p) is None]  # fmt: skip
+                and not (p.parent == tests and p.name in UNMAPPED_TESTS) and _tested_module(p) is None]  # fmt: skip
     assert not unmapped, f"name these tests after the bmc module they test, or move them to end_to_end/: {unmapped}"
     doubles = [p.relative_to(tests) for p in files if not p.name.startswith("test_") and p.name != "__init__.py"
                and p.parent.name != "doubles" and not (p.parent == tests and p.name in ROOT_MODULES)]  # fmt: skip
