@@ -19,11 +19,11 @@ from bmc.losses import build_objective
 from bmc.preemption import handed_back_signals
 from bmc.stages.common import container, truncation
 from bmc.stages.completion import tidy_checkpoints
-from bmc.stages.eval_setup import EvalSetup
 from bmc.stages.evaluation import evaluation_kind, prepare_evaluation
 from bmc.stages.export import check_push, export_policy, push_to_hub
 from bmc.stages.pairs import preference_pairs
 from bmc.stages.preference import resume_checkpoint, train_preference
+from bmc.stages.products import EvalSetup
 from bmc.stages.reward_model import judge_setup
 from bmc.stages.summary import summarized
 from bmc.stages.task_data import load_task

@@ -18,8 +18,7 @@ from bmc.data.sources import TaskData
 from bmc.generation import Completion
 from bmc.pipeline import run
 from bmc.stages.evaluation import evaluation_kind
-from bmc.stages.pairs import PreferencePairs
-from bmc.stages.reward_model import JudgeSetup
+from bmc.stages.products import JudgeSetup, PreferencePairs
 from bmc.stages.warm_start import SFT_EVAL_KEYS
 from bmc.stages.winrate import EVAL_WINRATE, judge_both_orders, judge_failures, pairwise_judge
 from bmc.stages.winrate_baseline import Baseline, HeldOut, baseline_answers, held_out_prompts

@@ -29,8 +29,7 @@ from bmc.distributed import is_global_zero
 from bmc.generation import score_summary
 from bmc.plugins import EVALUATIONS
 from bmc.stages.common import verifier_answers
-from bmc.stages.eval_setup import EvalSetup, Evaluation
-from bmc.stages.preference import TrainedPolicy
+from bmc.stages.products import EvalSetup, Evaluation, TrainedPolicy
 from bmc.summary_file import EVAL_ANSWERS
 
 

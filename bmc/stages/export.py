@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,28 +27,11 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from bmc.checkpointing import load_policy_weights
 from bmc.generation import stop_token_ids
-from bmc.stages.preference import TrainedPolicy
+from bmc.stages.products import HubPush, TrainedPolicy
 
 log = logging.getLogger(__name__)
 
 HUB_TOKEN_ENV = "HF_TOKEN"
-
-
-@dataclass(frozen=True)
-class HubPush:
-    """Where ``export.push_to_hub`` put the exported folder: the repo and the commit it made."""
-
-    repo_id: str
-    commit: str
-    commit_url: str
-
-    def summary(self) -> dict[str, str]:
-        """Its ``summary.json`` entries."""
-        return {
-            "export/hub_repo": self.repo_id,
-            "export/hub_commit": self.commit,
-            "export/hub_commit_url": self.commit_url,
-        }
 
 
 def export_policy(cfg: DictConfig, trained: TrainedPolicy, tokenizer: PreTrainedTokenizerBase) -> Path | None:

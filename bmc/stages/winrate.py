@@ -38,8 +38,7 @@ from bmc.devices import accelerator_device
 from bmc.generation import generate
 from bmc.plugins import EVALUATIONS
 from bmc.precision import resolve_precision
-from bmc.stages.eval_setup import EvalSetup, Evaluation
-from bmc.stages.preference import TrainedPolicy
+from bmc.stages.products import EvalSetup, Evaluation, TrainedPolicy
 from bmc.stages.winrate_baseline import answer_budget, baseline_answers, held_out_prompts
 from bmc.synthesis._common import ordered_map
 from bmc.synthesis.failures import SETTING, ReplyFailures, check_failure_share, split_limit

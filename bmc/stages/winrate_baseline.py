@@ -24,8 +24,7 @@ from omegaconf import DictConfig
 from bmc.cache import cache_key
 from bmc.generation import generate, generation_budget
 from bmc.precision import resolve_precision
-from bmc.stages.eval_setup import EvalSetup
-from bmc.stages.preference import train_val_pairs
+from bmc.stages.products import EvalSetup, train_val_pairs
 from bmc.synthesis.store import resumable_map
 from bmc.tasks import Example
 
