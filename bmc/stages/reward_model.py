@@ -26,10 +26,15 @@ from bmc.stages.common import container, stage_steps, stage_trainer, stage_train
 from bmc.stages.products import JudgeSetup, StartingPolicy
 
 
+def judge_options(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(``cfg.judge`` without its ``train`` block, the block): the block is this stage's, the rest the judge's."""
+    judge = container(cfg.judge)
+    return judge, judge.pop("train", None)
+
+
 def judge_setup(cfg: DictConfig, task_data: TaskData, policy: StartingPolicy) -> JudgeSetup:
     """The judge of ``cfg.judge``, training (or reusing from the cache) the reward model it asks for."""
-    judge = container(cfg.judge)
-    train = judge.pop("train", None)
+    judge, train = judge_options(cfg)
     if not train:
         return JudgeSetup(judge)
     path = train_reward_model(cfg, task_data, policy, train)

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.generation import Completion, generate
 from bmc.models import load_causal_lm
-from bmc.plugins import CHAT_BACKENDS
+from bmc.plugins import CHAT_BACKENDS, Registry
 from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.synthesis._common import MISSING, ordered_map
 from bmc.synthesis.endpoint import OpenAIEndpoint
@@ -195,3 +195,13 @@ def build_chat_backend(
     options = dict(cfg)
     kind = options.pop("kind", None)
     return CHAT_BACKENDS.build(kind, options, precision=precision, trainer_device=device)
+
+
+def check_with_backend(registry: Registry, cfg: Mapping[str, Any]) -> None:
+    """The ``kind`` and keys of a judge's or editor's config (``registry`` has its kinds) and of its ``backend``
+    block, or of a backend block alone (``registry`` is :data:`CHAT_BACKENDS`), checked without loading or
+    calling anything: the config check before any stage."""
+    options = dict(cfg)
+    registry.check(options.pop("kind", None), options)
+    if isinstance(options.get("backend"), Mapping):
+        check_with_backend(CHAT_BACKENDS, options["backend"])

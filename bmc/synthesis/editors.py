@@ -24,7 +24,7 @@ from bmc.generation import Completion
 from bmc.plugins import EDITORS
 from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.synthesis._common import ExampleIndex, check_template_fields, require_builtin_task
-from bmc.synthesis.chat import ChatBackend, build_chat_backend
+from bmc.synthesis.chat import ChatBackend, build_chat_backend, check_with_backend
 from bmc.synthesis.failures import DEFAULT_MAX_FAILURE_SHARE, check_limit
 from bmc.tasks import Example, Task
 
@@ -226,3 +226,8 @@ def build_editor(
     kind = options.pop("kind", None)
     return EDITORS.build(kind, options, task=task, examples=examples, task_type=task_type, precision=precision,
                          trainer_device=device)  # fmt: skip
+
+
+def check_editor(cfg: Mapping[str, Any]) -> None:
+    """An editor config's kind, keys and gates, and its backend's, checked without building anything."""
+    check_with_backend(EDITORS, EditGates.split(dict(cfg))[1])

@@ -27,7 +27,7 @@ from bmc.models import _torch_dtype
 from bmc.plugins import JUDGES
 from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.synthesis._common import ExampleIndex, check_template_fields, require_builtin_task, sign
-from bmc.synthesis.chat import ChatBackend, build_chat_backend
+from bmc.synthesis.chat import ChatBackend, build_chat_backend, check_with_backend
 from bmc.synthesis.failures import ReplyFailures, split_limit
 from bmc.synthesis.local_models import model_dtype
 from bmc.tasks import Example, Task
@@ -292,3 +292,8 @@ def build_judge(
     _, options = split_limit(cfg, "judge")
     kind = options.pop("kind", None)
     return JUDGES.build(kind, options, task=task, examples=examples, precision=precision, trainer_device=device)
+
+
+def check_judge(cfg: Mapping[str, Any]) -> None:
+    """A judge config's kind, keys and ``max_failure_share``, and its backend's, checked without building."""
+    check_with_backend(JUDGES, split_limit(cfg, "judge")[1])

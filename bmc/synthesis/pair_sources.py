@@ -30,8 +30,9 @@ from bmc.cache import cache_key
 from bmc.data.tokenize import encode_texts
 from bmc.generation import generation_budget
 from bmc.plugins import PAIR_SOURCES, construct
-from bmc.synthesis.bridging import bridge, mean_token_edit_distance
+from bmc.synthesis.bridging import bridge, bridge_options, mean_token_edit_distance
 from bmc.synthesis.context import SynthesisContext
+from bmc.synthesis.editors import check_editor
 from bmc.synthesis.failures import SETTING, ReplyFailures, check_failure_share, split_limit
 from bmc.synthesis.ipr import rank_many, rm_pairs
 from bmc.synthesis.judges import build_judge
@@ -243,3 +244,14 @@ def build_pairs(ctx: SynthesisContext) -> tuple[list[dict[str, str]], dict[str, 
     ctx.report["first_pair"] = pairs[0] if pairs else None  # as rendered: the text the model reads
     ctx.report["dropped"] = dict(ctx.report["dropped"])
     return pairs, ctx.report
+
+
+def check_data(data_cfg: dict[str, Any], editor_cfg: dict[str, Any]) -> None:
+    """``data.pairs``, the sampler backend's kind and ``data.bridge`` with the editor it uses, checked before any
+    stage runs."""
+    PAIR_SOURCES.entry(data_cfg.get("pairs", "original"))
+    if data_cfg.get("sampler"):
+        sampler_backend_class(data_cfg["sampler"].get("backend"))
+    if data_cfg.get("bridge"):
+        bridge_options(data_cfg["bridge"])
+        check_editor(editor_cfg)
