@@ -1,29 +1,29 @@
 """One registry per pluggable kind, all with the same contract: a name, and options checked by signature.
 
 An implementation registers itself where it is defined, with ``@<REGISTRY>.register("name")``; no import list
-needs it. Each registry knows the package its built-in implementations live in and imports that package's
-modules on its first lookup, so a name is found whether or not the stage that uses it ran before; a class or
-function registered from elsewhere (a user's module, a test) is found the same way.
+needs it. Each registry knows the package of its kind and imports every module under it on its first lookup, so
+a new module there is found by itself, whether or not the stage that uses it ran before; a module elsewhere (a
+user's, a test's) registers when it is imported, before the run.
 
 A registered class takes its options in ``__init__``; a registered function in its keyword-only parameters.
 Those names ARE the YAML keys of the config group that selects it, so a typo in a YAML file fails with the key
 and the group named, before any stage runs, instead of silently using a default. ``supplied`` names the
 parameters the caller passes itself (a task, the trainer's device): they are not YAML keys.
 
-=================  ==========================  =============================================
-registry           selected by                 implementations (package searched)
-=================  ==========================  =============================================
+=================  ==========================  ======================
+registry           selected by                 package searched
+=================  ==========================  ======================
 LOSSES             ``loss.name``               :mod:`bmc.losses`
 WEIGHTINGS         ``token_weighting.name``    :mod:`bmc.losses`
 REGULARIZERS       ``regularizer.name``        :mod:`bmc.losses`
-JUDGES             ``judge.kind``              :mod:`bmc.synthesis.judges`
-EDITORS            ``editor.kind``             :mod:`bmc.synthesis.editors`
-CHAT_BACKENDS      ``<judge|editor>.backend``  :mod:`bmc.synthesis.chat`
-SAMPLER_BACKENDS   ``data.sampler.backend``    :mod:`bmc.synthesis.sampler`
-EVALUATIONS        ``eval.kind``               :mod:`bmc.stages` (evaluation, winrate)
-LAYOUTS            ``task.format``             :mod:`bmc.data.layouts`
-PAIR_SOURCES       ``data.pairs``              :mod:`bmc.synthesis.pair_sources`
-=================  ==========================  =============================================
+JUDGES             ``judge.kind``              :mod:`bmc.synthesis`
+EDITORS            ``editor.kind``             :mod:`bmc.synthesis`
+CHAT_BACKENDS      ``<judge|editor>.backend``  :mod:`bmc.synthesis`
+SAMPLER_BACKENDS   ``data.sampler.backend``    :mod:`bmc.synthesis`
+EVALUATIONS        ``eval.kind``               :mod:`bmc.stages`
+LAYOUTS            ``task.format``             :mod:`bmc.data`
+PAIR_SOURCES       ``data.pairs``              :mod:`bmc.synthesis`
+=================  ==========================  ======================
 """
 
 from __future__ import annotations
@@ -225,10 +225,10 @@ class Registry(Mapping[str, Entry]):
 LOSSES = Registry("loss", "loss.name", "bmc.losses", OBJECTIVE_RANGES, bind_functions=True)
 WEIGHTINGS = Registry("token weighting", "token_weighting.name", "bmc.losses", OBJECTIVE_RANGES)
 REGULARIZERS = Registry("regularizer", "regularizer.name", "bmc.losses", OBJECTIVE_RANGES)
-JUDGES = Registry("judge", "judge.kind", "bmc.synthesis.judges")
-EDITORS = Registry("editor", "editor.kind", "bmc.synthesis.editors")
-CHAT_BACKENDS = Registry("chat backend", "backend.kind", "bmc.synthesis.chat")
-SAMPLER_BACKENDS = Registry("sampler backend", "data.sampler.backend.kind", "bmc.synthesis.sampler")
+JUDGES = Registry("judge", "judge.kind", "bmc.synthesis")
+EDITORS = Registry("editor", "editor.kind", "bmc.synthesis")
+CHAT_BACKENDS = Registry("chat backend", "backend.kind", "bmc.synthesis")
+SAMPLER_BACKENDS = Registry("sampler backend", "data.sampler.backend.kind", "bmc.synthesis")
 EVALUATIONS = Registry("evaluation", "eval.kind", "bmc.stages")
-LAYOUTS = Registry("data layout", "task.format", "bmc.data.layouts")
-PAIR_SOURCES = Registry("pair source", "data.pairs", "bmc.synthesis.pair_sources")
+LAYOUTS = Registry("data layout", "task.format", "bmc.data")
+PAIR_SOURCES = Registry("pair source", "data.pairs", "bmc.synthesis")
