@@ -19,15 +19,18 @@ from bmc.losses import build_objective
 from bmc.preemption import handed_back_signals
 from bmc.stages.common import container, truncation
 from bmc.stages.completion import tidy_checkpoints
-from bmc.stages.eval_setup import EvalSetup
 from bmc.stages.evaluation import evaluation_kind, prepare_evaluation
-from bmc.stages.export import check_push, export_policy, push_to_hub
+from bmc.stages.export import check_export, check_push, export_policy, push_to_hub
 from bmc.stages.pairs import preference_pairs
 from bmc.stages.preference import resume_checkpoint, train_preference
-from bmc.stages.reward_model import judge_setup
+from bmc.stages.products import EvalSetup
+from bmc.stages.reward_model import judge_options, judge_setup
 from bmc.stages.summary import summarized
 from bmc.stages.task_data import load_task
 from bmc.stages.warm_start import warm_start
+from bmc.stages.winrate_baseline import check_baseline
+from bmc.synthesis.judges import check_judge
+from bmc.synthesis.pair_sources import check_data
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -57,11 +60,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def check_config(cfg: DictConfig) -> str | None:
-    """Fail in seconds, before any model is built or data stage runs, on out-of-range loss, weighting,
-    regularizer or truncation options, an unknown ``eval.kind``, an ``export.push_to_hub`` that cannot upload
-    (no ``HF_TOKEN``) and on a ``ckpt_path`` with no checkpoint; returns the checkpoint to resume from."""
+    """Fail in seconds, before any model is built or data stage runs, on every enumerated or cross-field
+    setting: unknown kinds and keys and out-of-range options of the loss, weighting, regularizer, judge,
+    editor and their chat backends, ``data.pairs``, the sampler backend, ``data.bridge``, truncation,
+    ``eval.kind`` (and ``eval.baseline`` for a win rate), ``export.which`` (``best`` needs a monitored
+    checkpoint), an ``export.push_to_hub`` that cannot upload (no ``HF_TOKEN``) and a ``ckpt_path`` with no
+    checkpoint; returns the checkpoint to resume from."""
     build_objective(container(cfg.loss), container(cfg.token_weighting), container(cfg.regularizer))
+    check_judge(judge_options(cfg)[0])
+    check_data(container(cfg.data), container(cfg.editor))
     truncation(cfg)
-    evaluation_kind(cfg)
+    if evaluation_kind(cfg) == "winrate":
+        check_baseline(cfg)
+    check_export(cfg)
     check_push(cfg)
     return resume_checkpoint(cfg)

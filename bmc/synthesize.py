@@ -20,10 +20,11 @@ from omegaconf import DictConfig
 
 from bmc.data.sources import TaskData
 from bmc.run_dir import register_resolvers
-from bmc.stages.pairs import PreferencePairs, needs_policy_model, preference_pairs
+from bmc.stages.pairs import needs_policy_model, preference_pairs
+from bmc.stages.products import PreferencePairs, StartingPolicy
 from bmc.stages.reward_model import judge_setup
 from bmc.stages.task_data import load_task
-from bmc.stages.warm_start import StartingPolicy, tokenizer_only, warm_start
+from bmc.stages.warm_start import tokenizer_only, warm_start
 
 
 @dataclass

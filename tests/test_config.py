@@ -1,4 +1,5 @@
-"""Every option of every config group composes, and its ``_target_`` names something importable."""
+"""Every option of every config group composes, its ``_target_`` names something importable and it passes the
+config check; every enumerated or cross-field setting fails that check, before any stage, with its name."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
+from bmc.pipeline import check_config
 from tests.conftest import CONF, compose_config
 
 GROUPS = [
@@ -53,6 +55,7 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
         assert container[group] is not None
     for target in _targets(container):
         assert callable(get_object(target)), target
+    assert check_config(cfg) is None  # every preset passes the check before any stage (and resumes nothing)
 
 
 def test_groups_have_expected_options() -> None:
@@ -146,3 +149,56 @@ def test_launcher_and_sweeper_presets_compose(override: str, node: str, target: 
         cfg = compose("train", overrides=[override], return_hydra_config=True)
     assert cfg.hydra[node]._target_ == target
     get_object(target)  # the plugin is installed (the `sweep` extra)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["export.which=first"], r"export.which must be one of \['last', 'best'\], got 'first'"),
+        (["export.which=best", "callbacks=minimal"], r"export.which=best needs a best checkpoint, kept by a Model"),
+        (["data.pairs=mined"], r"unknown pair source 'mined': data.pairs must be one of \['ipr', 'original', "),
+        (["data=ipr", "data.sampler.backend.kind=tgi"], r"unknown sampler backend 'tgi': data.sampler.backend.kind"),
+        (["judge.kind=oracle"], r"unknown judge 'oracle': judge.kind must be one of \['llm', 'reward_model', "),
+        (
+            ["judge=reward_model", "+judge.batchsize=4"],
+            r"judge 'reward_model' got unknown option\(s\) \['batchsize'\] in",
+        ),
+        (
+            ["judge=llm", "+judge.backend.temprature=0"],
+            r"chat backend 'openai' got unknown option\(s\) \['temprature'\]",
+        ),
+        (["judge=llm", "judge.max_failure_share=2"], r"judge.max_failure_share must be a share in \[0, 1\], got 2"),
+        (["data=pseudo_winning", "editor.kind=human"], r"unknown editor 'human': editor.kind must be one of \['llm', "),
+        (
+            ["data=pseudo_winning", "editor=llm", "+editor.use_refrence=0"],
+            r"editor 'llm' got unknown option\(s\) \['use",
+        ),
+        (["data=pseudo_winning", "editor.on_reject=keep"], r"editor.on_reject must be one of \('drop', 'keep_origi"),
+        (["data=pseudo_winning", "data.bridge.fraction=1.5"], r"data.bridge.fraction must be in \(0, 1\], got 1.5"),
+        (["data=pseudo_winning", "+data.bridge.fracton=0.5"], r"data.bridge got unknown option\(s\) \['fracton'\]"),
+        (["eval.kind=bleu"], r"unknown evaluation 'bleu': eval.kind must be one of \['none', 'verifier', 'winrat"),
+        (
+            ["eval=winrate", "eval.baseline=nowhere.jsonl"],
+            r"eval.baseline must be one of \['chosen', 'reference'\] or a",
+        ),
+    ],
+)
+def test_the_config_check_names_every_bad_setting(overrides: list[str], message: str, tmp_path: Path) -> None:
+    cfg = compose_config(overrides, tmp_path / "run", tmp_path / "cache")
+    with pytest.raises(ValueError, match=message):
+        check_config(cfg)
+
+
+def test_the_config_check_accepts_what_the_stages_accept(tmp_path: Path) -> None:
+    baseline = tmp_path / "baseline.jsonl"
+    baseline.write_text('{"prompt": "p", "answer": "a"}\n')
+    good = [
+        ["export.which=best", "callbacks=default"],  # a checkpoint monitoring val/loss keeps best.ckpt
+        ["export.which=best", "callbacks=minimal", "export.enabled=false"],  # nothing exported: nothing to choose
+        ["eval=winrate", f"eval.baseline={baseline}"],
+        ["eval=winrate", "eval.baseline=chosen", "judge=llm"],  # an unset served model name is the stage's error
+        ["data=pseudo_winning", "data.bridge.fraction=0.25", "editor=llm"],
+        ["method=rm_score"],  # judge=tiny_rm: its train block is the reward-model stage's, not the judge's
+    ]
+    for overrides in good:
+        assert check_config(compose_config(overrides, tmp_path / "run", tmp_path / "cache")) is None, overrides

@@ -18,7 +18,7 @@ import bmc.synthesis.judges
 from bmc.data.sources import TaskData
 from bmc.devices import accelerator_device
 from bmc.precision import resolve_precision
-from bmc.stages.reward_model import JudgeSetup
+from bmc.stages.products import JudgeSetup
 from bmc.synthesis.bridging import bridge
 from bmc.synthesis.chat import LocalChat
 from bmc.synthesis.context import SynthesisContext

@@ -31,15 +31,15 @@ from typing import Any
 
 from bmc.data import mixture, ranked
 from bmc.data.files import load_rows
-from bmc.data.layouts import LAYOUTS, DataError, detect_layout, kind_of
+from bmc.data.layouts import DataError, detect_layout, kind_of
 from bmc.data.sources import Prompt, TaskData
+from bmc.plugins import LAYOUTS
 from bmc.tasks import Example
 
 log = logging.getLogger(__name__)
 
 FIELDS = ("prompt", "chosen", "rejected")
 RANKED = "ranked"  # the one layout with several pairs per row (bmc.data.ranked)
-FORMATS = (*LAYOUTS, RANKED)  # what task.format may name besides auto
 #: the row columns a layout reads (by their task.columns names); every other column is an extra one
 _READS = {RANKED: ("prompt", "completions", "scores")}
 EVAL_OVERLAP = "prompt also in the eval split"
@@ -121,7 +121,7 @@ def _numbered_pairs(
     for n, row in rows:
         where = f"{path}, row {n}"
         pairs, tied = ranked.ranked_pairs(row, columns, where, pairing) if layout == RANKED else (
-            [LAYOUTS[layout](row, columns, where)], 0)  # fmt: skip
+            [LAYOUTS[layout].target(row, columns, where)], 0)  # fmt: skip
         numbered += [(n, {**pair, **_extras(row, read, pair, where)}) for pair in pairs]
         ties += tied
     if ties:
@@ -146,8 +146,9 @@ def read_pairs(
     if not rows:
         raise DataError(f"{path}: no rows in split {split!r}")
     layout = detect_layout(rows[0][1], columns) if format == "auto" else format
-    if layout not in FORMATS:
-        raise DataError(f"{path}: task.format must be auto or one of {sorted(FORMATS)}, got {format!r}")
+    if layout != RANKED and layout not in LAYOUTS:
+        formats = sorted({*LAYOUTS, RANKED})
+        raise DataError(f"{path}: task.format must be auto or one of {formats}, got {format!r}")
     log.info("%s: %d row(s) in the %s layout", path, len(rows), layout)
     numbered, ties = _numbered_pairs(rows, layout, columns, pairing, path)
     pairs, dropped = filter_pairs(numbered, path)

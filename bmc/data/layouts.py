@@ -19,16 +19,19 @@ layout                 a row                                                    
 A conversational row may also carry a ``prompt`` string (UltraFeedback-binarized): it must then equal the
 last user turn of the shared messages. ``task.format: auto`` takes the layout from the file's first row;
 every row must then fit it. A row that does not raises :class:`DataError` naming the file, the row and the
-field. An empty response is no error in any layout: the pair is read, then dropped and counted with the
-others (``empty chosen`` / ``empty rejected``, :func:`bmc.data.hf_prefs.filter_pairs`); an empty turn of a
-prompt's conversation is an error.
+field. A layout is a function ``(row, columns, where) -> pair`` registered in :data:`bmc.plugins.LAYOUTS`
+(``ranked``, several pairs a row, is :mod:`bmc.data.ranked`'s). An empty response is no error in any layout:
+the pair is read, then dropped and counted with the others (``empty chosen`` / ``empty rejected``,
+:func:`bmc.data.hf_prefs.filter_pairs`); an empty turn of a prompt's conversation is an error.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from bmc.plugins import LAYOUTS
 
 ROLES = ("system", "user", "assistant")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
@@ -92,12 +95,14 @@ def _strings(values: dict[str, Any], columns: dict[str, str], where: str) -> Non
             raise DataError(f"{where}, field {columns[name]!r}: expected a string, got {kind_of(value)}")
 
 
+@LAYOUTS.register("standard")
 def standard(row: dict[str, Any], columns: dict[str, str], where: str) -> dict[str, Any]:
     prompt, chosen, rejected = _fields(row, columns, ("prompt", "chosen", "rejected"), where)
     _strings({"prompt": prompt, "chosen": chosen, "rejected": rejected}, columns, where)
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+@LAYOUTS.register("standard_implicit")
 def standard_implicit(row: dict[str, Any], columns: dict[str, str], where: str) -> dict[str, Any]:
     """The prompt is the text the two responses share, cut back to a word boundary (a response starts with the
     space before its first word, as in the explicit layout)."""
@@ -115,6 +120,7 @@ def standard_implicit(row: dict[str, Any], columns: dict[str, str], where: str) 
     return {"prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
 
 
+@LAYOUTS.register("conversational")
 def conversational(row: dict[str, Any], columns: dict[str, str], where: str) -> dict[str, Any]:
     chosen, rejected = _fields(row, columns, ("chosen", "rejected"), where)
     for name, value in (("chosen", chosen), ("rejected", rejected)):
@@ -142,6 +148,7 @@ def conversational(row: dict[str, Any], columns: dict[str, str], where: str) -> 
     return {"prompt": prompt, "chosen": chosen[0]["content"], "rejected": rejected[0]["content"]}
 
 
+@LAYOUTS.register("hh_rlhf")
 def hh_rlhf(row: dict[str, Any], columns: dict[str, str], where: str) -> dict[str, Any]:
     """The shared transcript up to its last ``\\n\\nAssistant:`` is the prompt, its turns become messages (so the
     chat template applies); what follows in each transcript is the response."""
@@ -164,14 +171,6 @@ def hh_rlhf(row: dict[str, Any], columns: dict[str, str], where: str) -> dict[st
     if prompt[-1]["role"] != "user":
         raise DataError(f"{where}, field {columns['chosen']!r}: the last turn before the answer must be Human's")
     return {"prompt": prompt, "chosen": chosen[start:].strip(), "rejected": rejected[start:].strip()}
-
-
-LAYOUTS: dict[str, Callable[[dict[str, Any], dict[str, str], str], dict[str, Any]]] = {
-    "standard": standard,
-    "standard_implicit": standard_implicit,
-    "conversational": conversational,
-    "hh_rlhf": hh_rlhf,
-}
 
 
 def detect_layout(row: dict[str, Any], columns: dict[str, str]) -> str:

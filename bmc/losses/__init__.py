@@ -1,9 +1,9 @@
 """Preference losses, BMC token weighting, diff masks and likelihood regularizers (pure PyTorch).
 
-Importing this package registers every loss; see ``registry`` for the interface.
+A loss registers itself where it is defined (``@register_loss``); :data:`bmc.plugins.LOSSES` finds every
+module of this package on its first lookup. See ``registry`` for the interface.
 """
 
-from bmc.losses import pairwise, reference_free  # noqa: F401  (registration side effect)
 from bmc.losses.masks import ENGLISH_STOPWORDS, diff_masks, stopword_token_ids
 from bmc.losses.objective import build_objective, needs_reference
 from bmc.losses.registry import (

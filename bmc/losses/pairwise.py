@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bmc.losses._options import Interval
 from bmc.losses.registry import LossOutput, SequenceLogps, register_loss
+from bmc.plugins import Interval
 
 
 def _output(losses: Tensor, scale: float, r_w: Tensor, r_l: Tensor) -> LossOutput:

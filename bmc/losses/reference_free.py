@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bmc.losses._options import Interval
 from bmc.losses.registry import LossOutput, SequenceLogps, register_loss
+from bmc.plugins import Interval
 
 # A mean log-prob of exactly 0 (p = 1 on every token, or an empty response) has odds 1 / 0; capping it just
 # below 0 keeps ORPO's log-odds finite (log(1 - e^a) is evaluated through expm1, exact for tiny |a|).

@@ -14,11 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bmc.losses._options import Interval, Registry
+from bmc.plugins import LOSSES, Interval
 
 LossFn = Callable[["SequenceLogps"], "LossOutput"]
-
-LOSSES = Registry("loss")
 
 
 @dataclass
@@ -93,7 +91,7 @@ def register_loss(
 
 def build_loss(name: str, **hparams: Any) -> LossFn:
     """Bind a loss's hyper-parameters; unknown names, unknown keys and out-of-range values raise."""
-    return LOSSES.build(name, **hparams)
+    return LOSSES.build(name, hparams)
 
 
 def is_reference_free(name: str, **hparams: Any) -> bool:

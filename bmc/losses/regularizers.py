@@ -21,10 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bmc.losses._options import Registry
 from bmc.losses.registry import SequenceLogps
-
-REGULARIZERS = Registry("regularizer")
+from bmc.plugins import REGULARIZERS
 
 
 class Regularizer:
@@ -107,4 +105,4 @@ class DPOPRegularizer(Regularizer):
 
 def build_regularizer(name: str, **opts: Any) -> Regularizer:
     """``none``, ``nll`` (alpha), ``bcr`` (lam, delta, normalization, form) or ``dpop`` (lam); validated."""
-    return REGULARIZERS.build(name, **opts)
+    return REGULARIZERS.build(name, opts)

@@ -16,9 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bmc.losses._options import Registry
-
-TOKEN_WEIGHTINGS = Registry("token weighting")
+from bmc.plugins import WEIGHTINGS as TOKEN_WEIGHTINGS
 
 
 class TokenWeighting:
@@ -67,7 +65,7 @@ class FixedWeighting(TokenWeighting):
 
 def build_token_weighting(name: str, **opts: Any) -> TokenWeighting:
     """``uniform``, ``bmc`` (delta, ref_weights) or ``fixed`` (delta); bad names/options raise."""
-    return TOKEN_WEIGHTINGS.build(name, **opts)
+    return TOKEN_WEIGHTINGS.build(name, opts)
 
 
 def weighted_score(token_logps: Tensor, weights: Tensor, response_mask: Tensor) -> Tensor:

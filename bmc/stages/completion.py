@@ -28,7 +28,7 @@ import torch
 
 from bmc.checkpointing import AtomicCheckpointIO, policy_state, same_weights
 from bmc.preemption import PreemptionCheckpoint
-from bmc.stages.preference import TrainedPolicy
+from bmc.stages.products import TrainedPolicy
 from bmc.timed_checkpoint import TimedCheckpoint
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,9 @@
 - ``winrate``: judged win rates against a baseline answer (:mod:`bmc.stages.winrate`).
 - ``none``: no evaluation.
 
+Each kind is a function ``(EvalSetup) -> Evaluation`` registered in :data:`bmc.plugins.EVALUATIONS` where it
+is defined; it reads its settings from ``cfg.eval``.
+
 An evaluation is prepared before training (:func:`prepare_evaluation`), so that a setting it cannot work with
 fails in seconds, and run on the trained policy afterwards, on every rank of a multi-process run: the verifier's
 answers are generated in shares across the ranks that hold the whole policy (DDP), the win rate on rank 0.
@@ -15,7 +18,6 @@ answers are generated in shares across the ranks that hold the whole policy (DDP
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -25,10 +27,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from bmc.data.sources import TaskData
 from bmc.distributed import is_global_zero
 from bmc.generation import score_summary
+from bmc.plugins import EVALUATIONS
 from bmc.stages.common import verifier_answers
-from bmc.stages.eval_setup import EvalSetup, Evaluation
-from bmc.stages.preference import TrainedPolicy
-from bmc.stages.winrate import prepare_winrate
+from bmc.stages.products import EvalSetup, Evaluation, TrainedPolicy
 from bmc.summary_file import EVAL_ANSWERS
 
 
@@ -56,6 +57,7 @@ def evaluate(
     return metrics
 
 
+@EVALUATIONS.register("verifier")
 def _verifier(setup: EvalSetup) -> Evaluation:
     def run(trained: TrainedPolicy, loggers: list[Logger]) -> dict[str, float]:
         if not (trained.is_global_zero or trained.on_every_rank):
@@ -66,26 +68,18 @@ def _verifier(setup: EvalSetup) -> Evaluation:
     return run
 
 
+@EVALUATIONS.register("none")
 def _none(setup: EvalSetup) -> Evaluation:
     return lambda trained, loggers: {}
-
-
-#: ``eval.kind`` -> the function preparing that evaluation
-EVALUATIONS: dict[str, Callable[[EvalSetup], Evaluation]] = {
-    "verifier": _verifier,
-    "winrate": prepare_winrate,
-    "none": _none,
-}
 
 
 def evaluation_kind(cfg: DictConfig) -> str:
     """``eval.kind``, ``none`` with ``eval.enabled=false``; an unknown kind raises (checked before any stage)."""
     kind = cfg.eval.kind if cfg.eval.enabled else "none"
-    if kind not in EVALUATIONS:
-        raise ValueError(f"eval.kind must be one of {sorted(EVALUATIONS)} (conf/eval/), got {kind!r}")
+    EVALUATIONS.entry(kind)
     return kind
 
 
 def prepare_evaluation(setup: EvalSetup) -> Evaluation:
     """The evaluation of :func:`evaluation_kind`, ready to run after training."""
-    return EVALUATIONS[evaluation_kind(setup.cfg)](setup)
+    return EVALUATIONS.entry(evaluation_kind(setup.cfg)).target(setup)

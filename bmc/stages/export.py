@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,28 +27,13 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from bmc.checkpointing import load_policy_weights
 from bmc.generation import stop_token_ids
-from bmc.stages.preference import TrainedPolicy
+from bmc.stages.products import HubPush, TrainedPolicy
 
 log = logging.getLogger(__name__)
 
 HUB_TOKEN_ENV = "HF_TOKEN"
-
-
-@dataclass(frozen=True)
-class HubPush:
-    """Where ``export.push_to_hub`` put the exported folder: the repo and the commit it made."""
-
-    repo_id: str
-    commit: str
-    commit_url: str
-
-    def summary(self) -> dict[str, str]:
-        """Its ``summary.json`` entries."""
-        return {
-            "export/hub_repo": self.repo_id,
-            "export/hub_commit": self.commit,
-            "export/hub_commit_url": self.commit_url,
-        }
+#: the weights ``export.which`` may name: the final ones, or best.ckpt's
+WHICH = ("last", "best")
 
 
 def export_policy(cfg: DictConfig, trained: TrainedPolicy, tokenizer: PreTrainedTokenizerBase) -> Path | None:
@@ -57,8 +41,6 @@ def export_policy(cfg: DictConfig, trained: TrainedPolicy, tokenizer: PreTrained
     options = cfg.export
     if not options.enabled:
         return None
-    if options.which not in ("last", "best"):
-        raise ValueError(f"export.which must be last or best, got {options.which!r}")
     model = trained.model
     if options.which == "best":
         best = _best_checkpoint(trained)
@@ -72,6 +54,22 @@ def export_policy(cfg: DictConfig, trained: TrainedPolicy, tokenizer: PreTrained
     _generation_config(model, tokenizer).save_pretrained(folder)  # also beside a LoRA adapter
     log.info("exported the %s policy to %s", options.which, folder)
     return folder
+
+
+def check_export(cfg: DictConfig) -> None:
+    """Fail before any stage runs on an ``export.which`` other than last or best, and on ``best`` without a
+    ModelCheckpoint in ``callbacks`` that monitors a metric (only that one keeps a best checkpoint)."""
+    which = cfg.export.which
+    if which not in WHICH:
+        raise ValueError(f"export.which must be one of {list(WHICH)}, got {which!r}")
+    if which == "best" and cfg.export.enabled:
+        monitored = [c for c in (cfg.get("callbacks") or {}).values()
+                     if c and str(c.get("_target_", "")).endswith("ModelCheckpoint") and c.get("monitor")]  # fmt: skip
+        if not monitored:
+            raise ValueError(
+                "export.which=best needs a best checkpoint, kept by a ModelCheckpoint with a `monitor` in callbacks "
+                "(callbacks=default keeps best.ckpt by val/loss); these callbacks have none: use export.which=last"
+            )
 
 
 def check_push(cfg: DictConfig) -> None:

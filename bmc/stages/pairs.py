@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +22,12 @@ from bmc.data.sources import TaskData
 from bmc.devices import accelerator_device
 from bmc.precision import resolve_precision
 from bmc.stages.common import container
-from bmc.stages.reward_model import JudgeSetup
-from bmc.stages.warm_start import StartingPolicy
+from bmc.stages.products import JudgeSetup, PreferencePairs, StartingPolicy
 from bmc.synthesis.pair_sources import SynthesisContext, build_pairs, samples_from_policy
 
 log = logging.getLogger(__name__)
 
 PAIRS_FILE = "pairs.jsonl"
-
-
-@dataclass
-class PreferencePairs:
-    """``pairs``: ``{prompt, chosen, rejected}`` texts (and the extra columns of the task's rows); ``report``:
-    what METHODS.md asks of every synthesized dataset (pairs in and out, drops by reason, judge and editor
-    calls, edit distances, verifier acceptance) and what loading the task found. ``val_pairs``: the validation
-    pairs where the task gives them (the eval split of ``data=original``), else empty: held out of ``pairs``."""
-
-    pairs: list[dict[str, Any]]
-    report: dict[str, Any]
-    val_pairs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def needs_policy_model(cfg: DictConfig) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -22,7 +21,6 @@ from pytorch_lightning.loggers import Logger
 from transformers import PreTrainedModel
 
 from bmc.checkpointing import load_policy_weights, resolve_ckpt_path
-from bmc.data.sources import split_pairs
 from bmc.devices import accelerator_device
 from bmc.distributed import check_launch, full_state_dict, shards_parameters
 from bmc.losses import needs_reference
@@ -30,33 +28,13 @@ from bmc.models import add_lora, frozen_copy
 from bmc.precision import resolve_precision
 from bmc.reference import attach_reference_logps
 from bmc.stages.common import container, truncation
-from bmc.stages.pairs import PreferencePairs
-from bmc.stages.warm_start import StartingPolicy
+from bmc.stages.products import PreferencePairs, StartingPolicy, TrainedPolicy, train_val_pairs
 
 log = logging.getLogger(__name__)
 # The frozen reference model is in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 # Lightning asks for a resumable dataloader; PreferenceDataModule restores the position inside the epoch itself
 warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
-
-
-@dataclass
-class TrainedPolicy:
-    """The preference stage's product: the trained ``model`` (the policy, LoRA-wrapped where trained so), the
-    final ``val/*`` and ``train/steps`` metrics, and the Trainer (its rank says who reports).
-
-    ``on_every_rank``: every process holds the whole policy (one process, DDP), so the stages after training
-    may split work across the ranks. Under FSDP on several devices it is False, and ``model`` is, on rank 0,
-    a plain copy with the gathered weights (:func:`_runnable_alone`)."""
-
-    model: PreTrainedModel
-    metrics: dict[str, float]
-    trainer: pl.Trainer
-    on_every_rank: bool = True
-
-    @property
-    def is_global_zero(self) -> bool:
-        return self.trainer.is_global_zero
 
 
 def train_preference(
@@ -138,15 +116,6 @@ def _runnable_alone(trainer: pl.Trainer, policy: StartingPolicy) -> PreTrainedMo
     model = add_lora(model, lora) if lora else model
     load_policy_weights(model, state, "the FSDP policy's gathered weights")
     return model
-
-
-def train_val_pairs(cfg: DictConfig, data: PreferencePairs) -> tuple[list, list]:
-    """The preference stage's training and validation pairs: the data's own ``val_pairs`` (a dataset's eval
-    split), else ``data.val_fraction`` held out by prompt. The validation prompts are also the held-out prompts
-    of an evaluation on a dataset without an eval split."""
-    if data.val_pairs:
-        return data.pairs, data.val_pairs
-    return split_pairs(data.pairs, cfg.data.val_fraction, cfg.task.get("seed", 0))
 
 
 def _uses_reference(cfg: DictConfig) -> bool:

@@ -11,7 +11,6 @@ truncation and the trainer settings that change what it learns. Other judges pas
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +23,18 @@ from bmc.data.datamodule import PreferenceDataModule
 from bmc.data.sources import TaskData, split_pairs
 from bmc.module import RewardModule
 from bmc.stages.common import container, stage_steps, stage_trainer, stage_trainer_key, truncation, truncation_key
-from bmc.stages.warm_start import StartingPolicy
+from bmc.stages.products import JudgeSetup, StartingPolicy
 
 
-@dataclass
-class JudgeSetup:
-    """``options``: ``cfg.judge`` as the data stages build the judge from, with a ``train`` block replaced by
-    the ``path`` of the reward model it trained; ``report``: that model's held-out accuracy, for the data
-    report."""
-
-    options: dict[str, Any]
-    report: dict[str, float] = field(default_factory=dict)
+def judge_options(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(``cfg.judge`` without its ``train`` block, the block): the block is this stage's, the rest the judge's."""
+    judge = container(cfg.judge)
+    return judge, judge.pop("train", None)
 
 
 def judge_setup(cfg: DictConfig, task_data: TaskData, policy: StartingPolicy) -> JudgeSetup:
     """The judge of ``cfg.judge``, training (or reusing from the cache) the reward model it asks for."""
-    judge = container(cfg.judge)
-    train = judge.pop("train", None)
+    judge, train = judge_options(cfg)
     if not train:
         return JudgeSetup(judge)
     path = train_reward_model(cfg, task_data, policy, train)

@@ -20,7 +20,7 @@ from bmc.distributed import is_global_zero
 from bmc.loggers import finish_wandb
 from bmc.preemption import Preempted
 from bmc.stages.common import container
-from bmc.stages.export import HubPush
+from bmc.stages.products import HubPush
 from bmc.summary_file import results_table, write_summary
 
 #: the config groups whose chosen preset summary.json records, and the config nodes it keeps

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from bmc.cache import cache_key, cached_dir, checkpoint_fingerprint
+from bmc.cache import cache_key, cached_dir
 from bmc.callbacks import StopAtAccuracy
 from bmc.data.datamodule import SFTDataModule
 from bmc.data.sources import TaskData
@@ -37,30 +36,12 @@ from bmc.stages.common import (
     truncation_key,
     verifier_metrics,
 )
+from bmc.stages.products import StartingPolicy
 
 log = logging.getLogger(__name__)
 
 #: the keys of ``cfg.eval`` that change the SFT stage (its stopping check and ``sft_eval.json``)
 SFT_EVAL_KEYS = ("enabled", "batch_size", "max_new_tokens")
-
-
-@dataclass
-class StartingPolicy:
-    """The warm start's product. ``checkpoint`` is the folder the model was loaded from (None when a data-only
-    run needed its tokenizer alone, :func:`tokenizer_only`); ``metrics`` are the SFT model's ``eval/sft_*``."""
-
-    source: ModelSource
-    tokenizer: PreTrainedTokenizerBase
-    checkpoint: Path | None = None
-    model: PreTrainedModel | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What identifies the starting policy in the cache keys of later stages (samples, judgments of a
-        reward model trained from it, reference log-probs): the checkpoint's files, not its path alone, so a
-        checkpoint rewritten in place is a new key."""
-        revision = getattr(self.source, "revision", None)  # a hub id's branch, tag or commit
-        return {"checkpoint": checkpoint_fingerprint(self.checkpoint, revision), "spec": self.source.spec()}
 
 
 def warm_start(cfg: DictConfig, task_data: TaskData, source: ModelSource) -> StartingPolicy:

@@ -36,9 +36,9 @@ from bmc.cache import weights_fingerprint
 from bmc.data.tokenize import encode_texts
 from bmc.devices import accelerator_device
 from bmc.generation import generate
+from bmc.plugins import EVALUATIONS
 from bmc.precision import resolve_precision
-from bmc.stages.eval_setup import EvalSetup, Evaluation
-from bmc.stages.preference import TrainedPolicy
+from bmc.stages.products import EvalSetup, Evaluation, TrainedPolicy
 from bmc.stages.winrate_baseline import answer_budget, baseline_answers, held_out_prompts
 from bmc.synthesis._common import ordered_map
 from bmc.synthesis.failures import SETTING, ReplyFailures, check_failure_share, split_limit
@@ -144,6 +144,7 @@ def _metrics(rows: list[dict[str, Any]], cfg: DictConfig, judge_failure_share: f
     }
 
 
+@EVALUATIONS.register("winrate")
 def prepare_winrate(setup: EvalSetup) -> Evaluation:
     """Resolve the held-out prompts, the baseline's answers and the judge now (errors before training); the
     returned evaluation answers, judges (or reads the cache), writes the rows and returns ``eval/*``."""

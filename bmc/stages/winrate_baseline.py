@@ -24,8 +24,7 @@ from omegaconf import DictConfig
 from bmc.cache import cache_key
 from bmc.generation import generate, generation_budget
 from bmc.precision import resolve_precision
-from bmc.stages.eval_setup import EvalSetup
-from bmc.stages.preference import train_val_pairs
+from bmc.stages.products import EvalSetup, train_val_pairs
 from bmc.synthesis.store import resumable_map
 from bmc.tasks import Example
 
@@ -146,3 +145,13 @@ def baseline_answers(setup: EvalSetup, held_out: list[HeldOut], budget: int) -> 
     if spec in BASELINES:
         return BASELINES[spec](setup, held_out, budget)
     return _file_answers(spec, held_out)
+
+
+def check_baseline(cfg: DictConfig) -> None:
+    """Fail before any stage runs on an ``eval.baseline`` that is neither a name of :data:`BASELINES` nor a file."""
+    spec = str(cfg.eval.baseline)
+    if spec not in BASELINES and not Path(spec).is_file():
+        raise ValueError(
+            f"eval.baseline must be one of {sorted(BASELINES)} or a JSONL file of {{prompt, answer}} rows, "
+            f"got {spec!r} (no such file)"
+        )

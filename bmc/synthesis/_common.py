@@ -1,12 +1,11 @@
-"""Helpers shared by the judges, editors, samplers and their factories: verdict signs, option checking (and the
-unset-value marker ``MISSING``), template placeholders, prompt -> Example lookup, a bounded concurrent map that
+"""Helpers shared by the judges, editors, samplers and their factories: verdict signs, the unset-value marker
+``MISSING``, template placeholders, prompt -> Example lookup, a bounded concurrent map that
 keeps input order."""
 
 from __future__ import annotations
 
-import inspect
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -30,27 +29,6 @@ def ordered_map(fn: Callable[[T], R], items: Sequence[T], max_concurrency: int) 
         return [fn(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(max_concurrency, len(items))) as pool:
         return list(pool.map(fn, items))
-
-
-def build_from_options(cls: type[T], options: Mapping[str, Any], where: str, **fixed: Any) -> T:
-    """``cls(**fixed, **options)``, with config mistakes reported by name instead of as a bare TypeError.
-
-    ``where`` names the config node (e.g. ``"judge kind 'llm'"``) in the messages; ``fixed`` are the
-    arguments the factory supplies itself (a backend, a task), which the config may not set.
-    """
-    params = {name: p for name, p in inspect.signature(cls).parameters.items() if name != "self"}
-    allowed = sorted(set(params) - set(fixed))
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for {where}; allowed: {allowed}")
-    missing = sorted(
-        name
-        for name, p in params.items()
-        if p.default is inspect.Parameter.empty and name not in options and name not in fixed
-    )
-    if missing:
-        raise ValueError(f"{where} needs option(s) {missing}")
-    return cls(**fixed, **options)
 
 
 def require_builtin_task(task: Any, examples: Any, option: str, alternatives: str) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
@@ -40,12 +41,22 @@ from bmc.synthesis.store import resumable_map
 log = logging.getLogger(__name__)
 
 
+def bridge_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``data.bridge`` with its defaults; an unknown key or a ``fraction`` outside (0, 1] raises."""
+    options = {"fraction": 1.0, "keep_original": False, "seed": 0}
+    unknown = sorted(set(cfg) - set(options))
+    if unknown:
+        raise ValueError(f"data.bridge got unknown option(s) {unknown}; accepted: {list(options)}")
+    options.update(cfg)
+    if not 0 < options["fraction"] <= 1:
+        raise ValueError(f"data.bridge.fraction must be in (0, 1], got {options['fraction']}")
+    return options
+
+
 def bridge(ctx: SynthesisContext, pairs: list[dict[str, str]]) -> list[dict[str, str]]:
     """(x, y_w, y_l) -> (x, edit(y_l; y_w), y_l) for ``data.bridge.fraction`` of the pairs, each edit through
     the gates above. ``data.bridge.keep_original`` keeps every original pair beside its bridged one."""
-    options = {"fraction": 1.0, "keep_original": False, "seed": 0, **ctx.cfg["bridge"]}
-    if not 0 < options["fraction"] <= 1:
-        raise ValueError(f"data.bridge.fraction must be in (0, 1], got {options['fraction']}")
+    options = bridge_options(ctx.cfg["bridge"])
     gates, editor_cfg = EditGates.split(ctx.editor_cfg)
     chosen_for_edit = set(
         random.Random(options["seed"]).sample(range(len(pairs)), round(options["fraction"] * len(pairs)))

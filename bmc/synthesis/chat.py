@@ -18,11 +18,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.generation import Completion, generate
 from bmc.models import load_causal_lm
+from bmc.plugins import CHAT_BACKENDS, Registry
 from bmc.precision import DEFAULT_PRECISION, Precision
-from bmc.synthesis._common import MISSING, build_from_options, ordered_map
+from bmc.synthesis._common import MISSING, ordered_map
 from bmc.synthesis.endpoint import OpenAIEndpoint
 from bmc.synthesis.local_models import model_dtype
-from bmc.synthesis.model_keys import SERVED_KEY_OPTIONS
 
 Message = Mapping[str, str]
 
@@ -53,21 +53,29 @@ class ChatBackend(ABC):
         return [self.complete(m, temperature=temperature, max_tokens=max_tokens) for m in conversations]
 
 
+@CHAT_BACKENDS.register("openai")
 class OpenAIChat(OpenAIEndpoint, ChatBackend):
     """``POST {base_url}/chat/completions`` (OpenAI chat-completions JSON): :class:`OpenAIEndpoint`'s
-    arguments, and ``max_tokens``, the default ``max_tokens`` of a request."""
+    arguments, and ``max_tokens``, the default ``max_tokens`` of a request. ``revision`` and ``weights`` say
+    which checkpoint the server serves: they key the cached judgments and edits
+    (:func:`~bmc.synthesis.model_keys.served_model_key`), the requests do not send them."""
 
     def __init__(
         self,
         base_url: str,
-        model: str,
+        model: str | None = None,
         api_key_env: str | None = "OPENAI_API_KEY",
         timeout_s: float = 60.0,
         max_retries: int = 4,
         backoff_s: float = 1.0,
         max_concurrency: int = 8,
         max_tokens: int = 1024,
+        revision: str | None = None,
+        weights: str | None = None,
     ) -> None:
+        if model in (None, "", MISSING):
+            raise ValueError("chat backend kind 'openai' needs `model`, the name the server serves the model under "
+                             "(e.g. editor.backend.model=my-model)")  # fmt: skip
         if max_tokens < 1:
             raise ValueError(f"need max_tokens >= 1, got {max_tokens}")
         super().__init__(base_url, model, api_key_env, timeout_s, max_retries, backoff_s, max_concurrency)
@@ -113,23 +121,38 @@ def render_messages(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Messa
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
+@CHAT_BACKENDS.register("local", supplied=("precision", "trainer_device"))
 class LocalChat(ChatBackend):
-    """A local transformers causal LM; greedy at temperature 0, otherwise sampled at that temperature, in the
-    dtype the model was loaded in and on its device.
+    """A local transformers causal LM; greedy at temperature 0, otherwise sampled at that temperature.
 
     Args:
+        path, dtype, trust_remote_code, revision: :func:`bmc.models.load_causal_lm`'s; without a ``dtype`` the
+            model loads in the trainer's ``precision``'s compute dtype (:func:`model_dtype`).
         max_new_tokens: default generation budget of a reply.
         batch_size: conversations generated together in :meth:`complete_many`.
+        precision, trainer_device: the trainer's (the model is put on its device), supplied by the builder.
     """
 
     def __init__(
         self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
+        path: str | None = None,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
         max_new_tokens: int = 256,
         batch_size: int = 8,
+        precision: Precision = DEFAULT_PRECISION,
+        trainer_device: torch.device | None = None,
     ) -> None:
-        self.model, self.tokenizer = model, tokenizer
+        if path in (None, "", MISSING):
+            raise ValueError("chat backend kind 'local' needs `path` (a causal LM folder or hub id)")
+        model, tokenizer = load_causal_lm(
+            path, model_dtype(dtype, precision), trust_remote_code=trust_remote_code, revision=revision
+        )
+        if trainer_device is not None:
+            model.to(trainer_device)
+        self.model: PreTrainedModel = model
+        self.tokenizer: PreTrainedTokenizerBase = tokenizer
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
 
     def __repr__(self) -> str:
@@ -165,31 +188,20 @@ class LocalChat(ChatBackend):
 def build_chat_backend(
     cfg: Mapping[str, Any], *, precision: Precision = DEFAULT_PRECISION, device: torch.device | None = None
 ) -> ChatBackend:
-    """A backend from its config block (``conf/chat_backend/*.yaml``, the ``backend`` of judge=llm / editor=llm).
-
-    ``kind: openai`` takes :class:`OpenAIChat`'s arguments. ``kind: local`` takes ``path`` (a causal LM
-    folder or hub id), optional ``dtype``, ``trust_remote_code`` and ``revision`` for
-    :func:`bmc.models.load_causal_lm`, and :class:`LocalChat`'s ``max_new_tokens`` / ``batch_size``; its model
-    loads in ``dtype``, or without one in the trainer's ``precision``'s compute dtype
-    (:func:`bmc.synthesis.local_models.model_dtype`), and is put on ``device`` (the trainer's, on this rank).
-    """
+    """A backend from its config block (``conf/chat_backend/<kind>.yaml``, the ``backend`` of judge=llm /
+    editor=llm): the class :data:`bmc.plugins.CHAT_BACKENDS` has for ``kind``, with the block's other keys;
+    a local model loads with the trainer's ``precision`` unless its block sets a ``dtype``, on ``device``
+    (the trainer's, on this rank)."""
     options = dict(cfg)
     kind = options.pop("kind", None)
-    if kind == "openai":
-        if options.get("model") in (None, "", MISSING):
-            raise ValueError("chat backend kind 'openai' needs `model`, the name the server serves the model under "
-                             "(e.g. editor.backend.model=my-model)")  # fmt: skip
-        options = {k: v for k, v in options.items() if k not in SERVED_KEY_OPTIONS}  # they key caches only
-        return build_from_options(OpenAIChat, options, "chat backend kind 'openai'")
-    if kind == "local":
-        load_keys = ("path", "dtype", "trust_remote_code", "revision")
-        load = {k: options.pop(k) for k in load_keys if k in options}
-        if load.get("path") in (None, "", MISSING):
-            raise ValueError("chat backend kind 'local' needs `path` (a causal LM folder or hub id)")
-        load["dtype"] = model_dtype(load.get("dtype"), precision)
-        model, tokenizer = load_causal_lm(**load)
-        if device is not None:
-            model.to(device)
-        where = f"chat backend kind 'local' (besides {list(load_keys)})"
-        return build_from_options(LocalChat, options, where, model=model, tokenizer=tokenizer)
-    raise ValueError(f"chat backend kind must be 'openai' or 'local', got {kind!r}")
+    return CHAT_BACKENDS.build(kind, options, precision=precision, trainer_device=device)
+
+
+def check_with_backend(registry: Registry, cfg: Mapping[str, Any]) -> None:
+    """The ``kind`` and keys of a judge's or editor's config (``registry`` has its kinds) and of its ``backend``
+    block, or of a backend block alone (``registry`` is :data:`CHAT_BACKENDS`), checked without loading or
+    calling anything: the config check before any stage."""
+    options = dict(cfg)
+    registry.check(options.pop("kind", None), options)
+    if isinstance(options.get("backend"), Mapping):
+        check_with_backend(CHAT_BACKENDS, options["backend"])

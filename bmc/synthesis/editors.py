@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from bmc.generation import Completion
+from bmc.plugins import EDITORS
 from bmc.precision import DEFAULT_PRECISION, Precision
-from bmc.synthesis._common import ExampleIndex, build_from_options, check_template_fields, require_builtin_task
-from bmc.synthesis.chat import ChatBackend, build_chat_backend
+from bmc.synthesis._common import ExampleIndex, check_template_fields, require_builtin_task
+from bmc.synthesis.chat import ChatBackend, build_chat_backend, check_with_backend
 from bmc.synthesis.failures import DEFAULT_MAX_FAILURE_SHARE, check_limit
 from bmc.tasks import Example, Task
 
@@ -92,11 +93,13 @@ class Editor(ABC):
         return self.edit_many([prompt], [winning], [losing])[0]
 
 
+@EDITORS.register("task", supplied=("task", "examples"))
 class TaskEditor(Editor):
     """``task.minimal_fix(example, y_l)``: fixes y_l's first error and what follows from it, keeping its correct
     text verbatim; the verifier knows the answer, so y_w is not needed. None where y_l cannot be parsed."""
 
-    def __init__(self, task: Task, examples: Sequence[Example]) -> None:
+    def __init__(self, task: Task | None, examples: Sequence[Example] | None) -> None:
+        require_builtin_task(task, examples, "editor=task", "editor=llm")
         self.task = task
         self.examples = ExampleIndex(examples, "task editor")
 
@@ -139,11 +142,13 @@ def _with_outer_whitespace(text: str, like: str) -> str:
     return like[:start] + text + like[start + len(stripped) :]
 
 
+@EDITORS.register("llm", supplied=("task_type", "precision", "trainer_device"))
 class LLMEditor(Editor):
     """The paper's editor: an LLM asked for the SMALLEST change to y_l that fixes it, at temperature 0.
 
     Args:
-        backend: the chat backend.
+        backend: the chat backend, or its config block (:func:`~bmc.synthesis.chat.build_chat_backend`, given
+            the trainer's ``precision`` and ``trainer_device``, which :func:`build_editor` supplies).
         templates: user-message templates by task type (``qa``, ``math``, ``instruct``, ``default``); the one
             for ``task_type`` is used, else ``default``. Each is formatted with ``{prompt}`` (x), ``{losing}``
             (y_l) and ``{reference}``, which becomes ``reference`` formatted with ``{winning}`` (y_w), or
@@ -161,13 +166,15 @@ class LLMEditor(Editor):
 
     def __init__(
         self,
-        backend: ChatBackend,
+        backend: ChatBackend | Mapping[str, Any],
         templates: Mapping[str, str],
         task_type: str = "default",
         use_reference: bool = True,
         reference: str = "{winning}",
         system: str | None = None,
         max_tokens: int = 1024,
+        precision: Precision = DEFAULT_PRECISION,
+        trainer_device: torch.device | None = None,
     ) -> None:
         for name, template in templates.items():
             check_template_fields(template, {"prompt", "losing", "reference"}, f"editor template {name!r}")
@@ -176,6 +183,10 @@ class LLMEditor(Editor):
             raise ValueError(
                 f"no editor template for task type {task_type!r} and no 'default' one: {sorted(templates)}"
             )
+        if not backend:
+            raise ValueError("editor kind 'llm' needs a `backend` block (kind: openai | local)")
+        if isinstance(backend, Mapping):
+            backend = build_chat_backend(backend, precision=precision, device=trainer_device)
         self.backend, self.use_reference, self.reference = backend, use_reference, reference
         self.template = templates[task_type] if task_type in templates else templates["default"]
         self.system, self.max_tokens = system, int(max_tokens)
@@ -206,21 +217,17 @@ def build_editor(
     precision: Precision = DEFAULT_PRECISION,
     device: torch.device | None = None,
 ) -> Editor:
-    """An editor from ``conf/editor/<kind>.yaml``: ``kind`` is ``task`` or ``llm``.
-
-    ``task`` needs the built-in ``task`` and its ``examples``; ``llm`` takes a ``backend`` block
-    (:func:`bmc.synthesis.chat.build_chat_backend`, which a local model loads with in the trainer's
-    ``precision`` unless it sets its ``dtype``, on ``device``) and :class:`LLMEditor`'s other arguments, with
-    ``task_type`` choosing the template.
+    """The editor of ``conf/editor/<kind>.yaml``, the class :data:`bmc.plugins.EDITORS` has for ``kind`` with
+    the file's other keys, less the gates (:class:`EditGates`), as its options; the kind takes what it needs
+    of the built-in ``task``, its ``examples``, the ``task_type`` (which template an LLM editor uses), the
+    trainer's ``precision`` and ``device`` (its device on this rank).
     """
     _, options = EditGates.split(dict(cfg))  # validated here, applied by the bridging stage
     kind = options.pop("kind", None)
-    if kind == "task":
-        require_builtin_task(task, examples, "editor=task", "editor=llm")
-        return build_from_options(TaskEditor, options, "editor kind 'task'", task=task, examples=examples)
-    if kind == "llm":
-        if not options.get("backend"):
-            raise ValueError("editor kind 'llm' needs a `backend` block (kind: openai | local)")
-        backend = build_chat_backend(options.pop("backend"), precision=precision, device=device)
-        return build_from_options(LLMEditor, options, "editor kind 'llm'", backend=backend, task_type=task_type)
-    raise ValueError(f"editor kind must be 'task' or 'llm', got {kind!r}")
+    return EDITORS.build(kind, options, task=task, examples=examples, task_type=task_type, precision=precision,
+                         trainer_device=device)  # fmt: skip
+
+
+def check_editor(cfg: Mapping[str, Any]) -> None:
+    """An editor config's kind, keys and gates, and its backend's, checked without building anything."""
+    check_with_backend(EDITORS, EditGates.split(dict(cfg))[1])

@@ -24,15 +24,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bmc.devices import accelerator_device
 from bmc.models import _torch_dtype
+from bmc.plugins import JUDGES
 from bmc.precision import DEFAULT_PRECISION, Precision
-from bmc.synthesis._common import (
-    ExampleIndex,
-    build_from_options,
-    check_template_fields,
-    require_builtin_task,
-    sign,
-)
-from bmc.synthesis.chat import ChatBackend, build_chat_backend
+from bmc.synthesis._common import ExampleIndex, check_template_fields, require_builtin_task, sign
+from bmc.synthesis.chat import ChatBackend, build_chat_backend, check_with_backend
 from bmc.synthesis.failures import ReplyFailures, split_limit
 from bmc.synthesis.local_models import model_dtype
 from bmc.tasks import Example, Task
@@ -112,10 +107,12 @@ class PointwiseJudge(Judge):
         return [sign(scores[first] - scores[second]) for first, second in pairs]
 
 
+@JUDGES.register("verifier", supplied=("task", "examples"))
 class VerifierJudge(PointwiseJudge):
     """A built-in task's verifier: ``task.score(example, response)`` in [0, 1]; equal scores tie."""
 
-    def __init__(self, task: Task, examples: Sequence[Example]) -> None:
+    def __init__(self, task: Task | None, examples: Sequence[Example] | None) -> None:
+        require_builtin_task(task, examples, "judge=verifier", "judge=llm or judge=reward_model")
         super().__init__()
         self.task = task
         self.examples = ExampleIndex(examples, "verifier judge")
@@ -124,6 +121,7 @@ class VerifierJudge(PointwiseJudge):
         return [self.task.score(self.examples[p], r) for p, r in zip(prompts, responses)]
 
 
+@JUDGES.register("reward_model", supplied=("precision", "trainer_device"))
 class RewardModelJudge(PointwiseJudge):
     """A scalar reward model: any ``AutoModelForSequenceClassification`` checkpoint with ``num_labels=1``.
 
@@ -136,13 +134,13 @@ class RewardModelJudge(PointwiseJudge):
         path: checkpoint folder or hub id.
         batch_size: texts per forward pass.
         max_length: inputs longer than this many tokens are cut from the right (None: no limit).
-        dtype: float32, bfloat16 or float16 (:func:`build_judge` sets it by the trainer's precision when the
-            config leaves it unset).
-        device: torch device; None: this process's own GPU (``cuda:<LOCAL_RANK>``) when there is one, else
-            the CPU (:func:`build_judge` passes the trainer's device when the config sets none).
+        dtype: float32, bfloat16 or float16; None: ``precision``'s compute dtype (:func:`model_dtype`).
+        device: torch device; None: ``trainer_device``, else this process's own GPU (``cuda:<LOCAL_RANK>``)
+            when there is one, else the CPU.
         use_chat_template: format with the reward model's chat template (see above).
         trust_remote_code: run code shipped with the checkpoint (off unless you trust it).
         revision: hub revision.
+        precision, trainer_device: the trainer's, supplied by :func:`build_judge` (not config keys).
     """
 
     def __init__(
@@ -150,18 +148,21 @@ class RewardModelJudge(PointwiseJudge):
         path: str | None,
         batch_size: int = 16,
         max_length: int | None = 1024,
-        dtype: str = "float32",
+        dtype: str | None = None,
         device: str | torch.device | None = None,
         use_chat_template: bool = False,
         trust_remote_code: bool = False,
         revision: str | None = None,
+        precision: Precision = DEFAULT_PRECISION,
+        trainer_device: torch.device | None = None,
     ) -> None:
         super().__init__()
         if not path:
             raise ValueError("the reward-model judge needs `path`: an AutoModelForSequenceClassification checkpoint")
         kwargs = {"trust_remote_code": trust_remote_code, "revision": revision}
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=_torch_dtype(dtype), **kwargs)
+        dtype = _torch_dtype(model_dtype(dtype, precision))
+        self.model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype, **kwargs)
         if self.model.config.num_labels != 1:
             raise ValueError(f"{path} has num_labels={self.model.config.num_labels}; a reward model needs 1")
         if self.tokenizer.pad_token is None:
@@ -170,6 +171,7 @@ class RewardModelJudge(PointwiseJudge):
             # The model reads its score at the last non-pad token, which it finds through pad_token_id.
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         # each rank its own GPU: the ranks of a multi-GPU run would otherwise all load onto the first
+        device = device if device is not None else trainer_device
         self.device = torch.device(device) if device is not None else accelerator_device("cuda")
         self.model.to(self.device).eval()
         self.batch_size, self.max_length, self.use_chat_template = int(batch_size), max_length, use_chat_template
@@ -217,6 +219,7 @@ def parse_verdict(text: str) -> int | None:
     return _VERDICT_VALUE[matches[-1].upper()] if matches else None
 
 
+@JUDGES.register("llm", supplied=("precision", "trainer_device"))
 class LLMJudge(Judge):
     """An LLM asked which of two responses is better (MT-Bench pairwise style), at temperature 0.
 
@@ -225,12 +228,25 @@ class LLMJudge(Judge):
     the reply counts. A reply without one is a tie, recorded as ``unparseable`` (:meth:`Judge.take_failures`);
     so is a reply the token budget cut off, as ``truncated``, whatever it holds: its final verdict never came,
     and a verdict before the cut may be the explanation quoting the format. Up to the backend's
-    ``max_concurrency`` prompts are judged at once.
+    ``max_concurrency`` prompts are judged at once. ``backend``: a chat backend, or its config block
+    (:func:`~bmc.synthesis.chat.build_chat_backend`, given the trainer's ``precision`` and ``trainer_device``).
     """
 
-    def __init__(self, backend: ChatBackend, template: str, system: str | None = None, max_tokens: int = 1024) -> None:
+    def __init__(
+        self,
+        backend: ChatBackend | Mapping[str, Any],
+        template: str,
+        system: str | None = None,
+        max_tokens: int = 1024,
+        precision: Precision = DEFAULT_PRECISION,
+        trainer_device: torch.device | None = None,
+    ) -> None:
         super().__init__()
         check_template_fields(template, {"prompt", "a", "b"}, "the LLM judge's template")
+        if not backend:
+            raise ValueError("judge kind 'llm' needs a `backend` block (kind: openai | local)")
+        if isinstance(backend, Mapping):
+            backend = build_chat_backend(backend, precision=precision, device=trainer_device)
         self.backend, self.template, self.system, self.max_tokens = backend, template, system, int(max_tokens)
         self.max_concurrency = backend.max_concurrency
 
@@ -268,28 +284,16 @@ def build_judge(
     precision: Precision = DEFAULT_PRECISION,
     device: torch.device | None = None,
 ) -> Judge:
-    """A judge from ``conf/judge/<kind>.yaml``: ``kind`` is ``verifier``, ``reward_model`` or ``llm``.
-
-    ``verifier`` needs the built-in ``task`` and its ``examples`` (looked up by prompt); ``reward_model``
-    takes :class:`RewardModelJudge`'s arguments; ``llm`` takes a ``backend`` block
-    (:func:`bmc.synthesis.chat.build_chat_backend`) and :class:`LLMJudge`'s other arguments. A model loaded
-    here (the reward model, a local backend's) loads in its config's ``dtype``, else in the trainer's
-    ``precision``'s compute dtype (:func:`bmc.synthesis.local_models.model_dtype`), and runs on its config's
-    ``device``, else on ``device`` (the trainer's, on this rank). ``max_failure_share`` is checked here and
-    applied by the stages that judge (:mod:`bmc.synthesis.failures`).
+    """The judge of ``conf/judge/<kind>.yaml``, the class :data:`bmc.plugins.JUDGES` has for ``kind`` with
+    the file's other keys as its options; the kind takes what it needs of the built-in ``task``, its
+    ``examples``, the trainer's ``precision`` and ``device`` (its device on this rank). ``max_failure_share``
+    is checked here and applied by the stages that judge (:mod:`bmc.synthesis.failures`).
     """
     _, options = split_limit(cfg, "judge")
     kind = options.pop("kind", None)
-    if kind == "verifier":
-        require_builtin_task(task, examples, "judge=verifier", "judge=llm or judge=reward_model")
-        return build_from_options(VerifierJudge, options, "judge kind 'verifier'", task=task, examples=examples)
-    if kind == "reward_model":
-        options["dtype"] = model_dtype(options.get("dtype"), precision)
-        options["device"] = options.get("device") or device
-        return build_from_options(RewardModelJudge, options, "judge kind 'reward_model'")
-    if kind == "llm":
-        if not options.get("backend"):
-            raise ValueError("judge kind 'llm' needs a `backend` block (kind: openai | local)")
-        backend = build_chat_backend(options.pop("backend"), precision=precision, device=device)
-        return build_from_options(LLMJudge, options, "judge kind 'llm'", backend=backend)
-    raise ValueError(f"judge kind must be 'verifier', 'reward_model' or 'llm', got {kind!r}")
+    return JUDGES.build(kind, options, task=task, examples=examples, precision=precision, trainer_device=device)
+
+
+def check_judge(cfg: Mapping[str, Any]) -> None:
+    """A judge config's kind, keys and ``max_failure_share``, and its backend's, checked without building."""
+    check_with_backend(JUDGES, split_limit(cfg, "judge")[1])

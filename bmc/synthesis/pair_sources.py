@@ -1,6 +1,7 @@
 """Builds a run's preference pairs from ``conf/data/*.yaml`` (METHODS.md 1.1 and 2.1).
 
-``data.pairs`` says where the pairs come from:
+``data.pairs`` names where the pairs come from, a function ``(SynthesisContext) -> pairs`` registered in
+:data:`bmc.plugins.PAIR_SOURCES`:
 - ``original``: the task's given pairs;
 - ``sampled``: the BMC paper's QA/math setup: chosen = the gold response, rejected = a wrong completion
   sampled from the SFT policy (the first of N that the verifier rejects; prompts without one are dropped);
@@ -28,9 +29,10 @@ from typing import Any
 from bmc.cache import cache_key
 from bmc.data.tokenize import encode_texts
 from bmc.generation import generation_budget
-from bmc.synthesis._common import build_from_options
-from bmc.synthesis.bridging import bridge, mean_token_edit_distance
+from bmc.plugins import PAIR_SOURCES, construct
+from bmc.synthesis.bridging import bridge, bridge_options, mean_token_edit_distance
 from bmc.synthesis.context import SynthesisContext
+from bmc.synthesis.editors import check_editor
 from bmc.synthesis.failures import SETTING, ReplyFailures, check_failure_share, split_limit
 from bmc.synthesis.ipr import rank_many, rm_pairs
 from bmc.synthesis.judges import build_judge
@@ -50,7 +52,7 @@ def _samples(ctx: SynthesisContext) -> list[dict[str, Any]]:
         if not ctx.task_data.pref_examples:
             raise ValueError("data.sampler.max_new_tokens must be set for tasks without gold responses")
         sampler["max_new_tokens"] = generation_budget(ctx.tokenizer, ctx.task_data.pref_examples)
-    settings = build_from_options(SamplingSettings, sampler, "data.sampler")
+    settings = construct(SamplingSettings, sampler, "data.sampler")
     prompts = list(dict.fromkeys(p["prompt"] for p in ctx.task_data.pairs))
     started = time.perf_counter()
     samples = backend.sample(prompts, settings, ctx.cache_root)
@@ -77,12 +79,19 @@ def samples_from_policy(data_cfg: dict[str, Any]) -> bool:
     return sampled and sampler_backend_class((data_cfg.get("sampler") or {}).get("backend")).needs_policy_model
 
 
+@PAIR_SOURCES.register("original")
+def original_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
+    """The task's own pairs, as they are."""
+    return list(ctx.task_data.pairs)
+
+
 def _drops_truncated_rejected(ctx: SynthesisContext) -> bool:
     """``data.drop_truncated_rejected``: whether a cut-off sample may not be a rejected response either (the
     default, as in ``conf/data/ipr.yaml``)."""
     return bool(ctx.cfg.get("drop_truncated_rejected", True))
 
 
+@PAIR_SOURCES.register("sampled")
 def sampled_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
     """(gold, a wrong on-policy sample) pairs; needs a task with gold responses and a verifier."""
     if ctx.verifier is None:
@@ -125,6 +134,7 @@ def _judge_payload(samples: list[dict[str, Any]], judge_cfg: dict[str, Any], kin
     return {"samples": cache_key(samples), "judge": model_config_key(judge_cfg, "judge"), "kind": kind}
 
 
+@PAIR_SOURCES.register("ipr")
 def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
     """Iterative pairwise ranking with the configured judge, both orders per comparison; past
     ``judge.max_failure_share`` of replies without a verdict (ties), the stage stops."""
@@ -189,6 +199,7 @@ def _rm_choices(ctx: SynthesisContext, samples: list[dict[str, Any]], judge_cfg:
     return [rm_pairs(s["scores"]) for s in scored]
 
 
+@PAIR_SOURCES.register("rm_score")
 def rm_score_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
     """The baseline IPR replaces: chosen/rejected = max/min of a scalar reward model's scores."""
     samples = _ranked(ctx, _samples(ctx))
@@ -219,20 +230,10 @@ def _chosen_accept_rate(ctx: SynthesisContext, pairs: list[dict[str, str]]) -> f
     return sum(ctx.verifier.score(ctx.examples[p["prompt"]], p["chosen"]) == 1.0 for p in pairs) / len(pairs)
 
 
-PAIR_SOURCES = {
-    "original": lambda ctx: list(ctx.task_data.pairs),
-    "sampled": sampled_pairs,
-    "ipr": ipr_pairs,
-    "rm_score": rm_score_pairs,
-}
-
-
 def build_pairs(ctx: SynthesisContext) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """The pairs of ``data`` and the report METHODS.md asks for every synthesized dataset."""
     source = ctx.cfg.get("pairs", "original")
-    if source not in PAIR_SOURCES:
-        raise ValueError(f"data.pairs must be one of {sorted(PAIR_SOURCES)}, got {source!r}")
-    pairs = PAIR_SOURCES[source](ctx)
+    pairs = PAIR_SOURCES.entry(source).target(ctx)
     ctx.report.setdefault("prompts_in", len({p["prompt"] for p in ctx.task_data.pairs}))
     ctx.report["edit_distance_before"] = mean_token_edit_distance(ctx.tokenizer, pairs)
     if ctx.cfg.get("bridge"):
@@ -243,3 +244,14 @@ def build_pairs(ctx: SynthesisContext) -> tuple[list[dict[str, str]], dict[str, 
     ctx.report["first_pair"] = pairs[0] if pairs else None  # as rendered: the text the model reads
     ctx.report["dropped"] = dict(ctx.report["dropped"])
     return pairs, ctx.report
+
+
+def check_data(data_cfg: dict[str, Any], editor_cfg: dict[str, Any]) -> None:
+    """``data.pairs``, the sampler backend's kind and ``data.bridge`` with the editor it uses, checked before any
+    stage runs."""
+    PAIR_SOURCES.entry(data_cfg.get("pairs", "original"))
+    if data_cfg.get("sampler"):
+        sampler_backend_class(data_cfg["sampler"].get("backend"))
+    if data_cfg.get("bridge"):
+        bridge_options(data_cfg["bridge"])
+        check_editor(editor_cfg)

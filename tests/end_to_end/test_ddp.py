@@ -247,7 +247,7 @@ def test_an_fsdp_policy_reaches_rank_0_as_a_plain_model_with_the_gathered_weight
 
     from bmc.models import TinyLlama
     from bmc.stages.preference import _runnable_alone
-    from bmc.stages.warm_start import StartingPolicy
+    from bmc.stages.products import StartingPolicy
 
     source = TinyLlama(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300)
     start, tokenizer = source.build(["What is 2 plus 3? The answer is 5."] * 8)

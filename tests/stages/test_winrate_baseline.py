@@ -12,8 +12,7 @@ from omegaconf import OmegaConf
 
 from bmc.data.sources import TaskData
 from bmc.generation import Completion
-from bmc.stages.pairs import PreferencePairs
-from bmc.stages.reward_model import JudgeSetup
+from bmc.stages.products import JudgeSetup, PreferencePairs
 from bmc.stages.winrate import pairwise_judge
 from bmc.stages.winrate_baseline import Baseline, HeldOut, baseline_answers, held_out_prompts
 from tests.conftest import compose_config

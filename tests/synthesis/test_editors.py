@@ -168,5 +168,5 @@ def test_llm_editor_rejects_bad_templates(editor_cfg: dict) -> None:
         LLMEditor(backend=None, templates={"math": "{prompt}{reference}{losing}"}, task_type="qa")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['use_refrence'\]"):
         build_editor({**editor_cfg, "backend": {**editor_cfg["backend"], "model": "m"}, "use_refrence": False})
-    with pytest.raises(ValueError, match="editor kind must be"):
+    with pytest.raises(ValueError, match=r"unknown editor 'human': editor.kind must be one of \['llm', 'task'\]"):
         build_editor({"kind": "human"})

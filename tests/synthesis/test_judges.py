@@ -50,7 +50,8 @@ def test_verifier_judge_needs_the_task_and_known_prompts(math_examples: tuple[Ma
     judge = VerifierJudge(task, examples)
     with pytest.raises(KeyError, match="no task example has the prompt 'unknown prompt'"):
         judge.prefer("unknown prompt", "a", "b")
-    with pytest.raises(ValueError, match="judge kind must be"):
+    kinds = r"\['llm', 'reward_model', 'verifier'\]"
+    with pytest.raises(ValueError, match=rf"unknown judge 'oracle': judge.kind must be one of {kinds}"):
         build_judge({"kind": "oracle"})
 
 

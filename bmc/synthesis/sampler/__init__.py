@@ -1,5 +1,6 @@
 """Completions to build pairs from: N per prompt, from a sampler backend (``data.sampler.backend``,
-``conf/sampler_backend/*.yaml``), looked up by its ``kind`` in :data:`SAMPLER_BACKENDS`, one module a kind:
+``conf/sampler_backend/*.yaml``), looked up by its ``kind`` in :data:`bmc.plugins.SAMPLER_BACKENDS`, one
+module a kind, each class registered where it is defined:
 
 - ``hf``: the starting policy in this process with HF ``generate``, batched on the training device;
 - ``openai``: an OpenAI-compatible completions endpoint serving the checkpoint (vLLM, llama.cpp server, TGI),
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from bmc.plugins import SAMPLER_BACKENDS
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.sampler.backend import SamplerBackend, SamplingSettings
 from bmc.synthesis.sampler.hf import HFSampler
@@ -24,23 +26,12 @@ from bmc.synthesis.sampler.openai import OpenAISampler
 from bmc.synthesis.sampler.task import TaskSampler, task_completions
 from bmc.synthesis.sampler.vllm import VLLMSampler
 
-#: ``data.sampler.backend.kind`` -> its backend class
-SAMPLER_BACKENDS: dict[str, type[SamplerBackend]] = {
-    "hf": HFSampler,
-    "openai": OpenAISampler,
-    "vllm": VLLMSampler,
-    "task": TaskSampler,
-}
-
 
 def sampler_backend_class(cfg: str | Mapping[str, Any] | None) -> type[SamplerBackend]:
     """The backend class of a ``data.sampler.backend`` block, or of a bare name (``data.sampler.backend=hf``:
     that backend with its defaults); None is ``hf``."""
     kind = cfg if cfg is None or isinstance(cfg, str) else cfg.get("kind")
-    kind = "hf" if kind is None else kind
-    if kind not in SAMPLER_BACKENDS:
-        raise ValueError(f"data.sampler.backend kind must be one of {sorted(SAMPLER_BACKENDS)}, got {kind!r}")
-    return SAMPLER_BACKENDS[kind]
+    return SAMPLER_BACKENDS.entry("hf" if kind is None else kind).target
 
 
 def build_sampler_backend(cfg: str | Mapping[str, Any] | None, ctx: SynthesisContext) -> SamplerBackend:

@@ -10,12 +10,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bmc.generation import generate
+from bmc.plugins import SAMPLER_BACKENDS, construct
 from bmc.precision import DEFAULT_PRECISION, Precision
-from bmc.synthesis._common import build_from_options
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.sampler.backend import ModelSampler, PromptSamples, SamplingSettings
 
 
+@SAMPLER_BACKENDS.register("hf")
 class HFSampler(ModelSampler):
     """The starting policy in this process: HF ``generate`` on ``n`` copies of each prompt of a batch, the
     batch seeded from its position, in the trainer's ``precision`` (:mod:`bmc.precision`)."""
@@ -38,7 +39,7 @@ class HFSampler(ModelSampler):
                 "sampling needs the starting policy's model; this run's data stages were set up without it"
             )
         # the SFT checkpoint's fingerprint, as before the backends existed: earlier cached samples stay valid
-        return build_from_options(
+        return construct(
             cls, options, "data.sampler.backend kind 'hf'", model=ctx.model, tokenizer=ctx.tokenizer,
             model_key=ctx.model_key, precision=ctx.precision,
         )  # fmt: skip

@@ -10,13 +10,15 @@ from transformers import PreTrainedTokenizerBase
 
 from bmc.data.tokenize import served_prompt
 from bmc.generation import Completion
-from bmc.synthesis._common import build_from_options, ordered_map
+from bmc.plugins import SAMPLER_BACKENDS, construct
+from bmc.synthesis._common import ordered_map
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.endpoint import OpenAIEndpoint
 from bmc.synthesis.model_keys import SERVED_KEY_OPTIONS, served_model_key
 from bmc.synthesis.sampler.backend import ModelSampler, PromptSamples, SamplingSettings, require_options
 
 
+@SAMPLER_BACKENDS.register("openai")
 class OpenAISampler(ModelSampler):
     """``POST {base_url}/completions`` per prompt with the rendered prompt text and ``n``, ``temperature``,
     ``top_p``, ``max_tokens`` and a per-prompt ``seed``; up to the endpoint's ``max_concurrency`` prompts in
@@ -57,7 +59,7 @@ class OpenAISampler(ModelSampler):
         )  # fmt: skip
         own = ("max_n_per_request", *SERVED_KEY_OPTIONS)
         endpoint_options = {k: v for k, v in options.items() if k not in own}
-        endpoint = build_from_options(OpenAIEndpoint, endpoint_options, "data.sampler.backend kind 'openai'")
+        endpoint = construct(OpenAIEndpoint, endpoint_options, "data.sampler.backend kind 'openai'")
         return cls(endpoint, ctx.tokenizer, **{k: options.get(k) for k in own})
 
     def identity(self) -> Any:

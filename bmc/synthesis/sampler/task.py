@@ -7,12 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bmc.synthesis._common import ExampleIndex, build_from_options
+from bmc.plugins import SAMPLER_BACKENDS, construct
+from bmc.synthesis._common import ExampleIndex
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.sampler.backend import SamplerBackend, SamplingSettings
 from bmc.tasks import Example, Task
 
 
+@SAMPLER_BACKENDS.register("task")
 class TaskSampler(SamplerBackend):
     """A built-in task's own generator instead of a model (:func:`task_completions`): instant and
     deterministic, so it is not cached."""
@@ -24,7 +26,7 @@ class TaskSampler(SamplerBackend):
     def from_options(cls, options: dict[str, Any], ctx: SynthesisContext) -> TaskSampler:
         if ctx.verifier is None:
             raise ValueError("data.sampler.backend=task needs a built-in task (task=math|qa|instruct)")
-        return build_from_options(
+        return construct(
             cls, options, "data.sampler.backend kind 'task'", task=ctx.verifier, examples=ctx.examples
         )
 

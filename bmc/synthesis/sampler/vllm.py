@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from bmc.cache import checkpoint_fingerprint
 from bmc.data.tokenize import encode_prompts
 from bmc.generation import Completion, stop_token_ids
-from bmc.synthesis._common import build_from_options
+from bmc.plugins import SAMPLER_BACKENDS, construct
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.sampler.backend import ModelSampler, PromptSamples, SamplingSettings, require_options
 
@@ -52,6 +52,7 @@ def free_memory_share(device: torch.device, margin: int = MEMORY_MARGIN) -> floa
     return share
 
 
+@SAMPLER_BACKENDS.register("vllm")
 class VLLMSampler(ModelSampler):
     """An in-process ``vllm.LLM`` of the checkpoint ``model``, built at the first batch that is not cached.
 
@@ -97,7 +98,7 @@ class VLLMSampler(ModelSampler):
     @classmethod
     def from_options(cls, options: dict[str, Any], ctx: SynthesisContext) -> VLLMSampler:
         require_options(options, ["model"], "vllm", "data.sampler.backend.model=/ckpts/policy")
-        return build_from_options(
+        return construct(
             cls, options, "data.sampler.backend kind 'vllm'", tokenizer=ctx.tokenizer, device=ctx.device
         )
 
