@@ -37,7 +37,7 @@ bench: install
 REAL_CHECKPOINT ?= $(HOME)/.cache/bmc-tests/SmolLM2-135M-Instruct
 REAL_SWEEP ?= multirun_outputs/real_paper
 # The prepared GPU check (bmc/bench/gpu_check.py): bf16 training of SmolLM2-135M and a 1B Llama config, the
-# benchmark against TRL at both, FSDP on one device, one real-paper job; at most 8 minutes on one GPU.
+# benchmark against TRL at both, FSDP2 (trainer=fsdp2) over the GPUs, one real-paper job; at most 8 minutes on one GPU.
 # GPU_CHECK_ARGS=--dry-run runs the same stages on CPU at tiny sizes.
 GPU_CHECK_ARGS ?=
 gpu-check: install

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.utilities.cloud_io import get_filesystem
+from lightning_fabric.utilities.load import _load_distributed_checkpoint
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
@@ -51,12 +52,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(staging).unlink(missing_ok=True)
             raise
-        # the rename itself is durable only once the folder's entry is on disk
-        folder = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        fsync_folder(target.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk: a rename in it is durable only then."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents on CPU, in this process alone: a file as ``torch.load`` reads it (tensors only,
+    memory-mapped), a sharded checkpoint (the folder trainer=fsdp2 writes) with its shards gathered into full
+    tensors, in a file's layout: ``state_dict``, ``optimizer_0``... and the loop state of its ``meta.pt``.
+
+    A sharded one is read without a process group, whole into memory (its weights and optimizer state)."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_distributed_checkpoint(path)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> str | None:

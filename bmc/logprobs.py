@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 from bmc.attention import packed_attention_mask
+from bmc.sharding import as_root_forward
 
 #: raised whenever a change alters the values a scoring path gives, so that caches of log-probs keyed on it
 #: (bmc.reference) never serve values of an earlier path. 2: the shared-prompt layout keeps sliding windows and
@@ -110,10 +111,16 @@ def _next_token_logps(
     if chunk_positions is None:
         logits = model(**inputs).logits
         return token_logps(logits[:, :-1] if select is None else logits[select], labels)
-    decoder, head, transform = _decoder_and_head(model)
-    hidden = decoder(**inputs).last_hidden_state
-    scored = hidden[:, :-1] if select is None else hidden[select]
-    return _head_token_logps(head, transform, scored, labels, chunk_positions)
+
+    def decoder_then_head() -> torch.Tensor:
+        decoder, head, transform = _decoder_and_head(model)
+        hidden = decoder(**inputs).last_hidden_state
+        scored = hidden[:, :-1] if select is None else hidden[select]
+        return _head_token_logps(head, transform, scored, labels, chunk_positions)
+
+    # the decoder and the head called apart, not through model's forward: a sharded model gathers its own
+    # weights (embeddings, norm, head) only in a forward
+    return as_root_forward(model, decoder_then_head)
 
 
 def response_token_logps(

@@ -9,12 +9,20 @@ stay in the dtype Lightning left them in (float32 under ``bf16-mixed``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import MethodType
+from typing import Any, TypeVar
+
 import torch
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from bmc.models import decoder_layers
 from bmc.precision import Precision
+
+T = TypeVar("T")
+#: the method of a sharded policy that runs a function as its forward (:func:`as_root_forward`)
+_ROOT_FORWARD = "_bmc_root_forward"
 
 
 def mixed_precision_policy(precision: Precision) -> MixedPrecisionPolicy:
@@ -36,7 +44,25 @@ def fully_shard_model(model: torch.nn.Module, mesh: DeviceMesh, precision: Preci
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
+    setattr(model, _ROOT_FORWARD, MethodType(_call, model))
+    register_fsdp_forward_method(model, _ROOT_FORWARD)
     return len(layers)
+
+
+def as_root_forward(model: torch.nn.Module, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, run as a forward of ``model``: where ``fully_shard_model`` sharded it, FSDP2's hooks around
+    it gather the shards of ``model``'s own parameters first (embeddings, final norm, LM head: those of no layer)
+    and set up their gradients' reduction after the backward, as ``model(...)`` does; else just ``fn(*args)``.
+
+    For what calls parts of the model apart rather than its ``forward``: the chunked LM head of
+    :mod:`bmc.logprobs` runs the decoder stack and then the head, which outside a forward would meet sharded
+    weights (``model=hf`` on trainer=fsdp2)."""
+    root_forward = getattr(model, _ROOT_FORWARD, None)
+    return root_forward(fn, *args) if root_forward is not None else fn(*args)
+
+
+def _call(model: torch.nn.Module, fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
 
 
 def sharded_compute_dtype(model: torch.nn.Module) -> torch.dtype | None:

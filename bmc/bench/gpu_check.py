@@ -5,7 +5,7 @@
 2. bf16 training of a ~1B Llama config (random weights, Llama-3.2-1B's shapes);
 3. the benchmark against TRL at both models (``python -m bmc.bench --model ... --device gpu``);
 4. the benchmark of ours at SmolLM2-135M with its decoder layers compiled (``compile.enabled=true``);
-5. an FSDP run on one device (``trainer=fsdp trainer.devices=1``);
+5. FSDP2 training (``trainer=fsdp2 trainer.precision=bf16-mixed``) over every GPU of the machine;
 6. one job of the real-model experiment (``experiment=real_paper``, DPO on math_chat), when the real
    checkpoint is there.
 
@@ -16,8 +16,8 @@ process with its own time limit; a stage that would start past the budget is ski
 
 ``--dry-run`` runs the same stages on CPU at tiny sizes (the ``llama-smoke`` config, a few steps, the
 benchmark's smoke mode), in bf16-mixed as on the GPU: the code paths a GPU run takes, in seconds, for the tests.
-Its two models are one config, so the 1B's stages are skipped there, and FSDP too: Lightning refuses FSDP on
-CPU.
+Its two models are one config, so the 1B's stages are skipped there; its FSDP2 stage runs on two CPU processes
+(gloo).
 
 On a lent GPU machine without network the project's missing packages travel as wheels (docs/performance.md,
 "GPU check"); then ``python3 -m bmc.bench.gpu_check`` is the command.
@@ -126,15 +126,17 @@ def plan(workdir: Path, dry_run: bool, real_checkpoint: Path = REAL_CHECKPOINT) 
             "bench_smollm2_compiled", f"ours with compile.enabled=true, {models['smollm2']}", compiled, 150, None, out
         )
     )
-    fsdp_dir = workdir / "runs" / "fsdp"
+    # FSDP2 as a user runs it (trainer=fsdp2, bf16-mixed): over every GPU here, or on 2 CPU processes (gloo)
+    fsdp_dir = workdir / "runs" / "fsdp2"
+    accelerator, devices = ("cpu", 2) if dry_run else ("gpu", max(1, torch.cuda.device_count()))
+    fsdp2 = ["trainer=fsdp2", f"trainer.accelerator={accelerator}", f"trainer.devices={devices}",
+             "trainer.precision=bf16-mixed", "batch_size=2"]  # fmt: skip
     stages.append(
         Stage(
-            "fsdp_one_device",
-            f"train.py trainer=fsdp trainer.devices=1, {models['smollm2']}",
-            _train_command(folders["smollm2"], workdir / "pairs-smollm2.jsonl", fsdp_dir, steps, "trainer=fsdp")
-            + ["trainer.devices=1"],
-            timeout_s=120,
-            skip="Lightning refuses FSDP on CPU" if dry_run else None,
+            "fsdp2",
+            f"train.py {' '.join(fsdp2)}, {models['smollm2']}",
+            _train_command(folders["smollm2"], workdir / "pairs-smollm2.jsonl", fsdp_dir, steps, *fsdp2),
+            timeout_s=150,
             result_file=fsdp_dir / "summary.json",
         )
     )

@@ -14,20 +14,22 @@ all made the folder of a ``model=hf`` run 2.57 GB for a 517 MB model (``model/``
 
 So a completed run's folder holds ``model/`` and at most two other sets of weights (the best and the last, when
 they differ from the export): at most 3x the model, plus ``last.ckpt``'s optimizer state with
-``keep_optimizer=true``. A sharded checkpoint (a folder) is left as it is. A failed or preempted run never gets
-here: its checkpoints stay whole, to resume from.
+``keep_optimizer=true``. A sharded checkpoint (the folder trainer=fsdp2 writes) is read whole and follows the
+same rules; one that stays without its optimizer state becomes a single file (nothing resumes from it). A
+failed or preempted run never gets here: its checkpoints stay whole, to resume from.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 
-from bmc.checkpointing import AtomicCheckpointIO, policy_state, same_weights
+from bmc.checkpointing import AtomicCheckpointIO, fsync_folder, policy_state, read_checkpoint, same_weights
 from bmc.preemption import PreemptionCheckpoint
+from bmc.sharded_checkpoint import remove_checkpoint, staging_paths
 from bmc.stages.products import TrainedPolicy
 from bmc.timed_checkpoint import TimedCheckpoint
 
@@ -41,23 +43,23 @@ def tidy_checkpoints(trained: TrainedPolicy, exported: bool, keep_optimizer: boo
     """Apply the completion rules (module docstring) to the checkpoints ``trained``'s run wrote; ``exported``:
     ``trained.model`` holds what ``model/`` holds. Returns what became of each checkpoint, by path."""
     kept = [policy_state(trained.model)] if exported else []
-    written = written_checkpoints(trained.trainer)
-    outcome = {str(path): "kept (a sharded checkpoint)" for path in written if path.is_dir()}
     # the resumable ones first: with keep_optimizer they stay, and a weights-only copy of them goes
-    files = sorted((path for path in written if path.is_file()), key=lambda path: not _resumable(_load(path)))
-    for path in files:
-        # memory-mapped: only the weights compared are read, and those of a checkpoint that goes are let go
-        checkpoint, before = _load(path), _size(path)
+    written = sorted(written_checkpoints(trained.trainer), key=lambda path: not _resumable(read_checkpoint(path)))
+    outcome: dict[str, str] = {}
+    for path in written:
+        # a file is memory-mapped: only the weights compared are read, and those of a checkpoint that goes are
+        # let go; a sharded folder is read whole
+        checkpoint, before = read_checkpoint(path), _size(path)
         if keep_optimizer and _resumable(checkpoint):
             outcome[str(path)] = "kept whole (checkpoint.keep_optimizer)"
             kept.append(checkpoint["state_dict"])
         elif any(same_weights(checkpoint["state_dict"], weights) for weights in kept):
-            path.unlink()
+            remove_checkpoint(path)
             outcome[str(path)] = "removed (its weights are kept elsewhere)"
         else:
-            if _resumable(checkpoint):
-                stripped = {k: v for k, v in checkpoint.items() if k not in RESUME_STATE}
-                AtomicCheckpointIO().save_checkpoint(stripped, path)
+            if _resumable(checkpoint) or path.is_dir():
+                # a sharded folder becomes one file: resuming from it (the only reason for shards) is over
+                _replace(path, {k: v for k, v in checkpoint.items() if not _resume_state(k)})
             outcome[str(path)] = "kept without optimizer state" if _resumable(checkpoint) else "kept"
             kept.append(checkpoint["state_dict"])
         log.info("completion: %s %s (%.1f MB -> %.1f MB)", path, outcome[str(path)], before / 1e6, _size(path) / 1e6)
@@ -77,13 +79,28 @@ def written_checkpoints(trainer: pl.Trainer) -> list[Path]:
     return [Path(path) for path in dict.fromkeys(paths) if Path(path).exists()]
 
 
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-
-
 def _resumable(checkpoint: dict) -> bool:
-    return any(key in checkpoint for key in RESUME_STATE)
+    return any(_resume_state(key) for key in checkpoint)
+
+
+def _resume_state(key: str) -> bool:
+    # a sharded checkpoint read whole holds its optimizer state as optimizer_0, optimizer_1...
+    return key in RESUME_STATE or key.startswith("optimizer_")
+
+
+def _replace(path: Path, checkpoint: dict) -> None:
+    """Write ``checkpoint`` as one file at ``path``, which a file or a sharded folder holds now: staged beside it
+    and renamed into place (a folder is put aside first, as :mod:`bmc.sharded_checkpoint` swaps folders)."""
+    staging, aside = staging_paths(path)
+    AtomicCheckpointIO().save_checkpoint(checkpoint, staging)
+    if path.is_dir():
+        os.replace(path, aside)
+    os.replace(staging, path)
+    fsync_folder(path.parent)
+    remove_checkpoint(aside)
 
 
 def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return path.stat().st_size if path.exists() else 0

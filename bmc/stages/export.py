@@ -3,9 +3,10 @@
 that serves with vLLM or TGI as it is.
 
 ``export.which``: ``last`` (the final weights, those the evaluation scored) or ``best`` (the Lightning checkpoint
-``best.ckpt`` of ``callbacks=default``, by ``val/loss``). A LoRA policy is written as its adapter in PEFT format
-(``adapter_config.json`` + ``adapter_model.safetensors``, loadable onto the base checkpoint), or with
-``export.merge=true`` as a plain model with the adapter merged in. Not cached: it is the run's product.
+``best.ckpt`` of ``callbacks=default``, by ``val/loss``; a file, or under trainer=fsdp2 a sharded folder). A
+LoRA policy is written as its adapter in PEFT format (``adapter_config.json`` + ``adapter_model.safetensors``,
+loadable onto the base checkpoint), or with ``export.merge=true`` as a plain model with the adapter merged in.
+Not cached: it is the run's product.
 
 ``export.push_to_hub=<namespace>/<name>`` then uploads the folder to that Hugging Face Hub repo (created private
 unless ``export.private=false``), with the token of the ``HF_TOKEN`` environment variable: read there only, so
@@ -19,13 +20,12 @@ import logging
 import os
 from pathlib import Path
 
-import torch
 from huggingface_hub import HfApi, constants
 from huggingface_hub.utils import validate_repo_id
 from omegaconf import DictConfig
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from bmc.checkpointing import load_policy_weights
+from bmc.checkpointing import load_policy_weights, read_checkpoint
 from bmc.generation import stop_token_ids
 from bmc.stages.products import HubPush, TrainedPolicy
 
@@ -44,7 +44,7 @@ def export_policy(cfg: DictConfig, trained: TrainedPolicy, tokenizer: PreTrained
     model = trained.model
     if options.which == "best":
         best = _best_checkpoint(trained)
-        load_policy_weights(model, torch.load(best, map_location="cpu", weights_only=True)["state_dict"], str(best))
+        load_policy_weights(model, read_checkpoint(best)["state_dict"], str(best))
     if options.merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     folder = Path(options.dir)

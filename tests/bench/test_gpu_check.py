@@ -17,9 +17,9 @@ def test_gpu_check_dry_run_runs_every_stage_on_cpu(tmp_path: Path) -> None:
     stages = {s["name"]: s for s in report["stages"]}
     assert list(stages) == [
         "train_bf16_smollm2", "train_bf16_llama1b", "bench_smollm2", "bench_llama1b", "bench_smollm2_compiled",
-        "fsdp_one_device", "real_paper_dpo_math",
+        "fsdp2", "real_paper_dpo_math",
     ]  # fmt: skip
-    for name in ("train_bf16_smollm2", "bench_smollm2", "bench_smollm2_compiled"):
+    for name in ("train_bf16_smollm2", "bench_smollm2", "bench_smollm2_compiled", "fsdp2"):
         assert stages[name]["status"] == "passed", stages[name].get("output_tail")
     for name in ("train_bf16_llama1b", "bench_llama1b"):  # the dry run's two models are one config
         assert stages[name]["status"] == "skipped" and "one config" in stages[name]["reason"]
@@ -32,7 +32,12 @@ def test_gpu_check_dry_run_runs_every_stage_on_cpu(tmp_path: Path) -> None:
     assert any(
         k.startswith("precomputed ours_dpo") and "MFU" in v for k, v in stages["bench_smollm2"]["summary"].items()
     )
-    assert stages["fsdp_one_device"]["status"] == "skipped" and "trainer=fsdp" in stages["fsdp_one_device"]["command"]
+    # FSDP2 as on a GPU, bf16-mixed, on two CPU processes: trained and validated like the one-process run
+    assert "trainer=fsdp2 trainer.accelerator=cpu trainer.devices=2" in stages["fsdp2"]["command"]
+    assert stages["fsdp2"]["summary"]["train/steps"] == stages["train_bf16_smollm2"]["summary"]["train/steps"] == 3
+    fsdp2_config = OmegaConf.load(tmp_path / "work" / "runs" / "fsdp2" / ".hydra" / "config.yaml")
+    assert fsdp2_config.trainer.precision == "bf16-mixed"
+    assert fsdp2_config.trainer.strategy._target_ == "bmc.sharded_checkpoint.AtomicModelParallelStrategy"
     assert stages["real_paper_dpo_math"]["status"] == "skipped"
     markdown = out.with_suffix(".md").read_text()
     assert markdown.startswith("# GPU check: cpu (dry run") and "| bench_smollm2 | passed |" in markdown
