@@ -161,7 +161,7 @@ def test_reward_module_bradley_terry_loss_by_hand() -> None:
 
     import torch
 
-    from bmc.module import RewardModule
+    from bmc.reward_module import RewardModule
 
     class FixedScores(torch.nn.Module):
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:

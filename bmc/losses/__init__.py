@@ -3,7 +3,7 @@
 Importing this package registers every loss; see ``registry`` for the interface.
 """
 
-from bmc.losses import pairwise, reference_free  # noqa: F401  (registration side effect)
+from bmc.losses import pairwise, reference_free, tdpo  # noqa: F401  (registration side effect)
 from bmc.losses.masks import ENGLISH_STOPWORDS, diff_masks, stopword_token_ids
 from bmc.losses.objective import build_objective, needs_reference
 from bmc.losses.registry import (
@@ -13,6 +13,7 @@ from bmc.losses.registry import (
     build_loss,
     build_weighted_loss,
     is_reference_free,
+    needs_sequence_kl,
     preference_loss,
     register_loss,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "diff_masks",
     "is_reference_free",
     "needs_reference",
+    "needs_sequence_kl",
     "preference_loss",
     "register_loss",
     "stopword_token_ids",

@@ -67,6 +67,9 @@ class Entry:
     target: Callable
     ranges: Mapping[str, Container] = field(default_factory=dict)
     reference_free: bool = False
+    #: the loss reads the sequential KL over the vocabulary (``SequenceLogps.chosen_kl``): the reference runs in
+    #: the step, and the step computes both models' full next-token distributions (bmc.sequence_kl)
+    sequence_kl: bool = False
 
 
 class Registry(dict[str, Entry]):
@@ -77,12 +80,17 @@ class Registry(dict[str, Entry]):
         self.kind = kind
 
     def register(
-        self, name: str, *, ranges: Mapping[str, Container] | None = None, reference_free: bool = False
+        self,
+        name: str,
+        *,
+        ranges: Mapping[str, Container] | None = None,
+        reference_free: bool = False,
+        sequence_kl: bool = False,
     ) -> Callable[[Callable], Callable]:
         def decorator(target: Callable) -> Callable:
             if name in self:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
-            self[name] = Entry(target, {**DEFAULT_RANGES, **(ranges or {})}, reference_free)
+            self[name] = Entry(target, {**DEFAULT_RANGES, **(ranges or {})}, reference_free, sequence_kl)
             return target
 
         return decorator

@@ -27,7 +27,9 @@ class SequenceLogps:
 
     ``chosen``/``rejected``: the policy's scores lp(y) = sum of (possibly BMC-weighted) response-token
     log-probs; ``*_tokens``: the unweighted response token counts n(y); ``ref_*``: the same scores under the
-    frozen reference, ``None`` for reference-free losses.
+    frozen reference, ``None`` for reference-free losses; ``*_kl``: the sequential KL
+    SeqKL(x, y) = sum_t KL(pi_ref(.|x, y_<t) || pi_theta(.|x, y_<t)) over response positions
+    (:mod:`bmc.sequence_kl`), computed only for the losses registered with ``sequence_kl=True``.
     """
 
     chosen: Tensor
@@ -36,6 +38,8 @@ class SequenceLogps:
     rejected_tokens: Tensor
     ref_chosen: Tensor | None = None
     ref_rejected: Tensor | None = None
+    chosen_kl: Tensor | None = None
+    rejected_kl: Tensor | None = None
 
     def reference(self) -> tuple[Tensor, Tensor]:
         """(ref(y_w), ref(y_l)); raises a clear error when the reference scores were not computed."""
@@ -46,6 +50,16 @@ class SequenceLogps:
                 f"compute them with the reference model or use a reference-free loss {free}"
             )
         return self.ref_chosen, self.ref_rejected
+
+    def sequence_kl(self) -> tuple[Tensor, Tensor]:
+        """(SeqKL(x, y_w), SeqKL(x, y_l)); raises a clear error when they were not computed."""
+        if self.chosen_kl is None or self.rejected_kl is None:
+            raise ValueError(
+                "this loss needs the sequential KL but SequenceLogps.chosen_kl/rejected_kl are None; compute them "
+                "with bmc.sequence_kl.sequence_kl_token_logps (PreferenceModule does for losses registered with "
+                "sequence_kl=True)"
+            )
+        return self.chosen_kl, self.rejected_kl
 
     def logratios(self) -> tuple[Tensor, Tensor]:
         """(r_w, r_l) with r = lp(y) - ref(y)."""
@@ -81,14 +95,19 @@ class LossOutput:
 
 
 def register_loss(
-    name: str, *, reference_free: bool = False, ranges: Mapping[str, Container] | None = None
+    name: str,
+    *,
+    reference_free: bool = False,
+    sequence_kl: bool = False,
+    ranges: Mapping[str, Container] | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a loss function or class under ``name``.
 
     ``ranges`` maps hyper-parameter names to the values they accept (anything supporting ``in``, e.g. an
-    ``Interval``), overriding the shared defaults (beta > 0, eps in [0, 0.5), ...).
+    ``Interval``), overriding the shared defaults (beta > 0, eps in [0, 0.5), ...). ``sequence_kl``: the loss
+    reads ``SequenceLogps.chosen_kl``/``rejected_kl``, so the reference runs in the step (TDPO).
     """
-    return LOSSES.register(name, ranges=ranges, reference_free=reference_free)
+    return LOSSES.register(name, ranges=ranges, reference_free=reference_free, sequence_kl=sequence_kl)
 
 
 def build_loss(name: str, **hparams: Any) -> LossFn:
@@ -105,6 +124,15 @@ def is_reference_free(name: str, **hparams: Any) -> bool:
     if name == "mix" and components:
         return all(is_reference_free(**component) for component in components)
     return LOSSES.entry(name).reference_free
+
+
+def needs_sequence_kl(name: str, **hparams: Any) -> bool:
+    """Whether the loss reads the sequential KL (:class:`SequenceLogps`); ``mix``: whether any component does.
+    Accepts and ignores the other hyper-parameters, like :func:`is_reference_free`."""
+    components = hparams.get("components")
+    if name == "mix" and components:
+        return any(needs_sequence_kl(**component) for component in components)
+    return LOSSES.entry(name).sequence_kl
 
 
 def preference_loss(
