@@ -222,13 +222,12 @@ class PreferenceModule(CausalLMModule):
 
     def _sequence_kl_tokens(self, batch: dict[str, torch.Tensor]) -> TokenKL:
         """Both models' token log-probs and the per-position KL, each model in the layout its first batch chose."""
-        reference = self.reference
         return sequence_kl_token_logps(
             self.policy,
-            reference,
+            self.reference,
             batch,
             share_prompt=self._packs(self.policy, batch),
-            reference_shares_prompt=None if reference is None else self._packs(reference, batch),
+            reference_shares_prompt=None if self.reference is None else self._packs(self.reference, batch),
             chunk_positions=self.logprob_chunk,
         )
 
