@@ -46,9 +46,13 @@ def _chunk(policy_head: Head, reference_head: Head, hidden: Tensor, ref_hidden: 
     logp = torch.log_softmax(policy_head(hidden), -1, dtype=torch.float32)
     with torch.no_grad():
         logq = torch.log_softmax(reference_head(ref_hidden), -1, dtype=torch.float32)
-    # tokens the reference gives probability 0 add nothing; written out, 0 * (-inf) would be NaN
-    kl = torch.where(torch.isfinite(logq), logq.exp() * (logq - logp), 0.0).sum(-1)
-    return logp.gather(-1, labels[:, None])[:, 0], logq.gather(-1, labels[:, None])[:, 0], kl
+        ref_logps = logq.gather(-1, labels[:, None])[:, 0]
+        # a token the reference gives probability 0 adds nothing: clamped, its 0 * log 0 is 0 rather than NaN
+        q = logq.clamp_(min=torch.finfo(logq.dtype).min).exp()
+    # KL = sum_v q (log q - log p): the difference written over log q in place and the sum a (1, V) x (V, 1)
+    # product, so that a chunk holds three vocabulary-wide tensors (log p, q, the difference), not six
+    kl = torch.bmm(q[:, None, :], logq.sub_(logp)[:, :, None])[:, 0, 0]
+    return logp.gather(-1, labels[:, None])[:, 0], ref_logps, kl
 
 
 def chunked_token_kl(
