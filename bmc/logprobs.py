@@ -156,6 +156,17 @@ def shared_prompt_token_logps(
     ``position_ids`` and a 4D attention mask; :func:`bmc.scoring_check.verify_scoring` checks this on a run's
     first batch.
     """
+    inputs, select = _shared_prompt_inputs(model, batch)
+    mask = batch["response_mask"][:, 1:]
+    logps = _next_token_logps(model, batch["input_ids"][:, 1:], chunk_positions, select=select, **inputs)
+    return logps.masked_fill(~mask, 0.0), mask
+
+
+def _shared_prompt_inputs(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The packed rows of :func:`shared_prompt_token_logps` (the model's inputs) and the (rows, positions) of its
+    outputs that score each plain position t, in the plain (2B, T-1) layout."""
     ids, response = batch["input_ids"], batch["response_mask"]
     n_pairs, width = ids.shape[0] // 2, ids.shape[1]
     lengths = batch["attention_mask"].sum(-1)
@@ -190,14 +201,31 @@ def shared_prompt_token_logps(
     rejected_source = torch.where(t < prompt[:, None], t, t + chosen[:, None]).clamp(max=packed_width - 1)
     positions = torch.cat([t.expand(n_pairs, -1).clamp(max=packed_width - 1), rejected_source])
     rows = torch.arange(n_pairs, device=ids.device).repeat(2)[:, None]
-    mask = response[:, 1:]
-    logps = _next_token_logps(
-        model,
-        ids[:, 1:],
-        chunk_positions,
-        select=(rows, positions),
-        input_ids=packed,
-        attention_mask=packed_attention_mask(model, allowed, position_ids),
-        position_ids=position_ids,
-    )
-    return logps.masked_fill(~mask, 0.0), mask
+    inputs = {
+        "input_ids": packed,
+        "attention_mask": packed_attention_mask(model, allowed, position_ids),
+        "position_ids": position_ids,
+    }
+    return inputs, (rows, positions)
+
+
+def scored_hidden_states(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], share_prompt: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's last hidden states that score each next token, (N, T-1, hidden) in the plain layout of
+    :func:`response_token_logps` (position t scores token t+1), from plain rows or, with ``share_prompt``, from the
+    packed rows of :func:`shared_prompt_token_logps`; and the response mask (N, T-1). For computing more than a
+    token's log-prob from the LM head (:mod:`bmc.sequence_kl`); :func:`lm_head` turns them into logits."""
+    decoder, _, _ = _decoder_and_head(model)
+    if share_prompt:
+        inputs, select = _shared_prompt_inputs(model, batch)
+    else:
+        inputs, select = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, None
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    return (hidden[:, :-1] if select is None else hidden[select]), batch["response_mask"][:, 1:]
+
+
+def lm_head(model: PreTrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Hidden states -> the model's logits: its LM head and the family's logit scaling (:func:`_logit_transform`)."""
+    _, head, transform = _decoder_and_head(model)
+    return head if transform is None else lambda hidden: transform(head(hidden))

@@ -1,4 +1,5 @@
-"""LightningModules: SFT warm start and preference optimisation behind the loss registry."""
+"""LightningModules: SFT warm start and preference optimisation behind the loss registry (the reward model's:
+:mod:`bmc.reward_module`)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,19 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
 from bmc.logprobs import response_token_logps, shared_prompt_token_logps
-from bmc.losses import SequenceLogps, build_objective, needs_reference, weighted_score, weighting_stats
+from bmc.losses import SequenceLogps, build_objective, needs_reference, needs_sequence_kl, weighted_score
+from bmc.losses.metrics import preference_metrics
 from bmc.models import compile_decoder_layers
 from bmc.precision import resolve_precision
 from bmc.schedule import cosine_with_warmup
 from bmc.scoring_check import verify_scoring
+from bmc.sequence_kl import TokenKL, sequence_kl_token_logps
 from bmc.sharding import fully_shard_model
 
 log = logging.getLogger(__name__)
 
 
-class _CausalLMModule(pl.LightningModule):
+class CausalLMModule(pl.LightningModule):
     """AdamW with linear warmup and cosine decay; logs lr, tokens/s and best-so-far validation metrics."""
 
     #: validation metrics tracked as ``<name>_best``, with the direction that counts as better
@@ -116,7 +119,7 @@ class _CausalLMModule(pl.LightningModule):
         self._best = dict(checkpoint.get("best_metrics", {}))
 
 
-class SFTModule(_CausalLMModule):
+class SFTModule(CausalLMModule):
     """Token-mean negative log-likelihood of the response (the SFT warm start)."""
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
@@ -126,23 +129,7 @@ class SFTModule(_CausalLMModule):
         return loss
 
 
-class RewardModule(_CausalLMModule):
-    """A scalar reward model trained with the Bradley-Terry loss ``-log sigmoid(r(x, y_w) - r(x, y_l))``
-    (Ouyang et al., 2022) on preference batches (chosen rows, then rejected rows); logs pairwise accuracy."""
-
-    best_metrics = {"val/loss": "min", "val/accuracy": "max"}
-
-    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        rewards = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
-        n_pairs = rewards.shape[0] // 2
-        margins = rewards[:n_pairs] - rewards[n_pairs:]
-        loss = -torch.nn.functional.logsigmoid(margins).mean()
-        metrics = {"loss": loss, "accuracy": (margins > 0).float().mean(), "margin": margins.mean()}
-        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, batch_size=n_pairs, prog_bar=stage == "val")
-        return loss
-
-
-class PreferenceModule(_CausalLMModule):
+class PreferenceModule(CausalLMModule):
     """Pairwise preference optimisation: one concatenated forward for chosen + rejected, then the loss
     selected by name from the registry, with optional BMC token weighting and a regularizer.
 
@@ -156,6 +143,10 @@ class PreferenceModule(_CausalLMModule):
     for the policy and an in-step reference alike; each model's first batch is also scored the plain way, and
     a model whose log-probs differ (one that ignores ``position_ids`` or a 4D attention mask) stops the run.
     A model on a flash-attention kernel, which takes no 4D mask, scores its rows the plain way (one log line).
+
+    A loss registered with ``sequence_kl`` (TDPO) gets the sequential KL over the vocabulary
+    (:mod:`bmc.sequence_kl`): the reference (model, or adapter-disabled LoRA policy) always runs in the step then,
+    and precomputed ``ref_token_logps`` are not read.
     """
 
     best_metrics = {"val/loss": "min", "val/rewards/accuracies": "max", "val/rewards/margins": "max"}
@@ -182,6 +173,7 @@ class PreferenceModule(_CausalLMModule):
         self.loss_fn, self.weighting, self.regularizer = build_objective(loss, token_weighting, regularizer)
         self.weighting_name, self.regularizer_name = token_weighting["name"], regularizer["name"]
         self.needs_reference = needs_reference(loss, regularizer)
+        self.sequence_kl = needs_sequence_kl(**loss)
         self.reference = reference
         # the scale of logged implicit rewards (beta * r); losses without a beta report raw log-ratios
         self.reward_scale = float(loss.get("beta", 1.0))
@@ -228,6 +220,17 @@ class PreferenceModule(_CausalLMModule):
             self._shares_prompt[id(model)] = verify_scoring(model, batch, self.logprob_chunk, self.share_prompt)
         return self._shares_prompt[id(model)]
 
+    def _sequence_kl_tokens(self, batch: dict[str, torch.Tensor]) -> TokenKL:
+        """Both models' token log-probs and the per-position KL, each model in the layout its first batch chose."""
+        return sequence_kl_token_logps(
+            self.policy,
+            self.reference,
+            batch,
+            share_prompt=self._packs(self.policy, batch),
+            reference_shares_prompt=None if self.reference is None else self._packs(self.reference, batch),
+            chunk_positions=self.logprob_chunk,
+        )
+
     @torch.no_grad()
     def token_rewards(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token implicit rewards ``beta * (log p_theta - log p_ref)`` and the response mask, (N, T-1)."""
@@ -236,20 +239,25 @@ class PreferenceModule(_CausalLMModule):
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         n_pairs = batch["input_ids"].shape[0] // 2
-        # the reference forward first: its activations are freed before the policy's are kept for backward
-        ref_tokens = self._reference_token_logps(batch) if self.needs_reference else None
-        policy_tokens, mask = self._token_logps(self.policy, batch)
+        kl = None
+        if self.sequence_kl:
+            tokens = self._sequence_kl_tokens(batch)
+            ref_tokens, policy_tokens, mask, kl = tokens.reference, tokens.policy, tokens.mask, tokens.kl.sum(-1)
+        else:
+            # the reference forward first: its activations are freed before the policy's are kept for backward
+            ref_tokens = self._reference_token_logps(batch) if self.needs_reference else None
+            policy_tokens, mask = self._token_logps(self.policy, batch)
         diff_mask = batch["diff_mask"][:, 1:] & mask
         lengths = mask.sum(-1).float()
         raw = policy_tokens.sum(-1)
-        weights = self.weighting.weights(policy_tokens.detach(), diff_mask)
+        weights = self.weighting.weights(policy_tokens.detach(), diff_mask, mask)
         score = weighted_score(policy_tokens, weights, mask)
 
         ref_raw = ref_score = None
         if ref_tokens is not None:
             ref_raw = ref_tokens.sum(-1)
             confidence = ref_tokens if self.weighting.ref_weights == "own" else policy_tokens.detach()
-            ref_score = weighted_score(ref_tokens, self.weighting.weights(confidence, diff_mask), mask)
+            ref_score = weighted_score(ref_tokens, self.weighting.weights(confidence, diff_mask, mask), mask)
 
         def pairs(scores: torch.Tensor, refs: torch.Tensor | None) -> SequenceLogps:
             return SequenceLogps(
@@ -259,6 +267,8 @@ class PreferenceModule(_CausalLMModule):
                 rejected_tokens=lengths[n_pairs:],
                 ref_chosen=None if refs is None else refs[:n_pairs],
                 ref_rejected=None if refs is None else refs[n_pairs:],
+                chosen_kl=None if kl is None else kl[:n_pairs],
+                rejected_kl=None if kl is None else kl[n_pairs:],
             )
 
         weighted = pairs(score, ref_score)
@@ -267,23 +277,13 @@ class PreferenceModule(_CausalLMModule):
         penalty = self.regularizer.penalty(unweighted)
         loss = out.losses.mean() + penalty.mean()
 
-        metrics = {
-            "loss": loss,
-            "rewards/chosen": out.chosen_rewards.mean(),
-            "rewards/rejected": out.rejected_rewards.mean(),
-            "rewards/margins": (out.chosen_rewards - out.rejected_rewards).mean(),
-            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().mean(),
-            "logps/chosen": raw[:n_pairs].mean(),
-            "logps/rejected": raw[n_pairs:].mean(),
-            "logps/chosen_mean": (raw[:n_pairs] / lengths[:n_pairs].clamp(min=1)).mean(),
-            "logps/rejected_mean": (raw[n_pairs:] / lengths[n_pairs:].clamp(min=1)).mean(),
-        }
-        if self.regularizer_name != "none":
-            metrics[f"regularizer/{self.regularizer_name}"] = penalty.mean()
-        if ref_raw is not None:
-            metrics["delta_w"] = self.regularizer.delta_w(unweighted).mean()
-        if self.weighting_name != "uniform":
-            metrics.update({f"bmc/{k}": v for k, v in weighting_stats(weights, diff_mask, mask).items()})
+        metrics = preference_metrics(
+            loss,
+            out,
+            unweighted,
+            (self.regularizer_name, self.regularizer, penalty),
+            (self.weighting_name, weights, diff_mask, mask),
+        )
         self.log_dict(
             {f"{stage}/{k}": v for k, v in metrics.items()},
             batch_size=n_pairs,

@@ -33,7 +33,7 @@ import importlib
 import inspect
 import math
 import pkgutil
-from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
@@ -80,12 +80,13 @@ OBJECTIVE_RANGES: dict[str, Container] = {
 @dataclass(frozen=True)
 class Entry:
     """A registered implementation: ``ranges`` maps options to the values they accept (anything supporting
-    ``in``); ``supplied`` are the parameters its caller passes; ``reference_free`` is a loss's flag."""
+    ``in``); ``supplied`` are the parameters its caller passes; ``traits`` are flags its user reads (a loss's
+    ``reference_free``, ``sequence_kl``, ``listwise``)."""
 
     target: Callable
     ranges: Mapping[str, Container] = field(default_factory=dict)
     supplied: tuple[str, ...] = ()
-    reference_free: bool = False
+    traits: frozenset[str] = frozenset()
 
 
 def _parameters(target: Callable) -> list[inspect.Parameter]:
@@ -179,7 +180,7 @@ class Registry(Mapping[str, Entry]):
         *,
         ranges: Mapping[str, Container] | None = None,
         supplied: Sequence[str] = (),
-        reference_free: bool = False,
+        traits: Iterable[str] = (),
     ) -> Callable[[Callable], Callable]:
         """Decorator registering a class or function under ``name`` (see the module docstring)."""
 
@@ -187,7 +188,7 @@ class Registry(Mapping[str, Entry]):
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered ({self._entries[name].target})")
             self._entries[name] = Entry(target, {**self.default_ranges, **(ranges or {})}, tuple(supplied),
-                                        reference_free)  # fmt: skip
+                                        frozenset(traits))  # fmt: skip
             return target
 
         return decorator

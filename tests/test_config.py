@@ -109,6 +109,9 @@ def test_experiment_presets_are_multiruns_over_methods_and_seeds(tmp_path: Path)
         ("dpo_bc", ("dpo", "pseudo_winning", "uniform")),
         ("dpo_mc", ("dpo", "sampled", "bmc")),
         ("dpo_bmc", ("dpo", "pseudo_winning", "bmc")),
+        ("tdpo1", ("tdpo1", "sampled", "uniform")),
+        ("tdpo2", ("tdpo2", "sampled", "uniform")),
+        ("dpo_confpo", ("dpo", "sampled", "confpo")),
     ],
 )
 def test_methods_select_loss_data_and_weighting(method: str, expected: tuple, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The Lightning modules: the preference module with shared prompts gives the plain loss, refuses a model that ignores
-the packing and falls back to plain rows on flash attention; the reward module's Bradley-Terry loss by hand."""
+the packing and falls back to plain rows on flash attention."""
 
 from __future__ import annotations
 
@@ -83,22 +83,3 @@ def test_a_flash_attention_model_with_shared_prompts_falls_back_to_plain_rows_wi
     assert all(torch.allclose(loss, expected) for loss in losses)
     notes = [r.getMessage() for r in caplog.records if "share_prompt" in r.getMessage()]
     assert len(notes) == 1 and "flash_attention_2" in notes[0] and "separate rows" in notes[0]
-
-
-def test_reward_module_bradley_terry_loss_by_hand() -> None:
-    from types import SimpleNamespace
-
-    import torch
-
-    from bmc.module import RewardModule
-
-    class FixedScores(torch.nn.Module):
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
-            # rows: chosen 1, chosen 2, rejected 1, rejected 2 -> margins 1.0 and -1.0
-            return SimpleNamespace(logits=torch.tensor([[1.0], [0.5], [0.0], [1.5]]))
-
-    module = RewardModule(FixedScores(), {"lr": 1e-3})
-    batch = {"input_ids": torch.zeros(4, 3, dtype=torch.long), "attention_mask": torch.ones(4, 3)}
-    loss = module._step(batch, "val")
-    # -log sigmoid(1) = 0.31326169, -log sigmoid(-1) = 1.31326169
-    assert loss.item() == pytest.approx((0.31326169 + 1.31326169) / 2, abs=1e-6)

@@ -13,6 +13,7 @@ from bmc.losses.registry import (
     build_loss,
     build_weighted_loss,
     is_reference_free,
+    needs_sequence_kl,
     preference_loss,
     register_loss,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "diff_masks",
     "is_reference_free",
     "needs_reference",
+    "needs_sequence_kl",
     "preference_loss",
     "register_loss",
     "stopword_token_ids",

@@ -25,7 +25,9 @@ class SequenceLogps:
 
     ``chosen``/``rejected``: the policy's scores lp(y) = sum of (possibly BMC-weighted) response-token
     log-probs; ``*_tokens``: the unweighted response token counts n(y); ``ref_*``: the same scores under the
-    frozen reference, ``None`` for reference-free losses.
+    frozen reference, ``None`` for reference-free losses; ``*_kl``: the sequential KL
+    SeqKL(x, y) = sum_t KL(pi_ref(.|x, y_<t) || pi_theta(.|x, y_<t)) over response positions
+    (:mod:`bmc.sequence_kl`), computed only for the losses registered with ``sequence_kl=True``.
     """
 
     chosen: Tensor
@@ -34,16 +36,28 @@ class SequenceLogps:
     rejected_tokens: Tensor
     ref_chosen: Tensor | None = None
     ref_rejected: Tensor | None = None
+    chosen_kl: Tensor | None = None
+    rejected_kl: Tensor | None = None
 
     def reference(self) -> tuple[Tensor, Tensor]:
         """(ref(y_w), ref(y_l)); raises a clear error when the reference scores were not computed."""
         if self.ref_chosen is None or self.ref_rejected is None:
-            free = sorted(name for name, entry in LOSSES.items() if entry.reference_free)
+            free = sorted(name for name, entry in LOSSES.items() if "reference_free" in entry.traits)
             raise ValueError(
                 "this loss needs reference log-probs but SequenceLogps.ref_chosen/ref_rejected are None; "
                 f"compute them with the reference model or use a reference-free loss {free}"
             )
         return self.ref_chosen, self.ref_rejected
+
+    def sequence_kl(self) -> tuple[Tensor, Tensor]:
+        """(SeqKL(x, y_w), SeqKL(x, y_l)); raises a clear error when they were not computed."""
+        if self.chosen_kl is None or self.rejected_kl is None:
+            raise ValueError(
+                "this loss needs the sequential KL but SequenceLogps.chosen_kl/rejected_kl are None; compute them "
+                "with bmc.sequence_kl.sequence_kl_token_logps (PreferenceModule does for losses registered with "
+                "sequence_kl=True)"
+            )
+        return self.chosen_kl, self.rejected_kl
 
     def logratios(self) -> tuple[Tensor, Tensor]:
         """(r_w, r_l) with r = lp(y) - ref(y)."""
@@ -79,14 +93,20 @@ class LossOutput:
 
 
 def register_loss(
-    name: str, *, reference_free: bool = False, ranges: Mapping[str, Container] | None = None
+    name: str,
+    *,
+    reference_free: bool = False,
+    sequence_kl: bool = False,
+    ranges: Mapping[str, Container] | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a loss function or class under ``name``.
 
     ``ranges`` maps hyper-parameter names to the values they accept (anything supporting ``in``, e.g. an
-    ``Interval``), overriding the shared defaults (beta > 0, eps in [0, 0.5), ...).
+    ``Interval``), overriding the shared defaults (beta > 0, eps in [0, 0.5), ...). ``sequence_kl``: the loss
+    reads ``SequenceLogps.chosen_kl``/``rejected_kl``, so the reference runs in the step (TDPO).
     """
-    return LOSSES.register(name, ranges=ranges, reference_free=reference_free)
+    flags = {"reference_free": reference_free, "sequence_kl": sequence_kl}
+    return LOSSES.register(name, ranges=ranges, traits=[trait for trait, on in flags.items() if on])
 
 
 def build_loss(name: str, **hparams: Any) -> LossFn:
@@ -102,7 +122,16 @@ def is_reference_free(name: str, **hparams: Any) -> bool:
     components = hparams.get("components")
     if name == "mix" and components:
         return all(is_reference_free(**component) for component in components)
-    return LOSSES.entry(name).reference_free
+    return "reference_free" in LOSSES.entry(name).traits
+
+
+def needs_sequence_kl(name: str, **hparams: Any) -> bool:
+    """Whether the loss reads the sequential KL (:class:`SequenceLogps`); ``mix``: whether any component does.
+    Accepts and ignores the other hyper-parameters, like :func:`is_reference_free`."""
+    components = hparams.get("components")
+    if name == "mix" and components:
+        return any(needs_sequence_kl(**component) for component in components)
+    return "sequence_kl" in LOSSES.entry(name).traits
 
 
 def preference_loss(

@@ -3,8 +3,9 @@ regularizer of the config, by the LightningModule and DataModule of ``cfg.module
 
 Reference log-probs are computed once before training with the policy itself (it still holds the starting
 weights) and cached under ``<cache>/ref_logps/<key>`` (:mod:`bmc.reference`), unless
-``reference.precompute=false`` runs a frozen reference in every step. Lightning checkpoints go to the run
-folder (``callbacks``); ``ckpt_path`` resumes from one.
+``reference.precompute=false`` runs a frozen reference in every step. A loss that reads the sequential KL (TDPO)
+runs the reference in every step whatever ``reference.precompute`` says (one log line when it says true).
+Lightning checkpoints go to the run folder (``callbacks``); ``ckpt_path`` resumes from one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from transformers import PreTrainedModel
 from bmc.checkpointing import load_policy_weights, resolve_ckpt_path
 from bmc.devices import accelerator_device
 from bmc.distributed import check_launch, full_state_dict, shards_parameters
-from bmc.losses import needs_reference
+from bmc.losses import needs_reference, needs_sequence_kl
 from bmc.models import add_lora, frozen_copy
 from bmc.precision import resolve_precision
 from bmc.reference import attach_reference_logps
@@ -53,7 +54,11 @@ def train_preference(
         tokenizer=policy.tokenizer,
         truncation=truncation(cfg),
     )
-    if _uses_reference(cfg) and cfg.reference.precompute:
+    if _uses_reference(cfg) and cfg.reference.precompute and _kl_in_step(cfg):
+        log.info("loss %s reads the sequential KL over the vocabulary, which needs the reference's full next-token "
+                 "distributions: the reference runs in every step, reference.precompute=true is not used",
+                 cfg.loss.name)  # fmt: skip
+    elif _uses_reference(cfg) and cfg.reference.precompute:
         # the policy still holds the reference (starting) weights: no copy is built
         datamodule.setup("fit")
         attach_reference_logps(
@@ -122,14 +127,19 @@ def _uses_reference(cfg: DictConfig) -> bool:
     return needs_reference(container(cfg.loss), container(cfg.regularizer))
 
 
+def _kl_in_step(cfg: DictConfig) -> bool:
+    """The loss reads the sequential KL (TDPO), so the reference runs in the step (:mod:`bmc.sequence_kl`)."""
+    return needs_sequence_kl(**container(cfg.loss))
+
+
 def _policy_and_reference(cfg: DictConfig, policy: StartingPolicy) -> tuple[PreTrainedModel, PreTrainedModel | None]:
     """The model to train (with fresh LoRA adapters where the model config asks for them) and the in-step
-    reference: a frozen copy only for a reference-based loss with ``reference.precompute=false`` and no LoRA
-    (in-step, the LoRA reference is the adapter-disabled policy)."""
+    reference: a frozen copy only for a reference-based loss with ``reference.precompute=false`` (or one reading the
+    sequential KL) and no LoRA (in-step, the LoRA reference is the adapter-disabled policy)."""
     lora = getattr(policy.source, "lora", None)
     model = policy.source.prepare_for_training(policy.model)
     model = add_lora(model, lora) if lora else model
-    in_step = _uses_reference(cfg) and not cfg.reference.precompute
+    in_step = _uses_reference(cfg) and (not cfg.reference.precompute or _kl_in_step(cfg))
     return model, frozen_copy(model) if in_step and not lora else None
 
 

@@ -21,7 +21,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from bmc.cache import cache_key, cached_dir
 from bmc.data.datamodule import PreferenceDataModule
 from bmc.data.sources import TaskData, split_pairs
-from bmc.module import RewardModule
+from bmc.reward_module import RewardModule
 from bmc.stages.common import container, stage_steps, stage_trainer, stage_trainer_key, truncation, truncation_key
 from bmc.stages.products import JudgeSetup, StartingPolicy
 

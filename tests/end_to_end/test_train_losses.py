@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bmc.losses import is_reference_free
+from bmc.losses import is_reference_free, needs_sequence_kl
 from bmc.pipeline import run
 from tests.conftest import CONF
 
@@ -24,9 +24,13 @@ def test_every_loss_trains_a_few_steps(loss: str, make_config, monkeypatch) -> N
     cfg = make_config("debug=default", f"loss={loss}", "eval.enabled=false")
     metrics = run(cfg)
     assert math.isfinite(metrics["val/loss"]) and metrics["train/steps"] == 6
-    reference_free = is_reference_free(cfg.loss.name, **{k: v for k, v in cfg.loss.items() if k != "name"})
-    # reference-free losses never use a reference; the others get precomputed log-probs, not a model copy
-    assert loaded == ([] if reference_free else ["attach_reference_logps"])
+    hparams = {k: v for k, v in cfg.loss.items() if k != "name"}
+    # reference-free losses never use a reference; TDPO's sequential KL needs the reference's full distributions,
+    # so a frozen copy runs in the step; the others get precomputed log-probs, not a model copy
+    if is_reference_free(cfg.loss.name, **hparams):
+        assert loaded == []
+    else:
+        assert loaded == (["frozen_copy"] if needs_sequence_kl(cfg.loss.name) else ["attach_reference_logps"])
     if loss == "bmc":
         assert cfg.token_weighting.name == "bmc"
         assert 0 < metrics["val/bmc/marked_fraction"] < 1 and metrics["val/bmc/mean_weight_marked"] >= 2

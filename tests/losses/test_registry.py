@@ -24,6 +24,8 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 LP_W, LP_L = [-5.0, -12.0, -3.0], [-7.0, -9.0, -4.0]
 REF_W, REF_L = [-6.0, -11.0, -3.5], [-6.5, -10.0, -3.0]
 N_W, N_L = [4, 10, 2], [5, 8, 3]
+# Sequential KL of each response (TDPO reads it; every other loss ignores it).
+KL_W, KL_L = [0.5, 2.0, 0.0], [1.5, 0.25, 3.0]
 
 
 def logsig(x: float) -> float:
@@ -42,6 +44,8 @@ def make(grad: bool = False, ref: bool = True, **overrides) -> SequenceLogps:
         rejected_tokens=N_L,
         ref_chosen=REF_W,
         ref_rejected=REF_L,
+        chosen_kl=KL_W,
+        rejected_kl=KL_L,
     )
     values.update(overrides)
     tensors = {}
@@ -146,10 +150,11 @@ REFERENCE = {
 }
 PAIRWISE_BATCH = ["aot", "aot_unpaired", "bco_pair", "kto_pair"]  # batch-coupled: tested separately below
 REFERENCE_FREE = ["simpo", "cpo", "orpo", "sft"]
+SEQUENCE_KL = ["tdpo1", "tdpo2"]  # formulas and gradients in tests/losses/test_tdpo.py
 
 
 def test_every_registered_loss_is_covered():
-    assert set(LOSSES) == set(REFERENCE) | set(PAIRWISE_BATCH) | {"mix"}
+    assert set(LOSSES) == set(REFERENCE) | set(PAIRWISE_BATCH) | set(SEQUENCE_KL) | {"mix"}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))

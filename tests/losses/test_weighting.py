@@ -105,8 +105,63 @@ def test_weighting_stats():
     stats = weighting_stats(weights, diff, response)
     assert stats["mean_weight_marked"].item() == pytest.approx((3.0 + 2.0 + 2.5) / 3)
     assert stats["marked_fraction"].item() == pytest.approx(3 / 5)
+    assert stats["mean_weight"].item() == pytest.approx((1.0 + 3.0 + 2.0 + 2.5 + 1.0) / 5)
     empty = weighting_stats(weights, torch.zeros_like(diff), response)
     assert empty["mean_weight_marked"].item() == 0.0 and empty["marked_fraction"].item() == 0.0
+
+
+def test_confpo_keeps_the_tokens_below_their_response_mean_probability():
+    response = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 0]])
+    weights = build_token_weighting("confpo").weights(PROBS.log(), torch.zeros_like(MASK), response)
+    expected = torch.tensor(
+        [
+            [0.0, 1.0, 0.0, 1.0],  # prompt (p 0.5) never; response mean (0.1 + 0.9 + 0.2) / 3 = 0.4: keep 0.1, 0.2
+            [1.0, 1.0, 0.0, 0.0],  # mean (0.5 + 0.4 + 1.0) / 3 = 0.633: keep 0.5, 0.4; padding (p 0.01) never
+        ],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(weights, expected, rtol=0, atol=0)
+    # one token, or all tokens equally likely: none is below the mean, the response keeps nothing
+    flat = torch.tensor([[0.3, 0.3, 0.3], [0.7, 1.0, 1.0]]).log()
+    kept = build_token_weighting("confpo").weights(flat, torch.zeros(2, 3), torch.tensor([[1, 1, 1], [1, 0, 0]]))
+    assert kept.sum() == 0
+    assert build_token_weighting("confpo").ref_weights == "policy"
+    with pytest.raises(ValueError, match="response mask"):
+        build_token_weighting("confpo").weights(flat, torch.zeros(2, 3))
+
+
+def test_dpo_with_confpo_scores_the_policy_selected_tokens_in_both_terms():
+    """The step's DPO loss against -log sigma(beta (Delta over the tokens the policy keeps)), by hand: the
+    reference term sums the reference's log-probs on the policy's selection (ref_weights=policy)."""
+    from bmc.logprobs import response_token_logps
+    from bmc.module import PreferenceModule
+    from tests.conformance import pair_batch, tiny_model
+
+    policy, batch = tiny_model("llama"), pair_batch()
+    batch["diff_mask"] = torch.zeros_like(batch["response_mask"])
+    shape = (batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
+    ref = -torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    batch["ref_token_logps"] = ref.masked_fill(~batch["response_mask"][:, 1:], 0.0)
+    module = PreferenceModule(
+        policy, None, loss={"name": "dpo", "beta": 0.5}, token_weighting={"name": "confpo"},
+        regularizer={"name": "none"}, optim={},
+    )  # fmt: skip
+    logged = {}
+    module.log_dict = lambda metrics, **kwargs: logged.update(metrics)
+    loss = module._step(batch, "train")
+
+    with torch.no_grad():
+        logps, mask = response_token_logps(policy, batch)
+    scores = []
+    for row in range(6):
+        tokens = mask[row].nonzero()[:, 0]
+        p = logps[row, tokens].exp()
+        kept = tokens[p < p.mean()]
+        scores.append(float(logps[row, kept].sum() - batch["ref_token_logps"][row, kept].sum()))
+    margins = [0.5 * (scores[i] - scores[i + 3]) for i in range(3)]
+    want = sum(math.log1p(math.exp(-m)) for m in margins) / 3
+    assert loss.item() == pytest.approx(want, abs=1e-5)
+    assert 0 < logged["train/bmc/mean_weight"].item() < 1  # the fraction of response tokens kept
 
 
 def test_ref_weights_option():
