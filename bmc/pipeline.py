@@ -2,7 +2,7 @@
 
 render the task's data -> warm start (SFT) -> judge (reward model) -> preference pairs -> (evaluation prepared)
 -> preference training -> evaluation -> export (and push to the Hub) -> completion (each set of weights once in
-the run folder) -> summary.
+the run folder) -> summary; with ``rounds > 1``, pairs to completion once per online round (:mod:`bmc.stages.rounds`).
 
 ``train.py`` only composes the Hydra config and calls :func:`run`; ``python -m bmc.synthesize`` runs the data
 stages alone.
@@ -25,6 +25,8 @@ from bmc.stages.export import check_push, export_policy, push_to_hub
 from bmc.stages.pairs import preference_pairs
 from bmc.stages.preference import resume_checkpoint, train_preference
 from bmc.stages.reward_model import judge_setup
+from bmc.stages.round_plan import IterativeSettings, check_rounds
+from bmc.stages.rounds import train_in_rounds
 from bmc.stages.summary import summarized
 from bmc.stages.task_data import load_task
 from bmc.stages.warm_start import warm_start
@@ -35,13 +37,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("torch_threads"):
         torch.set_num_threads(cfg.torch_threads)
     with handed_back_signals(), summarized(cfg) as results:
-        ckpt_path = check_config(cfg)
+        ckpt_path, rounds = check_config(cfg)
         results.loggers = build_loggers(cfg)
         source = instantiate(cfg.model)
         task_data = load_task(cfg, source)
         policy = warm_start(cfg, task_data, source)
         results.add(policy.metrics)
         judge = judge_setup(cfg, task_data, policy)
+        if rounds.rounds > 1:  # online iterative rounds (METHODS.md §7): stages 3-7 once per round
+            train_in_rounds(cfg, rounds, task_data, policy, judge, results)
+            return results.metrics
         data = preference_pairs(cfg, task_data, policy, judge)
         results.add_data_report(data.report)
         evaluation = prepare_evaluation(EvalSetup(cfg, task_data, policy, judge, data))
@@ -56,12 +61,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return results.metrics
 
 
-def check_config(cfg: DictConfig) -> str | None:
+def check_config(cfg: DictConfig) -> tuple[str | None, IterativeSettings]:
     """Fail in seconds, before any model is built or data stage runs, on out-of-range loss, weighting,
     regularizer or truncation options, an unknown ``eval.kind``, an ``export.push_to_hub`` that cannot upload
-    (no ``HF_TOKEN``) and on a ``ckpt_path`` with no checkpoint; returns the checkpoint to resume from."""
+    (no ``HF_TOKEN``), a ``ckpt_path`` with no checkpoint and ``rounds`` settings that cannot run; returns the
+    checkpoint to resume from (each round finds its own) and the rounds settings."""
     build_objective(container(cfg.loss), container(cfg.token_weighting), container(cfg.regularizer))
     truncation(cfg)
     evaluation_kind(cfg)
     check_push(cfg)
-    return resume_checkpoint(cfg)
+    rounds = check_rounds(cfg)
+    return (resume_checkpoint(cfg) if rounds.rounds == 1 else None), rounds

@@ -60,10 +60,16 @@ class TrainedPolicy:
 
 
 def train_preference(
-    cfg: DictConfig, data: PreferencePairs, policy: StartingPolicy, loggers: list[Logger], ckpt_path: str | None
+    cfg: DictConfig,
+    data: PreferencePairs,
+    policy: StartingPolicy,
+    loggers: list[Logger],
+    ckpt_path: str | None,
+    reference: StartingPolicy | None = None,
 ) -> TrainedPolicy:
     """Fit the policy on ``data`` (validated on its ``val_pairs``, else a train/val split by ``data.val_fraction``)
-    and validate the final weights."""
+    and validate the final weights. ``reference``: other weights than the policy's own to precompute the
+    reference log-probs with (an iterative round's ``iterative.reference=start``); None: the policy's."""
     pl.seed_everything(cfg.seed, workers=True)
     model, reference = _policy_and_reference(cfg, policy)
     train_pairs, val_pairs = train_val_pairs(cfg, data)
@@ -76,13 +82,13 @@ def train_preference(
         truncation=truncation(cfg),
     )
     if _uses_reference(cfg) and cfg.reference.precompute:
-        # the policy still holds the reference (starting) weights: no copy is built
+        # the policy still holds the starting weights: without another reference, no copy is built
         datamodule.setup("fit")
         attach_reference_logps(
             datamodule,
-            model,
+            model if reference is None else reference.model,
             cfg.paths.cache_dir,
-            model_key=policy.fingerprint(),
+            model_key=(reference or policy).fingerprint(),
             precision=resolve_precision(cfg.trainer.precision),
             device=accelerator_device(cfg.trainer.accelerator),
             batch_size=cfg.reference.batch_size,
