@@ -71,7 +71,7 @@ def train_preference(
     and validate the final weights. ``reference``: other weights than the policy's own to precompute the
     reference log-probs with (an iterative round's ``iterative.reference=start``); None: the policy's."""
     pl.seed_everything(cfg.seed, workers=True)
-    model, reference = _policy_and_reference(cfg, policy)
+    model, in_step_reference = _policy_and_reference(cfg, policy)
     train_pairs, val_pairs = train_val_pairs(cfg, data)
     # _partial_: the config's own arguments are bound, and the objects are passed as they are (not converted)
     datamodule = instantiate(cfg.datamodule, _partial_=True)(
@@ -98,7 +98,7 @@ def train_preference(
         )
     module = instantiate(cfg.module, _partial_=True)(
         policy=model,
-        reference=reference,
+        reference=in_step_reference,
         loss=container(cfg.loss),
         token_weighting=container(cfg.token_weighting),
         regularizer=container(cfg.regularizer),
