@@ -29,7 +29,8 @@ def smollm2() -> Path:
 def test_two_rounds_on_the_real_checkpoint_sample_from_the_previous_rounds_export(smollm2: Path, tmp_path) -> None:
     run_dir = tmp_path / "run"
     output = run_cli(
-        ["model=hf", f"model.path={smollm2}", "task=math_chat", "task.sizes.train=4", "task.sizes.pref=8", "task.sizes.eval=4",
+        ["model=hf", f"model.path={smollm2}", "task=math_chat", "task.sizes.train=4", "task.sizes.pref=8",
+         "task.sizes.eval=4",
          "method=dpo", "rounds=2", "data.sampler.n=2", "data.sampler.max_new_tokens=64", "eval.max_new_tokens=64",
          "trainer.max_steps=1", "trainer.accumulate_grad_batches=1", "batch_size=2", "optim.lr=1e-5", "logger=none",
          f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"],
