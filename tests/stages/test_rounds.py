@@ -152,6 +152,7 @@ def test_accumulate_pairs_trains_round_two_on_both_rounds_pairs(make_config) -> 
     ("overrides", "message"),
     [
         (["data=sampled", "trainer.devices=2"], r"devices=2 num_nodes=1: rounds run in one process"),
+        (["data=sampled", "trainer=ddp"], r"trainer.strategy=ddp devices=auto num_nodes=1: rounds run in one process"),
         (["data=original"], r"data.pairs=original does not sample the policy"),
         (["data=sampled", "iterative.reference=start", "reference.precompute=false"],
          r"reference=start needs reference.precompute"),
