@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,9 @@ class IterativeSettings:
 def iterative_settings(cfg: DictConfig) -> IterativeSettings:
     """The rounds settings of ``cfg``, each value checked (the error names the field)."""
     options = OmegaConf.to_container(cfg.get("iterative") or {}, resolve=True)
+    unknown = sorted(set(options) - ({f.name for f in fields(IterativeSettings)} - {"rounds"}))  # rounds: top level
+    if unknown:
+        raise ValueError(f"iterative: unknown setting(s) {unknown}; see conf/train.yaml")
     settings = IterativeSettings(rounds=int(cfg.get("rounds", 1)), **options)
     if settings.rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {settings.rounds}")

@@ -159,6 +159,7 @@ def test_accumulate_pairs_trains_round_two_on_both_rounds_pairs(make_config) -> 
         (["data=sampled", "data.sampler.backend={kind: openai, base_url: 'http://x/v1', model: m}"],
          r"set iterative.serve_command"),
         (["data=sampled", "ckpt_path=last"], r"ckpt_path=last: no rounds/ folder"),
+        (["data=sampled", "+iterative.refrence=start"], r"iterative: unknown setting\(s\) \['refrence'\]"),
         (["data=sampled", "iterative.reference=best"],
          r"iterative.reference must be one of \('previous', 'start'\), got 'best'"),
     ],
