@@ -20,16 +20,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("bmc.report")
 
 #: what the table and plots show of each round: the final evaluation, then the round's data
-METRICS = ("eval/accuracy", "data/pairs_out", "data/chosen_verifier_accept")
+METRICS = ("eval/accuracy", "data/pairs_out", "data/edit_distance_before")
 _ROUND_KEY = re.compile(r"^round/(\d+)/(.+)$")
+#: the warm start's measure of a metric: round 0
+START = {"eval/accuracy": "eval/sft_accuracy", "eval/score": "eval/sft_score"}
 
 
 def per_round(record: RunRecord, metric: str) -> dict[int, float]:
-    """``{round: value}`` of ``metric`` for one run (round 1 alone, from its final metrics, for a single run)."""
+    """``{round: value}`` of ``metric`` for one run (round 1 alone, from its final metrics, for a single run;
+    round 0 the warm start's value where the run has it)."""
     rounds = {int(m[1]): v for k, v in record.metrics.items() if (m := _ROUND_KEY.match(k)) and m[2] == metric}
-    if rounds:
-        return rounds
-    return {1: record.metrics[metric]} if metric in record.metrics else {}
+    if not rounds and metric in record.metrics:
+        rounds = {1: record.metrics[metric]}
+    start = record.metrics.get(START.get(metric, ""))
+    return rounds if start is None or not rounds else {0: start, **rounds}
 
 
 def has_rounds(records: list[RunRecord]) -> bool:
@@ -58,16 +62,20 @@ def rounds_markdown(records: list[RunRecord], metrics: tuple[str, ...] = METRICS
     rounds."""
     if not has_rounds(records):
         return ""
-    sections = ["Each cell: mean ± std over seeds (n = seeds). A one-round run fills round 1 only.\n"]
+    sections = [
+        "Each cell: mean ± std over seeds (n = seeds). Round 0: the warm start (π_0). A one-round run fills "
+        "round 1 only.\n"
+    ]
     for metric in metrics:
         values = round_values(records, metric)
         if not values:
             continue
-        last = max(t for by_round in values.values() for t in by_round)
-        header = ["task", "method", *(f"round {t}" for t in range(1, last + 1))]
+        shown = sorted({t for by_round in values.values() for t in by_round})
+        shown = list(range(shown[0], shown[-1] + 1))
+        header = ["task", "method", *(f"round {t}" for t in shown)]
         lines = [f"### {metric}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for (task, method), by_round in values.items():
-            cells = [_cell(by_round.get(t, []), decimals) for t in range(1, last + 1)]
+            cells = [_cell(by_round.get(t, []), decimals) for t in shown]
             lines.append("| " + " | ".join([task, method, *cells]) + " |")
         sections.append("\n".join(lines) + "\n")
     return "\n".join(sections)
@@ -95,11 +103,11 @@ def plot_rounds(records: list[RunRecord], metrics: tuple[str, ...] = METRICS) ->
                 xs = sorted(by_round)
                 means = [statistics.fmean(by_round[x]) for x in xs]
                 stds = [statistics.stdev(by_round[x]) if len(by_round[x]) > 1 else 0.0 for x in xs]
-                if len(xs) == 1:
-                    ax.axhline(means[0], linestyle="--", linewidth=1, label=method, color=f"C{len(ax.lines)}")
+                if xs[-1] == 1:  # one round (with its start, round 0): its final value as a level
+                    ax.axhline(means[-1], linestyle="--", linewidth=1, label=method, color=f"C{len(ax.lines)}")
                 else:
                     ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method)
-            ax.set(title=metric, xlabel="round", xticks=range(1, last + 1))
+            ax.set(title=metric, xlabel="round (0: the warm start)", xticks=range(0, last + 1))
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize="small")
         fig.suptitle(f"{task}: metrics by round (mean ± std over seeds)")

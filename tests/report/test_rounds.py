@@ -18,6 +18,9 @@ def test_a_run_of_rounds_gives_each_round_and_a_single_run_round_one() -> None:
     assert per_round(rounds, "eval/accuracy") == {1: 0.5, 2: 0.75}
     assert per_round(single, "eval/accuracy") == {1: 0.6}
     assert per_round(single, "data/pairs_out") == {}
+    started = _run("iter", 1, {"eval/sft_accuracy": 0.4, "round/1/eval/accuracy": 0.5, "round/2/eval/accuracy": 0.6})
+    assert per_round(started, "eval/accuracy") == {0: 0.4, 1: 0.5, 2: 0.6}  # round 0: the warm start
+    assert per_round(started, "data/pairs_out") == {}
 
 
 def test_the_table_has_mean_and_std_over_seeds_per_round_and_skips_runs_that_failed() -> None:
@@ -39,6 +42,7 @@ def test_the_plot_is_one_figure_per_task_with_a_line_per_method_and_a_level_for_
         _run("iter", 0, {"round/1/eval/accuracy": 0.5, "round/2/eval/accuracy": 0.7}),
         _run("once", 0, {"eval/accuracy": 0.6}),
     ]
+    records[1].metrics["eval/sft_accuracy"] = 0.4  # a one-round run's start does not move its level
     [(name, figure)] = plot_rounds(records, metrics=("eval/accuracy",))
     assert name == "rounds_math"
     [ax] = figure.axes
