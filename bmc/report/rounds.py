@@ -95,6 +95,8 @@ def plot_rounds(records: list[RunRecord], metrics: tuple[str, ...] = METRICS) ->
     for task in dict.fromkeys(r.task for r in records if r.ok):
         fig = Figure(layout="constrained", figsize=(4.5 * len(shown), 3.6))
         axes = fig.subplots(1, len(shown), squeeze=False)[0]
+        methods = list(dict.fromkeys(r.method for r in records if r.ok and r.task == task))
+        colors = {method: f"C{i}" for i, method in enumerate(methods)}  # one colour per method in every panel
         for ax, metric in zip(axes, shown):
             last = max(t for by_round in by_metric[metric].values() for t in by_round)
             for (t_name, method), by_round in by_metric[metric].items():
@@ -104,9 +106,9 @@ def plot_rounds(records: list[RunRecord], metrics: tuple[str, ...] = METRICS) ->
                 means = [statistics.fmean(by_round[x]) for x in xs]
                 stds = [statistics.stdev(by_round[x]) if len(by_round[x]) > 1 else 0.0 for x in xs]
                 if xs[-1] == 1:  # one round (with its start, round 0): its final value as a level
-                    ax.axhline(means[-1], linestyle="--", linewidth=1, label=method, color=f"C{len(ax.lines)}")
+                    ax.axhline(means[-1], linestyle="--", linewidth=1, label=method, color=colors[method])
                 else:
-                    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method)
+                    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method, color=colors[method])
             ax.set(title=metric, xlabel="round (0: the warm start)", xticks=range(0, last + 1))
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize="small")
