@@ -19,7 +19,7 @@ from bmc import reference as reference_module
 from bmc.cache import weights_fingerprint
 from bmc.pipeline import run
 from bmc.stages import rounds as rounds_module
-from bmc.stages.round_plan import IterativeSettings, round_prompts
+from bmc.stages.round_plan import IterativeSettings, round_config, round_prompts
 from bmc.synthesis.sampler.hf import HFSampler
 from tests.conftest import compose_config
 from tests.test_resume import _start_train
@@ -214,3 +214,16 @@ def test_a_run_killed_in_round_two_resumes_there_from_its_checkpoint_and_cached_
     assert summary["status"] == "completed" and [r["round"] for r in summary["rounds"]] == [1, 2]
     steps = summary["rounds"][1]["metrics"]["train/steps"]
     assert 0 < killed_at < steps == summary["rounds"][0]["metrics"]["train/steps"]  # resumed, then to the end
+
+
+def test_a_rounds_config_writes_in_its_folder_seeds_its_sampler_and_points_vllm_at_its_policy(make_config) -> None:
+    cfg = make_config("method=dpo", "rounds=3", "callbacks=default", "sampler_backend@data.sampler.backend=vllm",
+                      "data.sampler.backend.model=/ckpts/start", "data.sampler.seed=5")  # fmt: skip
+    policy = Path("/runs/x/rounds/1/model")
+    rc = round_config(cfg, 2, policy)
+    folder = Path(cfg.paths.output_dir) / "rounds" / "2"
+    assert (rc.paths.output_dir, rc.export.dir) == (str(folder), str(folder / "model"))
+    assert rc.callbacks.model_checkpoint.dirpath == str(folder / "checkpoints")
+    assert rc.callbacks.preemption.checkpoint == str(folder / "checkpoints" / "last.ckpt")
+    assert rc.data.sampler.seed == 6 and rc.data.sampler.backend.model == str(policy)  # seed + t - 1
+    assert cfg.data.sampler.seed == 5 and cfg.data.sampler.backend.model == "/ckpts/start"  # the run's config as it was
