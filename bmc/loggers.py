@@ -72,3 +72,16 @@ def finish_wandb(loggers: list[Logger], summary_path: Path, failed: bool) -> Non
     if wandb.run is not None:
         shutil.copy(summary_path, Path(wandb.run.dir) / summary_path.name)
         wandb.finish(exit_code=1 if failed else 0)
+
+
+def log_round(loggers: list[Logger], t: int, metrics: dict[str, float]) -> None:
+    """An iterative round's metrics as ``round/*`` with the round as their step: on W&B against a ``round``
+    axis (``define_metric``: each round's training restarts Lightning's step at 0), elsewhere at step ``t``."""
+    named = {f"round/{k}": v for k, v in metrics.items()}
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.define_metric("round")
+            logger.experiment.define_metric("round/*", step_metric="round")
+            logger.experiment.log({"round": t, **named})
+        else:
+            logger.log_metrics(named, step=t)

@@ -2,7 +2,7 @@
 
 render the task's data -> warm start (SFT) -> judge (reward model) -> preference pairs -> (evaluation prepared)
 -> preference training -> evaluation -> export (and push to the Hub) -> completion (each set of weights once in
-the run folder) -> summary.
+the run folder) -> summary; with ``rounds > 1``, pairs to completion once per online round (:mod:`bmc.stages.rounds`).
 
 ``train.py`` only composes the Hydra config and calls :func:`run`; ``python -m bmc.synthesize`` runs the data
 stages alone.
@@ -25,6 +25,8 @@ from bmc.stages.pairs import preference_pairs
 from bmc.stages.preference import resume_checkpoint, train_preference
 from bmc.stages.products import EvalSetup
 from bmc.stages.reward_model import judge_options, judge_setup
+from bmc.stages.round_plan import IterativeSettings, check_rounds
+from bmc.stages.rounds import train_in_rounds
 from bmc.stages.summary import summarized
 from bmc.stages.task_data import load_task
 from bmc.stages.warm_start import warm_start
@@ -38,13 +40,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("torch_threads"):
         torch.set_num_threads(cfg.torch_threads)
     with handed_back_signals(), summarized(cfg) as results:
-        ckpt_path = check_config(cfg)
+        ckpt_path, rounds = check_config(cfg)
         results.loggers = build_loggers(cfg)
         source = instantiate(cfg.model)
         task_data = load_task(cfg, source)
         policy = warm_start(cfg, task_data, source)
         results.add(policy.metrics)
         judge = judge_setup(cfg, task_data, policy)
+        if rounds.rounds > 1:  # online iterative rounds (METHODS.md §7): stages 3-7 once per round
+            train_in_rounds(cfg, rounds, task_data, policy, judge, results)
+            return results.metrics
         data = preference_pairs(cfg, task_data, policy, judge)
         results.add_data_report(data.report)
         evaluation = prepare_evaluation(EvalSetup(cfg, task_data, policy, judge, data))
@@ -59,13 +64,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return results.metrics
 
 
-def check_config(cfg: DictConfig) -> str | None:
+def check_config(cfg: DictConfig) -> tuple[str | None, IterativeSettings]:
     """Fail in seconds, before any model is built or data stage runs, on every enumerated or cross-field
     setting: unknown kinds and keys and out-of-range options of the loss, weighting, regularizer, judge,
     editor and their chat backends, ``data.pairs``, the sampler backend, ``data.bridge``, truncation,
     ``eval.kind`` (and ``eval.baseline`` for a win rate), ``export.which`` (``best`` needs a monitored
-    checkpoint), an ``export.push_to_hub`` that cannot upload (no ``HF_TOKEN``) and a ``ckpt_path`` with no
-    checkpoint; returns the checkpoint to resume from."""
+    checkpoint), an ``export.push_to_hub`` that cannot upload (no ``HF_TOKEN``), a ``ckpt_path`` with no
+    checkpoint and ``rounds`` settings that cannot run; returns the checkpoint to resume from (each round finds
+    its own) and the rounds settings."""
     build_objective(container(cfg.loss), container(cfg.token_weighting), container(cfg.regularizer))
     check_judge(judge_options(cfg)[0])
     check_data(container(cfg.data), container(cfg.editor))
@@ -74,4 +80,5 @@ def check_config(cfg: DictConfig) -> str | None:
         check_baseline(cfg)
     check_export(cfg)
     check_push(cfg)
-    return resume_checkpoint(cfg)
+    rounds = check_rounds(cfg)
+    return (resume_checkpoint(cfg) if rounds.rounds == 1 else None), rounds

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bmc.report.records import RunRecord
+from bmc.report.rounds import plot_rounds
 from bmc.report.table import Table
 
 if TYPE_CHECKING:
@@ -209,4 +210,5 @@ def all_plots(records: list[RunRecord], table: Table) -> NamedFigures:
     except ImportError:
         log.warning("skipped plots: matplotlib is not installed")
         return []
-    return plot_training_curves(records) + plot_delta_sweep(records, table) + plot_token_rewards(records)
+    curves = plot_training_curves(records) + plot_delta_sweep(records, table)
+    return curves + plot_token_rewards(records) + plot_rounds(records)

@@ -13,6 +13,7 @@ from typing import Any
 
 from bmc.report.data_reports import data_reports_markdown
 from bmc.report.records import RunRecord
+from bmc.report.rounds import rounds_markdown
 
 # shown when the caller names none (those that no run has are dropped)
 DEFAULT_METRICS = (
@@ -248,7 +249,8 @@ def write_tables(
     table: Table, out: str | Path, records: list[RunRecord] | None = None, differences: str = ""
 ) -> list[Path]:
     """Write ``table.md`` (with the list of runs that did not complete), ``table.tex`` and ``table.csv``;
-    with ``records`` also ``runs.md``, one line per run, and ``data.md``, their data reports; with
+    with ``records`` also ``runs.md``, one line per run, ``data.md``, their data reports, and ``rounds.md``, their
+    metrics round by round (runs of several rounds); with
     ``differences`` (markdown) ``differences.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -261,6 +263,8 @@ def write_tables(
         files["runs.md"] = runs_markdown(records)
         if data := data_reports_markdown(records):
             files["data.md"] = data
+        if rounds := rounds_markdown(records):
+            files["rounds.md"] = rounds
     if differences:
         files["differences.md"] = differences
     paths = []

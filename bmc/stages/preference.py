@@ -39,12 +39,18 @@ warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*
 
 
 def train_preference(
-    cfg: DictConfig, data: PreferencePairs, policy: StartingPolicy, loggers: list[Logger], ckpt_path: str | None
+    cfg: DictConfig,
+    data: PreferencePairs,
+    policy: StartingPolicy,
+    loggers: list[Logger],
+    ckpt_path: str | None,
+    reference: StartingPolicy | None = None,
 ) -> TrainedPolicy:
     """Fit the policy on ``data`` (validated on its ``val_pairs``, else a train/val split by ``data.val_fraction``)
-    and validate the final weights."""
+    and validate the final weights. ``reference``: other weights than the policy's own to precompute the
+    reference log-probs with (an iterative round's ``iterative.reference=start``); None: the policy's."""
     pl.seed_everything(cfg.seed, workers=True)
-    model, reference = _policy_and_reference(cfg, policy)
+    model, in_step_reference = _policy_and_reference(cfg, policy)
     train_pairs, val_pairs = train_val_pairs(cfg, data)
     # _partial_: the config's own arguments are bound, and the objects are passed as they are (not converted)
     datamodule = instantiate(cfg.datamodule, _partial_=True)(
@@ -59,13 +65,13 @@ def train_preference(
                  "distributions: the reference runs in every step, reference.precompute=true is not used",
                  cfg.loss.name)  # fmt: skip
     elif _uses_reference(cfg) and cfg.reference.precompute:
-        # the policy still holds the reference (starting) weights: no copy is built
+        # the policy still holds the starting weights: without another reference, no copy is built
         datamodule.setup("fit")
         attach_reference_logps(
             datamodule,
-            model,
+            model if reference is None else reference.model,
             cfg.paths.cache_dir,
-            model_key=policy.fingerprint(),
+            model_key=(reference or policy).fingerprint(),
             precision=resolve_precision(cfg.trainer.precision),
             device=accelerator_device(cfg.trainer.accelerator),
             batch_size=cfg.reference.batch_size,
@@ -75,7 +81,7 @@ def train_preference(
         )
     module = instantiate(cfg.module, _partial_=True)(
         policy=model,
-        reference=reference,
+        reference=in_step_reference,
         loss=container(cfg.loss),
         token_weighting=container(cfg.token_weighting),
         regularizer=container(cfg.regularizer),

@@ -53,6 +53,7 @@ class RunResults:
     exported: Path | None = None
     pushed: HubPush | None = None
     checkpoints: dict[str, str] = field(default_factory=dict)  # what completion made of each checkpoint
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # each iterative round's record (bmc.stages.rounds)
 
     def add(self, metrics: dict[str, float]) -> None:
         self.metrics.update(metrics)
@@ -81,6 +82,8 @@ def summarized(cfg: DictConfig) -> Iterator[RunResults]:
     started = time.time()
     config = {key: container(cfg[key]) for key in ESSENTIALS}
     config["seed"] = cfg.seed
+    config["rounds"] = cfg.get("rounds", 1)
+    config["iterative"] = container(cfg.iterative) if cfg.get("iterative") else None
     config["presets"] = preset_names()
     results = RunResults()
 
@@ -97,6 +100,7 @@ def summarized(cfg: DictConfig) -> Iterator[RunResults]:
                 "model_dir": results.exported and str(results.exported),
                 "checkpoints": results.checkpoints,
                 **(results.pushed.summary() if results.pushed else {}),
+                **({"rounds": results.rounds} if results.rounds else {}),
             },
         )
         finish_wandb(results.loggers, path, failed=status != "completed")
