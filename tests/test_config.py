@@ -55,7 +55,7 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
         assert container[group] is not None
     for target in _targets(container):
         assert callable(get_object(target)), target
-    assert check_config(cfg) is None  # every preset passes the check before any stage (and resumes nothing)
+    assert check_config(cfg)[0] is None  # every preset passes the check before any stage (and resumes nothing)
 
 
 def test_groups_have_expected_options() -> None:
@@ -204,4 +204,4 @@ def test_the_config_check_accepts_what_the_stages_accept(tmp_path: Path) -> None
         ["method=rm_score"],  # judge=tiny_rm: its train block is the reward-model stage's, not the judge's
     ]
     for overrides in good:
-        assert check_config(compose_config(overrides, tmp_path / "run", tmp_path / "cache")) is None, overrides
+        assert check_config(compose_config(overrides, tmp_path / "run", tmp_path / "cache"))[0] is None, overrides

@@ -71,8 +71,8 @@ def check_rounds(cfg: DictConfig) -> IterativeSettings:
         problems.append(f"trainer.strategy={strategy} devices={devices} num_nodes={nodes}: rounds run in one "
                         "process on one device (each round's export is read back by the next round)")  # fmt: skip
     if settings.reference == "start" and (not cfg.reference.precompute or needs_sequence_kl(**cfg.loss)):
-        problems.append("iterative.reference=start needs a precomputed reference (reference.precompute=true and a "
-                        "loss without the sequential KL): the in-step reference is the round's starting policy")  # fmt: skip
+        problems.append("iterative.reference=start needs a precomputed reference (reference.precompute=true, "
+                        "a loss without the sequential KL): the in-step reference is the round's start")  # fmt: skip
     backend = (cfg.data.get("sampler") or {}).get("backend")
     kind = backend if isinstance(backend, str) or backend is None else backend.get("kind")
     if kind == "openai" and not settings.serve_command:

@@ -17,7 +17,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from bmc.stages.eval_setup import EvalSetup
 from omegaconf import DictConfig
 
 from bmc.checkpointing import resolve_ckpt_path
@@ -27,9 +26,9 @@ from bmc.loggers import log_round
 from bmc.stages.completion import tidy_checkpoints
 from bmc.stages.evaluation import prepare_evaluation
 from bmc.stages.export import export_policy, push_to_hub
-from bmc.stages.pairs import PreferencePairs, preference_pairs
+from bmc.stages.pairs import preference_pairs
 from bmc.stages.preference import train_preference
-from bmc.stages.reward_model import JudgeSetup
+from bmc.stages.products import EvalSetup, JudgeSetup, PreferencePairs, StartingPolicy
 from bmc.stages.round_plan import (
     ROUND_FILE,
     IterativeSettings,
@@ -41,7 +40,6 @@ from bmc.stages.round_plan import (
 )
 from bmc.stages.round_server import serving
 from bmc.stages.summary import RunResults
-from bmc.stages.warm_start import StartingPolicy
 
 log = logging.getLogger(__name__)
 

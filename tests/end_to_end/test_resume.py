@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -28,8 +27,9 @@ from bmc.data.epoch_sampler import EpochSampler
 from bmc.pipeline import run
 from bmc.preemption import Preempted, PreemptionCheckpoint, handed_back_signals
 from bmc.timed_checkpoint import TimedCheckpoint
-from tests.conftest import ROOT, THREADS, run_cli
+from tests.conftest import run_cli
 from tests.doubles.signal_at import SignalAt
+from tests.doubles.train_process import start_train
 
 # three epochs of six steps on the debug sizes, checkpoints after every epoch's validation
 RESUMABLE = [
@@ -101,25 +101,11 @@ def test_resuming_a_run_without_checkpoints_fails_before_the_data_stages(make_co
     assert summary["status"] == "failed" and "ckpt_path=last" in summary["error"]
 
 
-def _start_train(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``train.py`` with ``args`` (and ``env`` added to the environment) in the background, its output discarded
-    (the tests read the run's files). Its processes import ``bmc`` from this checkout: a submitit job, started
-    by ``python -m submitit...``, would otherwise import the installed one, which may be another checkout."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=cwd,
-        env={**os.environ, **THREADS, "WANDB_SILENT": "true", "PYTHONPATH": path, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def _kill_at_first_checkpoint(args: list[str], run_dir: Path, cwd: Path) -> dict:
     """Start ``train.py`` in ``run_dir``, SIGKILL it as soon as ``last.ckpt`` is in place, and return that
     checkpoint."""
     last = run_dir / "checkpoints" / "last.ckpt"
-    proc = _start_train([*args, f"hydra.run.dir={run_dir}"], cwd)
+    proc = start_train([*args, f"hydra.run.dir={run_dir}"], cwd)
     try:
         while not last.exists() and proc.poll() is None:
             time.sleep(0.005)
@@ -187,7 +173,7 @@ def test_a_slurm_job_preempted_and_requeued_resumes_in_its_own_folder_to_the_sam
     checkpoint and started afresh."""
     args = [*RESUMABLE, "logger=none", f"paths.cache_dir={shared_cache}", "ckpt_path=auto"]
     job = {"SLURM_JOB_ID": "4242"}
-    proc = _start_train(args, tmp_path, env=job)
+    proc = start_train(args, tmp_path, env=job)
 
     def started(log_file: Path) -> bool:
         return "preemption (pid" in log_file.read_text()
@@ -239,7 +225,7 @@ def test_a_run_signalled_inside_an_accumulation_window_resumes_the_window_to_the
     run_dir = tmp_path / "preempted"
     args = [*ACCUMULATING, f"paths.cache_dir={shared_cache}", f"hydra.run.dir={run_dir}", "ckpt_path=auto"]
     signal_at = "+callbacks.signal_at={_target_:tests.doubles.signal_at.SignalAt,epoch:0,batch:5}"
-    proc = _start_train([*args, signal_at], tmp_path)
+    proc = start_train([*args, signal_at], tmp_path)
     assert proc.wait(timeout=300) == -signal.SIGTERM
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "preempted" and "preempted by SIGTERM at step 1;" in summary["error"]
@@ -262,7 +248,7 @@ def test_a_job_preempted_under_the_submitit_launcher_is_requeued_and_resumes_to_
     args = ["-m", *RESUMABLE, "logger=none", f"paths.cache_dir={shared_cache}", "ckpt_path=auto",
             "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20", f"hydra.sweep.dir={sweep}",
             "hydra.sweep.subdir=job"]  # fmt: skip
-    proc = _start_train(args, tmp_path)
+    proc = start_train(args, tmp_path)
     log_file, pid = sweep / "job" / "train.log", None
     try:
         deadline = time.time() + 240
@@ -516,7 +502,7 @@ def test_ddp_ranks_checkpoint_the_window_start_together_when_one_rank_is_signall
     run_cli([*common, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path)
     run_dir = tmp_path / "preempted"
     signal_rank_1 = "+callbacks.signal_at={_target_:tests.doubles.signal_at.SignalAt,epoch:0,batch:2,rank:1}"
-    assert _start_train([*common, f"hydra.run.dir={run_dir}", signal_rank_1], tmp_path).wait(timeout=300) != 0
+    assert start_train([*common, f"hydra.run.dir={run_dir}", signal_rank_1], tmp_path).wait(timeout=300) != 0
     logs = [(run_dir / name).read_text() for name in ("train.log", "train_ddp_process_1.log")]
     assert "received SIGTERM" not in logs[0] and "received SIGTERM" in logs[1]
     assert all("wrote " in log and "at step 1 (the start of its accumulation window" in log for log in logs)

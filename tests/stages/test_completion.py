@@ -10,7 +10,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from bmc.stages.completion import tidy_checkpoints
-from bmc.stages.preference import TrainedPolicy
+from bmc.stages.products import TrainedPolicy
 
 
 def _sharded(folder: Path, weights: dict[str, torch.Tensor], step: int, optimizer: bool) -> Path:

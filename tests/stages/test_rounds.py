@@ -22,7 +22,7 @@ from bmc.stages import rounds as rounds_module
 from bmc.stages.round_plan import IterativeSettings, round_config, round_prompts
 from bmc.synthesis.sampler.hf import HFSampler
 from tests.conftest import compose_config
-from tests.test_resume import _start_train
+from tests.doubles.train_process import start_train
 
 # two rounds of the debug sizes: 24 preference prompts, 12 a round, sampled from the policy itself (hf)
 ROUNDS = ["debug=default", "method=dpo", "rounds=2", "data.sampler.backend=hf", "optim.lr=2e-3"]
@@ -187,7 +187,7 @@ def test_a_run_killed_in_round_two_resumes_there_from_its_checkpoint_and_cached_
     ]
     run_dir = tmp_path / "run"
     checkpoint = run_dir / "rounds" / "2" / "checkpoints" / "last.ckpt"
-    proc = _start_train([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    proc = start_train([*args, f"hydra.run.dir={run_dir}"], tmp_path)
     try:
         while not checkpoint.exists() and proc.poll() is None:
             time.sleep(0.005)
