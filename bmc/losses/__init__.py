@@ -3,15 +3,17 @@
 Importing this package registers every loss; see ``registry`` for the interface.
 """
 
-from bmc.losses import pairwise, reference_free  # noqa: F401  (registration side effect)
+from bmc.losses import listwise, pairwise, reference_free  # noqa: F401  (registration side effect)
 from bmc.losses.masks import ENGLISH_STOPWORDS, diff_masks, stopword_token_ids
 from bmc.losses.objective import build_objective, needs_reference
+from bmc.losses.ranked import RankedLogps
 from bmc.losses.registry import (
     LOSSES,
     LossOutput,
     SequenceLogps,
     build_loss,
     build_weighted_loss,
+    is_listwise,
     is_reference_free,
     preference_loss,
     register_loss,
@@ -31,6 +33,7 @@ __all__ = [
     "REGULARIZERS",
     "TOKEN_WEIGHTINGS",
     "LossOutput",
+    "RankedLogps",
     "Regularizer",
     "SequenceLogps",
     "TokenWeighting",
@@ -40,6 +43,7 @@ __all__ = [
     "build_token_weighting",
     "build_weighted_loss",
     "diff_masks",
+    "is_listwise",
     "is_reference_free",
     "needs_reference",
     "preference_loss",

@@ -67,6 +67,7 @@ class Entry:
     target: Callable
     ranges: Mapping[str, Container] = field(default_factory=dict)
     reference_free: bool = False
+    listwise: bool = False  # a loss on ranked lists of K responses (RankedLogps), not on pairs
 
 
 class Registry(dict[str, Entry]):
@@ -77,12 +78,17 @@ class Registry(dict[str, Entry]):
         self.kind = kind
 
     def register(
-        self, name: str, *, ranges: Mapping[str, Container] | None = None, reference_free: bool = False
+        self,
+        name: str,
+        *,
+        ranges: Mapping[str, Container] | None = None,
+        reference_free: bool = False,
+        listwise: bool = False,
     ) -> Callable[[Callable], Callable]:
         def decorator(target: Callable) -> Callable:
             if name in self:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
-            self[name] = Entry(target, {**DEFAULT_RANGES, **(ranges or {})}, reference_free)
+            self[name] = Entry(target, {**DEFAULT_RANGES, **(ranges or {})}, reference_free, listwise)
             return target
 
         return decorator

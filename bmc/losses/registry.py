@@ -81,14 +81,19 @@ class LossOutput:
 
 
 def register_loss(
-    name: str, *, reference_free: bool = False, ranges: Mapping[str, Container] | None = None
+    name: str,
+    *,
+    reference_free: bool = False,
+    ranges: Mapping[str, Container] | None = None,
+    listwise: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a loss function or class under ``name``.
 
     ``ranges`` maps hyper-parameter names to the values they accept (anything supporting ``in``, e.g. an
-    ``Interval``), overriding the shared defaults (beta > 0, eps in [0, 0.5), ...).
+    ``Interval``), overriding the shared defaults (beta > 0, eps in [0, 0.5), ...). ``listwise``: the loss takes
+    the ranked lists of K responses per prompt (:class:`bmc.losses.ranked.RankedLogps`) instead of pairs.
     """
-    return LOSSES.register(name, ranges=ranges, reference_free=reference_free)
+    return LOSSES.register(name, ranges=ranges, reference_free=reference_free, listwise=listwise)
 
 
 def build_loss(name: str, **hparams: Any) -> LossFn:
@@ -105,6 +110,18 @@ def is_reference_free(name: str, **hparams: Any) -> bool:
     if name == "mix" and components:
         return all(is_reference_free(**component) for component in components)
     return LOSSES.entry(name).reference_free
+
+
+def is_listwise(name: str, **hparams: Any) -> bool:
+    """Whether the loss trains on ranked lists. For ``mix``: iff all its ``components`` are; a mix of listwise
+    and pairwise losses raises (a batch holds either lists or pairs). Other hyper-parameters are ignored."""
+    components = hparams.get("components")
+    if name == "mix" and components:
+        kinds = {is_listwise(**component) for component in components}
+        if len(kinds) > 1:
+            raise ValueError(f"loss 'mix' mixes listwise and pairwise components: {list(components)}")
+        return kinds.pop()
+    return LOSSES.entry(name).listwise
 
 
 def preference_loss(
