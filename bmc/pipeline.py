@@ -22,7 +22,7 @@ from bmc.stages.completion import tidy_checkpoints
 from bmc.stages.eval_setup import EvalSetup
 from bmc.stages.evaluation import evaluation_kind, prepare_evaluation
 from bmc.stages.export import check_push, export_policy, push_to_hub
-from bmc.stages.pairs import preference_pairs
+from bmc.stages.pairs import data_ranking, preference_pairs
 from bmc.stages.preference import resume_checkpoint, train_preference
 from bmc.stages.reward_model import judge_setup
 from bmc.stages.summary import summarized
@@ -58,9 +58,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def check_config(cfg: DictConfig) -> str | None:
     """Fail in seconds, before any model is built or data stage runs, on out-of-range loss, weighting,
-    regularizer or truncation options, an unknown ``eval.kind``, an ``export.push_to_hub`` that cannot upload
-    (no ``HF_TOKEN``) and on a ``ckpt_path`` with no checkpoint; returns the checkpoint to resume from."""
+    regularizer or truncation options, a listwise loss on data without ranked lists, an unknown ``eval.kind``, an
+    ``export.push_to_hub`` that cannot upload (no ``HF_TOKEN``) and on a ``ckpt_path`` with no checkpoint; returns
+    the checkpoint to resume from."""
     build_objective(container(cfg.loss), container(cfg.token_weighting), container(cfg.regularizer))
+    data_ranking(cfg)
     truncation(cfg)
     evaluation_kind(cfg)
     check_push(cfg)

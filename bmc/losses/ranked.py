@@ -82,3 +82,25 @@ class RankedLogps:
         logit (``dpop``) lowers τ(1)'s score as it lowers y_w's in a pair."""
         logps = torch.cat([chosen[:, None], self.logps[:, 1:]], dim=1)
         return dataclasses.replace(self, logps=logps)
+
+
+def ranked_from_rows(
+    list_index: Tensor,
+    ranks: Tensor,
+    logps: Tensor,
+    tokens: Tensor,
+    ref: Tensor | None = None,
+    scores: Tensor | None = None,
+) -> RankedLogps:
+    """:class:`RankedLogps` from (N,) per-row values of a batch of lists laid out list after list, each list's rows
+    best first, ``list_index`` naming each row's list (0, 0, 0, 1, 1, ...). Gradients flow back to the rows."""
+    sizes = torch.bincount(list_index)
+    starts = torch.cumsum(sizes, 0) - sizes
+    position = torch.arange(list_index.shape[0], device=list_index.device) - starts[list_index]
+    shape, where = (sizes.shape[0], int(sizes.max())), (list_index, position)
+
+    def padded(values: Tensor | None) -> Tensor | None:
+        return None if values is None else values.new_zeros(shape).index_put(where, values)
+
+    valid = padded(torch.ones_like(list_index, dtype=torch.bool))
+    return RankedLogps(padded(logps), padded(tokens), padded(ranks), valid, padded(ref), padded(scores))

@@ -25,7 +25,7 @@ from bmc.checkpointing import load_policy_weights, resolve_ckpt_path
 from bmc.data.sources import split_pairs
 from bmc.devices import accelerator_device
 from bmc.distributed import check_launch, full_state_dict, shards_parameters
-from bmc.losses import needs_reference
+from bmc.losses import is_listwise, needs_reference
 from bmc.models import add_lora, frozen_copy
 from bmc.precision import resolve_precision
 from bmc.reference import attach_reference_logps
@@ -68,7 +68,7 @@ def train_preference(
     model, reference = _policy_and_reference(cfg, policy)
     train_pairs, val_pairs = train_val_pairs(cfg, data)
     # _partial_: the config's own arguments are bound, and the objects are passed as they are (not converted)
-    datamodule = instantiate(cfg.datamodule, _partial_=True)(
+    datamodule = instantiate(_targeted(cfg, "datamodule"), _partial_=True)(
         train=train_pairs,
         val=val_pairs,
         masks=container(cfg.data.masks),
@@ -87,10 +87,11 @@ def train_preference(
             device=accelerator_device(cfg.trainer.accelerator),
             batch_size=cfg.reference.batch_size,
             chunk_positions=cfg.logprob_chunk,
-            share_prompt=cfg.share_prompt,
+            # a ranked list's K responses are scored as separate rows (bmc.listwise_module)
+            share_prompt=cfg.share_prompt and not is_listwise(**container(cfg.loss)),
             batch_tokens=cfg.reference.batch_tokens,
         )
-    module = instantiate(cfg.module, _partial_=True)(
+    module = instantiate(_targeted(cfg, "module"), _partial_=True)(
         policy=model,
         reference=reference,
         loss=container(cfg.loss),
@@ -147,6 +148,23 @@ def train_val_pairs(cfg: DictConfig, data: PreferencePairs) -> tuple[list, list]
     if data.val_pairs:
         return data.pairs, data.val_pairs
     return split_pairs(data.pairs, cfg.data.val_fraction, cfg.task.get("seed", 0))
+
+
+#: the pair defaults of conf/train.yaml's module and datamodule, and what a listwise loss trains with instead
+_LISTWISE_TARGETS = {
+    "module": ("bmc.module.PreferenceModule", "bmc.listwise_module.ListwisePreferenceModule"),
+    "datamodule": ("bmc.data.datamodule.PreferenceDataModule", "bmc.data.lists.ListDataModule"),
+}
+
+
+def _targeted(cfg: DictConfig, group: str) -> DictConfig:
+    """``cfg.module`` or ``cfg.datamodule``; for a listwise loss, with the listwise class in place of the pair
+    default (a ``_target_`` set to another class is kept: it is the user's, and must take ranked lists)."""
+    pairs, lists = _LISTWISE_TARGETS[group]
+    node = cfg[group]
+    if is_listwise(**container(cfg.loss)) and node._target_ == pairs:
+        node = OmegaConf.merge(node, {"_target_": lists})
+    return node
 
 
 def _uses_reference(cfg: DictConfig) -> bool:
