@@ -6,13 +6,11 @@ pairwise training (policy, reference, token weighting: BMC marks of each respons
 are gathered into lists (:func:`bmc.losses.ranked.ranked_from_rows`) and the listwise loss takes them. A
 regularizer acts on each list's best and worst response, as on a pair's chosen and rejected: ``dpop`` lowers the
 best response's score inside the loss, ``nll``/``bcr`` add their penalty on the best response. The logged
-rewards, log-probs and accuracies are those of each list's best and worst response.
+rewards, log-probs and accuracies are those of each list's best and worst response. With ``share_prompt`` a list's
+prompt runs once for its K responses (:func:`bmc.logprobs.shared_prompt_token_logps`).
 """
 
 from __future__ import annotations
-
-import logging
-from typing import Any
 
 import torch
 
@@ -21,20 +19,11 @@ from bmc.losses.ranked import RankedLogps, ranked_from_rows
 from bmc.module import PreferenceModule
 from bmc.row_scores import RowScores
 
-log = logging.getLogger(__name__)
-
 
 class ListwisePreferenceModule(PreferenceModule):
     """:class:`PreferenceModule` for a listwise loss on ranked lists (module docstring)."""
 
     listwise = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.share_prompt:
-            # the shared-prompt layout packs two responses per prompt; a list's K are scored as separate rows
-            log.info("share_prompt: the responses of a ranked list are scored as separate rows")
-            self.share_prompt = False
 
     def _lists(self, batch: dict[str, torch.Tensor], rows: RowScores, weighted: bool) -> RankedLogps:
         return ranked_from_rows(

@@ -87,8 +87,7 @@ def train_preference(
             device=accelerator_device(cfg.trainer.accelerator),
             batch_size=cfg.reference.batch_size,
             chunk_positions=cfg.logprob_chunk,
-            # a ranked list's K responses are scored as separate rows (bmc.listwise_module)
-            share_prompt=cfg.share_prompt and not is_listwise(**container(cfg.loss)),
+            share_prompt=cfg.share_prompt,
             batch_tokens=cfg.reference.batch_tokens,
         )
     module = instantiate(_targeted(cfg, "module"), _partial_=True)(
