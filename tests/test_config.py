@@ -162,6 +162,7 @@ def test_launcher_and_sweeper_presets_compose(override: str, node: str, target: 
         (["loss=infonca", "data=rm_score"], "full"),
         (["method=lipo"], "full"),
         (["loss=dpo", "data=original"], None),
+        (["loss=dpo_pl", "task=hf_prefs", "task.pairing=lists"], None),  # ranked completions read as lists
     ],
 )
 def test_data_ranking_is_resolved_from_the_loss(overrides: list[str], ranking: str | None, tmp_path: Path) -> None:

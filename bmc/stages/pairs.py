@@ -65,11 +65,14 @@ def data_ranking(cfg: DictConfig) -> str | None:
         ranking = ranking or ("full" if listwise else "best_worst")
     elif ranking is not None:
         raise ValueError(f"data.ranking={ranking} applies to data.pairs in {RANKING_SOURCES}, not {source!r}")
-    if listwise and ranking != "full":
+    # a dataset of ranked completions read as lists (task.pairing=lists, bmc.data.ranked) gives them as they are
+    given_lists = source == "original" and cfg.task.get("pairing") == "lists"
+    if listwise and ranking != "full" and not given_lists:
         given = f"pairs={source}" + (f", ranking={ranking}" if ranking else "")
         raise ValueError(
             f"loss={cfg.loss.name} is listwise and trains on ranked lists, but data={cfg.data.name} ({given}) gives "
-            f"pairs; use data=ipr or data=rm_score with data.ranking=full (or null)"
+            f"pairs; use data=ipr or data=rm_score with data.ranking=full (or null), or ranked completions read with "
+            f"task.pairing=lists"
         )
     return ranking
 
