@@ -12,7 +12,7 @@ from bmc.listwise_module import ListwisePreferenceModule
 from bmc.pipeline import run
 
 
-@pytest.mark.parametrize("overrides", [["method=dpo_pl"], ["loss=lipo", "data=ipr"]])
+@pytest.mark.parametrize("overrides", [["method=dpo_pl"], ["loss=lipo", "data=ipr", "callbacks=default"]])
 def test_a_listwise_loss_trains_on_ipr_rankings(overrides, make_config, tmp_path: Path, monkeypatch) -> None:
     seen: list[dict] = []
     original = ListwisePreferenceModule._loss
@@ -45,3 +45,10 @@ def test_a_listwise_loss_trains_on_ipr_rankings(overrides, make_config, tmp_path
     assert sum(len(step["sizes"]) for step in train_steps) == metrics["data/train_pairs"]
     assert max(max(step["sizes"]) for step in train_steps) > 2
     assert metrics["data/train_pairs"] + metrics["data/val_pairs"] == len(rows)
+    if "callbacks=default" in overrides:  # the token-reward picture names each response's place in its list
+        record = json.loads((tmp_path / "run" / "token_rewards.json").read_text())
+        places: dict[int, list[str]] = {}
+        for example in record["examples"]:
+            places.setdefault(example["pair"], []).append(example["response"])
+        assert len(places) == min(4, metrics["data/val_pairs"])
+        assert all(p == [f"place {k + 1}" for k in range(len(p))] and len(p) >= 2 for p in places.values())
