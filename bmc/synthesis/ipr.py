@@ -26,7 +26,7 @@ goes above, worse below, a tie joins the block and ends the search. Without ties
 ⌈log2(i + 1)⌉ comparisons at most; ties end searches early. The ranking is what listwise losses train on.
 Mean comparisons per prompt over every sampling order of N distinct completions, full vs best/worst: N = 4: 4.67
 vs 5; N = 5: 7.07 vs 7; N = 8: 15.59 vs 13. With a verifier's ties (each completion right or wrong, p = 0.5, 2000
-draws): 3.62, 5.07, 9.48 vs 5, 7, 13 (tests/test_ipr.py checks N = 5 exactly).
+draws): 3.62, 5.07, 9.48 vs 5, 7, 13 (docs/measure_ipr_comparisons.py; tests/test_ipr.py checks N = 5 exactly).
 """
 
 from __future__ import annotations
