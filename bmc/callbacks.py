@@ -124,7 +124,8 @@ class StopAtAccuracy(pl.Callback):
 
 
 class TokenRewardLogger(pl.Callback):
-    """The paper's token-level reward picture: for a few validation pairs, each response token's reward
+    """The paper's token-level reward picture: for a few validation pairs (or ranked lists: ``response`` is then the
+    response's place in its list), each response token's reward
     ``beta * (log p_theta - log p_ref)`` and whether it is marked by the diff mask.
 
     Written to ``token_rewards.json`` in the run folder after the last validation, and logged as a W&B
@@ -147,14 +148,17 @@ class TokenRewardLogger(pl.Callback):
         if not trainer.is_global_zero:
             return
         tokenizer, n = datamodule.tokenizer, len(rows)
+        # a pair batch: the n chosen rows, then the n rejected; ranked lists: each list's rows in turn, best first
+        lists = batch["list_index"].tolist() if "list_index" in batch else None
+        owners = lists or [i % n for i in range(2 * n)]
         examples = []
-        for i in range(2 * n):
+        for i, owner in enumerate(owners):
             positions = mask[i].nonzero().squeeze(-1)
             tokens = batch["input_ids"][i, positions + 1].tolist()
             examples.append(
                 {
-                    "pair": i % n,
-                    "response": "chosen" if i < n else "rejected",
+                    "pair": owner,
+                    "response": f"place {i - lists.index(owner) + 1}" if lists else "chosen" if i < n else "rejected",
                     "tokens": [tokenizer.decode([t]) for t in tokens],
                     "rewards": [round(r, 5) for r in rewards[i, positions].tolist()],
                     "marked": batch["diff_mask"][i, positions + 1].int().tolist(),

@@ -1,4 +1,5 @@
-"""Per-token log-probabilities of response tokens.
+"""Per-token log-probabilities of response tokens (plain rows, and the rows of a pair or ranked list with their
+prompt shared).
 
 By default from the model's full logits. With ``chunk_positions`` (``logprob_chunk`` in the config; set for
 pretrained models, whose 49k-256k vocabularies make the logits the largest tensor of a step), from the decoder's
@@ -142,19 +143,32 @@ def response_token_logps(
     return logps.masked_fill(~mask, 0.0), mask
 
 
+def prompt_groups(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(G, K) the rows of a preference batch that share a prompt, each group's rows in order, ``-1`` padding a
+    group shorter than the longest: a pair batch's (B chosen rows, then the B rejected rows) ``[i, B + i]``; a
+    batch of ranked lists (with ``list_index``, each list's rows consecutive, :mod:`bmc.data.lists`) its lists."""
+    n_rows = batch["input_ids"].shape[0]
+    device = batch["input_ids"].device
+    if "list_index" not in batch:
+        pairs = torch.arange(n_rows // 2, device=device)
+        return torch.stack([pairs, pairs + n_rows // 2], dim=1)
+    sizes = torch.bincount(batch["list_index"])
+    k = torch.arange(int(sizes.max()), device=device)[None]
+    return torch.where(k < sizes[:, None], (torch.cumsum(sizes, 0) - sizes)[:, None] + k, -1)
+
+
 def shared_prompt_token_logps(
     model: PreTrainedModel, batch: dict[str, torch.Tensor], chunk_positions: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`response_token_logps` of a preference batch (B chosen rows, then the B rejected rows of the same
-    prompts), running each prompt through the model once instead of twice.
+    """:func:`response_token_logps` of a preference batch, running each prompt through the model once for all its
+    responses (a pair's two, a ranked list's K: :func:`prompt_groups`) instead of once per response.
 
-    Each pair becomes one row ``prompt + chosen + rejected``. The rejected response's position ids restart
-    where the prompt ends, and a (B, 1, L, L) attention mask keeps it from seeing the chosen response, so
-    every token attends to exactly what it attends to in its own row, sliding windows included (measured on
-    position ids, :mod:`bmc.attention`). The logits at the prompt's last token predict the first token of both
-    responses. Returns the same (2B, T-1) layout as :func:`response_token_logps`. The model must honour
-    ``position_ids`` and a 4D attention mask; :func:`bmc.scoring_check.verify_scoring` checks this on a run's
-    first batch.
+    Each group becomes one row ``prompt + y_1 + ... + y_K``. Every response's position ids restart where the prompt
+    ends, and a (G, 1, L, L) attention mask lets a response see the prompt and itself only, so every token attends
+    to exactly what it attends to in its own row, sliding windows included (measured on position ids,
+    :mod:`bmc.attention`). The logits at the prompt's last token predict the first token of every response.
+    Returns the same (N, T-1) layout as :func:`response_token_logps`. The model must honour ``position_ids`` and a
+    4D attention mask; :func:`bmc.scoring_check.verify_scoring` checks this on a run's first batch.
     """
     inputs, select = _shared_prompt_inputs(model, batch)
     mask = batch["response_mask"][:, 1:]
@@ -166,47 +180,57 @@ def _shared_prompt_inputs(
     model: PreTrainedModel, batch: dict[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """The packed rows of :func:`shared_prompt_token_logps` (the model's inputs) and the (rows, positions) of its
-    outputs that score each plain position t, in the plain (2B, T-1) layout."""
+    outputs that score each plain position t, in the plain (N, T-1) layout."""
     ids, response = batch["input_ids"], batch["response_mask"]
-    n_pairs, width = ids.shape[0] // 2, ids.shape[1]
+    groups, width = prompt_groups(batch), ids.shape[1]
+    present, members = groups >= 0, groups.clamp(min=0)
     lengths = batch["attention_mask"].sum(-1)
     starts = response.int().argmax(-1)  # the first response position, i.e. the prompt length
-    prompt = starts[:n_pairs]
-    chosen, rejected = lengths[:n_pairs] - prompt, lengths[n_pairs:] - prompt  # response lengths
+    prompt = starts[members[:, 0]]
     in_prompt = torch.arange(width, device=ids.device) < prompt[:, None]
-    same_prompt = (starts[n_pairs:] == prompt).all() and not ((ids[:n_pairs] != ids[n_pairs:]) & in_prompt).any()
-    if (prompt < 1).any() or not same_prompt:
-        raise ValueError("shared-prompt log-probs need rows i and B+i to hold the same non-empty prompt")
+    same_prompt = ((starts[members] == prompt[:, None]) | ~present).all() and not (
+        (ids[members] != ids[members[:, :1]]) & in_prompt[:, None] & present[..., None]
+    ).any()
+    if (prompt < 1).any() or not same_prompt or int(present.sum()) != ids.shape[0]:
+        raise ValueError("shared-prompt log-probs need the rows of each pair or list to hold the same non-empty prompt")
 
-    packed_width = int((prompt + chosen + rejected).max())
+    sizes = torch.where(present, lengths[members] - prompt[:, None], 0)  # response lengths, 0 for padding
+    ends = prompt[:, None] + sizes.cumsum(-1)  # where each response ends in its packed row
+    offsets = ends - sizes  # and where it starts
+    packed_width = int(ends[:, -1].max())
     j = torch.arange(packed_width, device=ids.device)[None]
-    first_end = (prompt + chosen)[:, None]
-    in_rejected = (j >= first_end) & (j < first_end + rejected[:, None])
-    real = (j < first_end) | in_rejected
-    pair = torch.arange(n_pairs, device=ids.device)[:, None]
-    source_row = torch.where(in_rejected, pair + n_pairs, pair)
-    source_col = torch.where(in_rejected, j - chosen[:, None], j).clamp(max=width - 1)
-    packed = torch.where(real, ids[source_row, source_col], ids.new_zeros(()))
+    real = j < ends[:, -1:]
+    # the segment of each packed position: -1 the prompt, k response k, K padding
+    prompt_part = j < prompt[:, None]
+    segment = torch.where(prompt_part, -1, (j[:, :, None] >= ends[:, None, :]).sum(-1))
+    own = segment.clamp(0, groups.shape[1] - 1)
+    shift = offsets.gather(1, own) - prompt[:, None]  # packed position - position in the response's own row
+    source_col = torch.where(prompt_part, j, j - shift).clamp(max=width - 1)
+    packed = torch.where(real, ids[members.gather(1, own), source_col], ids.new_zeros(()))
     # padding slots take position 0: a packed row is wider than the plain rows, and positions up to its width
     # would index past a learned position table (GPT-2) that the plain rows fit
-    position_ids = torch.where(in_rejected, j - chosen[:, None], j).masked_fill(~real, 0)
+    position_ids = torch.where(prompt_part, j, j - shift).masked_fill(~real, 0)
 
     causal = j.T >= j  # (L, L): query >= key
-    sees_chosen = in_rejected[:, :, None] & ((j >= prompt[:, None]) & (j < first_end))[:, None, :]
-    allowed = (causal & real[:, None, :] & ~sees_chosen) | torch.eye(packed_width, dtype=torch.bool, device=ids.device)
+    query, key = segment[:, :, None], segment[:, None, :]
+    # a key in the prompt or in the query's own response; padding queries (whose outputs nothing reads) see all
+    visible = (key == -1) | (key == query) | (query == groups.shape[1])
+    allowed = (causal & real[:, None, :] & visible) | torch.eye(packed_width, dtype=torch.bool, device=ids.device)
 
-    # plain position t (scoring token t+1) of a rejected row is packed position t + len(chosen), except the
-    # prompt's last position, which both responses share
+    # plain position t (scoring token t+1) of a row is packed position t + its response's shift, except in the
+    # prompt (its last position predicts the first token of every response)
+    group_of, slot_of = torch.empty_like(starts), torch.empty_like(starts)
+    group_of[groups[present]] = torch.nonzero(present)[:, 0]
+    slot_of[groups[present]] = torch.nonzero(present)[:, 1]
+    row_shift = (offsets[group_of, slot_of] - prompt[group_of])[:, None]
     t = torch.arange(width - 1, device=ids.device)[None]
-    rejected_source = torch.where(t < prompt[:, None], t, t + chosen[:, None]).clamp(max=packed_width - 1)
-    positions = torch.cat([t.expand(n_pairs, -1).clamp(max=packed_width - 1), rejected_source])
-    rows = torch.arange(n_pairs, device=ids.device).repeat(2)[:, None]
+    positions = torch.where(t < prompt[group_of][:, None], t, t + row_shift).clamp(max=packed_width - 1)
     inputs = {
         "input_ids": packed,
         "attention_mask": packed_attention_mask(model, allowed, position_ids),
         "position_ids": position_ids,
     }
-    return inputs, (rows, positions)
+    return inputs, (group_of[:, None], positions)
 
 
 def scored_hidden_states(

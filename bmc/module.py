@@ -14,10 +14,11 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
 from bmc.logprobs import response_token_logps, shared_prompt_token_logps
-from bmc.losses import SequenceLogps, build_objective, needs_reference, needs_sequence_kl, weighted_score
+from bmc.losses import LossOutput, SequenceLogps, build_objective, is_listwise, needs_reference, needs_sequence_kl
 from bmc.losses.metrics import preference_metrics
 from bmc.models import compile_decoder_layers
 from bmc.precision import resolve_precision
+from bmc.row_scores import RowScores, row_scores
 from bmc.schedule import cosine_with_warmup
 from bmc.scoring_check import verify_scoring
 from bmc.sequence_kl import TokenKL, sequence_kl_token_logps
@@ -150,6 +151,8 @@ class PreferenceModule(CausalLMModule):
     """
 
     best_metrics = {"val/loss": "min", "val/rewards/accuracies": "max", "val/rewards/margins": "max"}
+    #: whether the module trains on ranked lists (bmc.listwise_module) rather than pairs
+    listwise = False
 
     def __init__(
         self,
@@ -170,6 +173,9 @@ class PreferenceModule(CausalLMModule):
         # path checked) at its first batch
         self._shares_prompt: dict[int, bool] = {}
         self.loss_name = loss["name"]
+        if is_listwise(**loss) != self.listwise:
+            kind = "ranked lists" if self.listwise else "pairs"
+            raise ValueError(f"{type(self).__name__} trains on {kind}: it cannot train loss {loss['name']!r}")
         self.loss_fn, self.weighting, self.regularizer = build_objective(loss, token_weighting, regularizer)
         self.weighting_name, self.regularizer_name = token_weighting["name"], regularizer["name"]
         self.needs_reference = needs_reference(loss, regularizer)
@@ -237,43 +243,43 @@ class PreferenceModule(CausalLMModule):
         policy_tokens, mask = response_token_logps(self.policy, batch, self.logprob_chunk)
         return self.reward_scale * (policy_tokens - self._reference_token_logps(batch)), mask
 
-    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        n_pairs = batch["input_ids"].shape[0] // 2
-        kl = None
+    def _row_scores(self, batch: dict[str, torch.Tensor]) -> RowScores:
+        """Each row's sequence scores, weighted and not, under the policy and the reference (and, for a loss that
+        reads it, each row's sequential KL, both models' heads run together: :mod:`bmc.sequence_kl`)."""
         if self.sequence_kl:
             tokens = self._sequence_kl_tokens(batch)
-            ref_tokens, policy_tokens, mask, kl = tokens.reference, tokens.policy, tokens.mask, tokens.kl.sum(-1)
-        else:
-            # the reference forward first: its activations are freed before the policy's are kept for backward
-            ref_tokens = self._reference_token_logps(batch) if self.needs_reference else None
-            policy_tokens, mask = self._token_logps(self.policy, batch)
-        diff_mask = batch["diff_mask"][:, 1:] & mask
-        lengths = mask.sum(-1).float()
-        raw = policy_tokens.sum(-1)
-        weights = self.weighting.weights(policy_tokens.detach(), diff_mask, mask)
-        score = weighted_score(policy_tokens, weights, mask)
+            rows = row_scores(tokens.policy, tokens.reference, tokens.mask, batch["diff_mask"][:, 1:] & tokens.mask,
+                              self.weighting)  # fmt: skip
+            rows.kl = tokens.kl.sum(-1)
+            return rows
+        # the reference forward first: its activations are freed before the policy's are kept for backward
+        ref_tokens = self._reference_token_logps(batch) if self.needs_reference else None
+        policy_tokens, mask = self._token_logps(self.policy, batch)
+        return row_scores(policy_tokens, ref_tokens, mask, batch["diff_mask"][:, 1:] & mask, self.weighting)
 
-        ref_raw = ref_score = None
-        if ref_tokens is not None:
-            ref_raw = ref_tokens.sum(-1)
-            confidence = ref_tokens if self.weighting.ref_weights == "own" else policy_tokens.detach()
-            ref_score = weighted_score(ref_tokens, self.weighting.weights(confidence, diff_mask, mask), mask)
+    def _loss(self, batch: dict[str, torch.Tensor], rows: RowScores) -> tuple[LossOutput, SequenceLogps]:
+        """The loss of the batch's pairs (B chosen rows, then the B rejected rows) and their unweighted scores."""
+        n_pairs = rows.raw.shape[0] // 2
+        kl = rows.kl
 
         def pairs(scores: torch.Tensor, refs: torch.Tensor | None) -> SequenceLogps:
             return SequenceLogps(
                 chosen=scores[:n_pairs],
                 rejected=scores[n_pairs:],
-                chosen_tokens=lengths[:n_pairs],
-                rejected_tokens=lengths[n_pairs:],
+                chosen_tokens=rows.lengths[:n_pairs],
+                rejected_tokens=rows.lengths[n_pairs:],
                 ref_chosen=None if refs is None else refs[:n_pairs],
                 ref_rejected=None if refs is None else refs[n_pairs:],
                 chosen_kl=None if kl is None else kl[:n_pairs],
                 rejected_kl=None if kl is None else kl[n_pairs:],
             )
 
-        weighted = pairs(score, ref_score)
-        unweighted = pairs(raw, ref_raw)
-        out = self.loss_fn(self.regularizer.adjust(weighted, unweighted))
+        unweighted = pairs(rows.raw, rows.ref_raw)
+        return self.loss_fn(self.regularizer.adjust(pairs(rows.score, rows.ref_score), unweighted)), unweighted
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        rows = self._row_scores(batch)
+        out, unweighted = self._loss(batch, rows)
         penalty = self.regularizer.penalty(unweighted)
         loss = out.losses.mean() + penalty.mean()
 
@@ -282,13 +288,13 @@ class PreferenceModule(CausalLMModule):
             out,
             unweighted,
             (self.regularizer_name, self.regularizer, penalty),
-            (self.weighting_name, weights, diff_mask, mask),
+            (self.weighting_name, rows.weights, rows.diff_mask, rows.mask),
         )
         self.log_dict(
             {f"{stage}/{k}": v for k, v in metrics.items()},
-            batch_size=n_pairs,
+            batch_size=out.losses.shape[0],
             on_step=stage == "train",
             on_epoch=stage != "train",
-            sync_dist=stage != "train",  # validation metrics are means over all ranks' pairs
+            sync_dist=stage != "train",  # validation metrics are means over all ranks' pairs (lists)
         )
         return loss

@@ -21,7 +21,7 @@ from bmc.stages.common import container, truncation
 from bmc.stages.completion import tidy_checkpoints
 from bmc.stages.evaluation import evaluation_kind, prepare_evaluation
 from bmc.stages.export import check_export, check_push, export_policy, push_to_hub
-from bmc.stages.pairs import preference_pairs
+from bmc.stages.pairs import data_ranking, preference_pairs
 from bmc.stages.preference import resume_checkpoint, train_preference
 from bmc.stages.products import EvalSetup
 from bmc.stages.reward_model import judge_options, judge_setup
@@ -67,7 +67,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 def check_config(cfg: DictConfig) -> tuple[str | None, IterativeSettings]:
     """Fail in seconds, before any model is built or data stage runs, on every enumerated or cross-field
     setting: unknown kinds and keys and out-of-range options of the loss, weighting, regularizer, judge,
-    editor and their chat backends, ``data.pairs``, the sampler backend, ``data.bridge``, truncation,
+    editor and their chat backends, ``data.pairs``, a listwise loss on data without ranked lists, the sampler
+    backend, ``data.bridge``, truncation,
     ``eval.kind`` (and ``eval.baseline`` for a win rate), ``export.which`` (``best`` needs a monitored
     checkpoint), an ``export.push_to_hub`` that cannot upload (no ``HF_TOKEN``), a ``ckpt_path`` with no
     checkpoint and ``rounds`` settings that cannot run; returns the checkpoint to resume from (each round finds
@@ -75,6 +76,7 @@ def check_config(cfg: DictConfig) -> tuple[str | None, IterativeSettings]:
     build_objective(container(cfg.loss), container(cfg.token_weighting), container(cfg.regularizer))
     check_judge(judge_options(cfg)[0])
     check_data(container(cfg.data), container(cfg.editor))
+    data_ranking(cfg)
     truncation(cfg)
     if evaluation_kind(cfg) == "winrate":
         check_baseline(cfg)

@@ -7,8 +7,8 @@ in each batch as ``ref_token_logps``. The key holds the model checkpoint, the to
 every pair after truncation, the truncation settings and the precision, so runs and sweep jobs that share them
 share one entry; a run with a cache hit runs no reference forward at all.
 
-Values are stored per response token (chosen and rejected separately), not as sequence sums, because BMC
-token weighting needs the reference's per-token confidence.
+Values are stored per response token (chosen and rejected separately; for ranked lists, each of a prompt's K
+responses), not as sequence sums, because BMC token weighting needs the reference's per-token confidence.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from transformers import PreTrainedModel
 
 from bmc.cache import cached_dir
 from bmc.data.columns import ID_COLUMNS, REF_COLUMNS, ColumnDataset
+from bmc.data.lists import LIST_ID_COLUMNS, LIST_REF_COLUMN
 from bmc.logprobs import SCORING_REVISION, response_token_logps, shared_prompt_token_logps
 from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.scoring_check import verify_scoring
@@ -34,26 +35,38 @@ from bmc.scoring_check import verify_scoring
 _FILE_FORMAT = "safetensors-flat-v1"
 
 
-def token_ids_hash(dataset: ColumnDataset) -> str:
-    """A hash of the prompt/chosen/rejected token ids of every row, in order (data, tokenizer and truncation)."""
-    return hashlib.sha256(json.dumps({name: dataset[name] for name in ID_COLUMNS}).encode()).hexdigest()[:16]
+def token_ids_hash(dataset: ColumnDataset, columns: tuple[str, ...] = ID_COLUMNS) -> str:
+    """A hash of the token ids of every row (prompt/chosen/rejected, or a list's prompt/responses), in order (data,
+    tokenizer and truncation)."""
+    return hashlib.sha256(json.dumps({name: dataset[name] for name in columns}).encode()).hexdigest()[:16]
 
 
-def save_logps(columns: dict[str, list[torch.Tensor]], path: Path) -> None:
-    """Each column's rows concatenated into one float32 tensor, with the row lengths beside it."""
+def save_logps(columns: dict[str, list[Any]], path: Path) -> None:
+    """Each column's rows concatenated into one float32 tensor, with the row lengths beside it. A column whose rows
+    are lists of tensors (a list's K responses) is stored response by response, with each row's K beside it."""
     tensors = {}
     for name, rows in columns.items():
+        if rows and isinstance(rows[0], list):
+            tensors[f"{name}.sizes"] = torch.tensor([len(row) for row in rows], dtype=torch.int64)
+            rows = [response for row in rows for response in row]
         tensors[name] = torch.cat(rows) if rows else torch.zeros(0)
         tensors[f"{name}.lengths"] = torch.tensor([len(row) for row in rows], dtype=torch.int64)
     save_file(tensors, str(path))
 
 
-def load_logps(path: Path) -> dict[str, list[list[float]]]:
-    """The columns :func:`save_logps` wrote, one list of floats per row."""
+def load_logps(path: Path) -> dict[str, list[Any]]:
+    """The columns :func:`save_logps` wrote, one list of floats per row (a list of them per list row)."""
     tensors = load_file(str(path))
-    return {
-        name: [row.tolist() for row in tensors[name].split(tensors[f"{name}.lengths"].tolist())] for name in REF_COLUMNS
-    }
+    columns: dict[str, list[Any]] = {}
+    for name in (*REF_COLUMNS, LIST_REF_COLUMN):
+        if name not in tensors:
+            continue
+        rows = [row.tolist() for row in tensors[name].split(tensors[f"{name}.lengths"].tolist())]
+        if f"{name}.sizes" in tensors:
+            ends = tensors[f"{name}.sizes"].cumsum(0).tolist()
+            rows = [rows[end - size : end] for end, size in zip(ends, tensors[f"{name}.sizes"].tolist())]
+        columns[name] = rows
+    return columns
 
 
 def _on(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -61,24 +74,34 @@ def _on(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 def length_batches(
-    widths: list[int], rows_per_item: int, batch_size: int, batch_tokens: int | None = None
+    widths: list[int], rows_per_item: int | list[int], batch_size: int, batch_tokens: int | None = None
 ) -> list[list[int]]:
     """Indices of items of the given ``widths`` grouped into batches in order of width, each of at most
     ``batch_size`` items and, with ``batch_tokens``, at most that many padded positions (``rows_per_item`` rows
-    per item, each as wide as the batch's widest). An item wider than ``batch_tokens`` on its own gets a batch
-    of its own: nothing is ever dropped or cut."""
+    per item, or each item's own number of rows, each row as wide as the batch's widest). An item wider than
+    ``batch_tokens`` on its own gets a batch of its own: nothing is ever dropped or cut."""
+    rows = [rows_per_item] * len(widths) if isinstance(rows_per_item, int) else rows_per_item
     batches: list[list[int]] = []
     for index in sorted(range(len(widths)), key=widths.__getitem__):
         batch = batches[-1] if batches else []
         # widths ascend, so the candidate is the widest of its batch
         fits = len(batch) < batch_size and (
-            batch_tokens is None or (len(batch) + 1) * rows_per_item * widths[index] <= batch_tokens
+            batch_tokens is None or (sum(rows[i] for i in batch) + rows[index]) * widths[index] <= batch_tokens
         )
         if batch and fits:
             batch.append(index)
         else:
             batches.append([index])
     return batches
+
+
+def _rows_by_item(batch: dict[str, torch.Tensor], n_items: int) -> list[list[int]]:
+    """The rows of a collated batch that hold each item's responses, in order: a list's rows follow one another
+    (``list_index``), a pair's chosen row j comes with its rejected row ``n_items + j``."""
+    if "list_index" not in batch:
+        return [[j, n_items + j] for j in range(n_items)]
+    owners = batch["list_index"].tolist()
+    return [[row for row, owner in enumerate(owners) if owner == j] for j in range(n_items)]
 
 
 @torch.no_grad()
@@ -95,7 +118,8 @@ def compute_reference_logps(
     batch_tokens: int | None = None,
 ) -> dict[str, list[torch.Tensor]]:
     """Per-token log-probs of each row's chosen and rejected response under ``model`` (in eval mode): for each
-    of the columns :data:`REF_COLUMNS`, one float32 tensor per input row.
+    of the columns :data:`REF_COLUMNS`, one float32 tensor per input row; for ranked lists (rows with
+    ``response_ids``), the column ``ref_response_logps``, one tensor per response of each row.
 
     Pairs are batched in order of length (:func:`length_batches`: at most ``batch_size`` pairs and, with
     ``batch_tokens``, that many padded positions per forward), so little compute goes into padding.
@@ -112,25 +136,30 @@ def compute_reference_logps(
     model.to(device)
     precision.convert(model)  # the weights training starts from: Lightning casts them so at fit
     rows = dataset.rows()
-    prompts = [len(row["prompt_ids"]) for row in rows]
-    chosen, rejected = [len(row["chosen_ids"]) for row in rows], [len(row["rejected_ids"]) for row in rows]
-    # a packed pair is one row of prompt + both responses; a plain pair two rows of prompt + a response
-    packed_widths = [p + c + r for p, c, r in zip(prompts, chosen, rejected)]
-    plain_widths = [p + max(c, r) for p, c, r in zip(prompts, chosen, rejected)]
-    values: dict[str, list[torch.Tensor]] = {name: [torch.zeros(0)] * len(rows) for name in REF_COLUMNS}
+    lists = LIST_ID_COLUMNS[1] in dataset.column_names
+    responses = [row[LIST_ID_COLUMNS[1]] if lists else [row["chosen_ids"], row["rejected_ids"]] for row in rows]
+    # a packed item is one row of its prompt + all its responses; a plain item one row of prompt + a response each
+    packed_widths = [len(row["prompt_ids"]) + sum(map(len, rs)) for row, rs in zip(rows, responses)]
+    plain_widths = [len(row["prompt_ids"]) + max(map(len, rs)) for row, rs in zip(rows, responses)]
+    columns = (LIST_REF_COLUMN,) if lists else REF_COLUMNS
+    values: dict[str, list[Any]] = {name: [torch.zeros(0)] * len(rows) for name in columns}
     try:
         # the check computes in float32 whatever the precision, and runs nothing without a path to check
         packs = bool(rows) and verify_scoring(model, _on(device, collate(rows[:1])), chunk_positions, share_prompt)
         score = shared_prompt_token_logps if packs else response_token_logps
-        batches = length_batches(packed_widths if packs else plain_widths, 1 if packs else 2, batch_size, batch_tokens)
+        per_item = 1 if packs else [len(rs) for rs in responses]
+        batches = length_batches(packed_widths if packs else plain_widths, per_item, batch_size, batch_tokens)
         for indices in tqdm(batches, desc=desc, unit="batch"):
             batch = _on(device, collate([rows[i] for i in indices]))
             with precision.forward_context(device):
                 logps, mask = score(model, batch, chunk_positions)
             logps, mask = logps.float().cpu(), mask.cpu()
-            for row, index in enumerate(indices):
-                values[REF_COLUMNS[0]][index] = logps[row][mask[row]]
-                values[REF_COLUMNS[1]][index] = logps[row + len(indices)][mask[row + len(indices)]]
+            for index, item_rows in zip(indices, _rows_by_item(batch, len(indices))):
+                scored = [logps[row][mask[row]] for row in item_rows]
+                if lists:
+                    values[LIST_REF_COLUMN][index] = scored
+                else:
+                    values[REF_COLUMNS[0]][index], values[REF_COLUMNS[1]][index] = scored
     finally:
         model.to(original_device)
         model.train(was_training)
@@ -159,7 +188,7 @@ def attach_reference_logps(
     payload = {
         "model": model_key,
         "tokenizer": {"name": tokenizer.name_or_path, "size": len(tokenizer), "class": type(tokenizer).__name__},
-        "data": {split: token_ids_hash(ds) for split, ds in sorted(datamodule.datasets.items())},
+        "data": {split: token_ids_hash(ds, datamodule.id_columns) for split, ds in sorted(datamodule.datasets.items())},
         "truncation": {
             "max_length": datamodule.truncation.max_length,
             "max_prompt_length": datamodule.truncation.max_prompt_length,

@@ -126,24 +126,33 @@ def _float32(model: torch.nn.Module) -> Iterator[float]:
 
 def _first_pairs(batch: dict[str, torch.Tensor], n_pairs: int) -> dict[str, torch.Tensor]:
     """The rows the scoring paths read of the first ``n_pairs`` pairs of a preference ``batch`` (its chosen rows,
-    then their rejected rows), cut to their widest row."""
-    half = batch["input_ids"].shape[0] // 2
-    rows = torch.cat([torch.arange(min(half, n_pairs)), half + torch.arange(min(half, n_pairs))])
+    then their rejected rows), or of its first ``n_pairs`` ranked lists (with their ``list_index``), cut to their
+    widest row."""
+    if "list_index" in batch:
+        rows = torch.nonzero(batch["list_index"] < n_pairs)[:, 0]
+    else:
+        half = batch["input_ids"].shape[0] // 2
+        rows = torch.cat([torch.arange(min(half, n_pairs)), half + torch.arange(min(half, n_pairs))])
     width = int(batch["attention_mask"][rows].sum(-1).max())
-    return {name: batch[name][rows, :width] for name in ("input_ids", "attention_mask", "response_mask")}
+    names = ("input_ids", "attention_mask", "response_mask")
+    first = {name: batch[name][rows, :width] for name in names}
+    if "list_index" in batch:
+        first["list_index"] = batch["list_index"][rows]
+    return first
 
 
 def _probes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """``batch``, and for a model with a sliding window a pair longer than its smallest window: the first pair's
-    prompt repeated past the window, then its two responses. Added whatever the batch's lengths, so that every
-    rank of a sharded run runs as many forwards (each gathers weights from all ranks)."""
+    """``batch``, and for a model with a sliding window a pair longer than its smallest window: the first pair's (or
+    list's) prompt repeated past the window, then its first two responses. Added whatever the batch's lengths, so
+    that every rank of a sharded run runs as many forwards (each gathers weights from all ranks)."""
     windows = [w for w in attention_windows(model).values() if w is not None]
     if not windows:
         return [batch]
     lengths = batch["attention_mask"].sum(-1).tolist()
-    ids, n_pairs = batch["input_ids"], batch["input_ids"].shape[0] // 2
+    ids = batch["input_ids"]
+    second = 1 if "list_index" in batch else ids.shape[0] // 2  # the first pair's or list's second response
     prompt = int(batch["response_mask"][0].int().argmax())
     long_prompt = ids[0, :prompt].tolist() * -(-(min(windows) + 1) // prompt)
-    responses = [ids[0, prompt : lengths[0]].tolist(), ids[n_pairs, prompt : lengths[n_pairs]].tolist()]
+    responses = [ids[0, prompt : lengths[0]].tolist(), ids[second, prompt : lengths[second]].tolist()]
     probe = {name: value.to(ids.device) for name, value in pad_sequences([long_prompt] * 2, responses, 0).items()}
     return [batch, probe]

@@ -61,13 +61,14 @@ FAMILIES: dict[str, tuple[dict, str]] = {
                   "attention + Mamba-2 hybrid, logits times `lm_head_multiplier`"),
 }  # fmt: skip
 
-#: layout -> (shared prompt, chunked LM head, LoRA adapters)
-LAYOUTS: dict[str, tuple[bool, bool, bool]] = {
-    "plain": (False, False, False),
-    "shared prompt": (True, False, False),
-    "chunked head": (False, True, False),
-    "shared + chunked": (True, True, False),
-    "LoRA, shared + chunked": (True, True, True),
+#: layout -> (shared prompt, chunked LM head, LoRA adapters, batch: pairs or ranked lists of K responses)
+LAYOUTS: dict[str, tuple[bool, bool, bool, str]] = {
+    "plain": (False, False, False, "pairs"),
+    "shared prompt": (True, False, False, "pairs"),
+    "chunked head": (False, True, False, "pairs"),
+    "shared + chunked": (True, True, False, "pairs"),
+    "LoRA, shared + chunked": (True, True, True, "pairs"),
+    "K responses, shared": (True, False, False, "lists"),
 }
 #: the chunked head's chunk, in positions: smaller than a row, so rows span chunks
 CHUNK = 3
@@ -79,6 +80,11 @@ PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bf16 autocast": t
 #: matmuls accumulate in float32, and rows this short round alike in every layout); 0.02 is about one bf16
 #: rounding step of a 4-nat log-prob, and below the 0.05 nats of the window defect (a test shows it caught)
 TOLERANCE: dict[str, float] = {"float32": FLOAT32_TOLERANCE, "bf16 autocast": 0.02}
+#: the same for the ranked-list batch, whose packed rows (up to 20 wide) the sdpa kernel rounds otherwise in bf16
+#: than the model's own rows: measured up to 0.023 (OLMo-2; 0.004-0.02 for the other families under sdpa, exactly 0
+#: under eager, and 1e-6 in float32 everywhere: rounding, not layout); 0.03 is under one bf16 step of a 4-8 nat
+#: log-prob (0.031)
+LIST_TOLERANCE: dict[str, float] = {"float32": FLOAT32_TOLERANCE, "bf16 autocast": 0.03}
 
 #: attention implementations each family is run under (Gemma-2 offers eager only)
 ATTENTION: dict[str, tuple[str, ...]] = {name: ("eager", "sdpa") for name in FAMILIES} | {"gemma2": ("eager",)}
@@ -114,6 +120,23 @@ def pair_batch() -> dict[str, torch.Tensor]:
     return pad_sequences([prompts[i % 3] for i in range(len(responses))], responses, pad_id=0)
 
 
+def list_batch() -> dict[str, torch.Tensor]:
+    """Three ranked lists of 3, 2 and 2 responses (K varying in the batch) on the pair batch's prompts, each list's
+    rows consecutive with their ``list_index`` (:mod:`bmc.data.lists`); packed rows up to 20 tokens, twice the
+    position table."""
+    g = torch.Generator().manual_seed(1)
+    prompts = [[1, *torch.randint(2, VOCAB, (n,), generator=g).tolist()] for n in (2, 4, 1)]
+    lists = [[[4, 7, 9, 2, 5], [11, 12, 13, 14, 15, 16, 17], [40, 41, 42]], [[5, 6], [21, 22, 23]],
+             [[8, 3, 3, 3, 3, 3, 3], [30, 31]]]  # fmt: skip
+    batch = pad_sequences([prompts[i] for i, rows in enumerate(lists) for _ in rows], sum(lists, []), pad_id=0)
+    assert batch["input_ids"].shape[1] == WIDTH
+    batch["list_index"] = torch.tensor([i for i, rows in enumerate(lists) for _ in rows])
+    return batch
+
+
+BATCHES = {"pairs": pair_batch, "lists": list_batch}
+
+
 def own_forward_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """``logits.log_softmax`` of the model's own forward, one unpadded row at a time, laid out as the project's
     (N, T-1) log-probs: position t scores token t+1, zero outside the response."""
@@ -134,6 +157,7 @@ def render() -> str:
     ]
     table = "\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *rows])
     tolerances = "; ".join(f"{name}: {value:g}" for name, value in TOLERANCE.items())
+    list_tolerances = "; ".join(f"{name}: {value:g}" for name, value in LIST_TOLERANCE.items())
     fallbacks = "\n".join(f"- `{family}`: {why}." for family, why in FALLBACKS.items())
     return f"""# Architectures: the conformance matrix
 
@@ -150,10 +174,12 @@ plain row): in every precision ({", ".join(PRECISIONS)}) and under every attenti
 
 Layouts: the plain padded batch; the shared prompt (each pair one row, prompt once; sliding windows measured on
 position ids, `bmc/attention.py`); the chunked LM head ({CHUNK} positions a chunk, with the family's logit scaling
-and soft-capping); both; and both on a LoRA-adapted model (gradients of the adapters).
+and soft-capping); both; both on a LoRA-adapted model (gradients of the adapters); and K responses shared: a batch
+of ranked lists of 3, 2 and 2 responses, each list one row with its prompt once (`bmc.logprobs.prompt_groups`).
 
 - **equal**: log-probs within the tolerance per token, gradients within the tolerance times the largest gradient
-  ({tolerances}).
+  ({tolerances}; for the ranked lists {list_tolerances}: their wider packed rows round otherwise under sdpa in
+  bf16, by up to 0.023, while float32 agrees to 1e-6).
 - **fallback**: the model cannot be told the shared layout by an attention mask; its pairs are scored as separate
   rows, with one log line (`bmc.scoring_check.verify_scoring`), and those are equal.
 

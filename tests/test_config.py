@@ -3,6 +3,7 @@ config check; every enumerated or cross-field setting fails that check, before a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,10 @@ def test_experiment_presets_are_multiruns_over_methods_and_seeds(tmp_path: Path)
         ("tdpo1", ("tdpo1", "sampled", "uniform")),
         ("tdpo2", ("tdpo2", "sampled", "uniform")),
         ("dpo_confpo", ("dpo", "sampled", "confpo")),
+        ("dpo_pl", ("dpo_pl", "ipr", "uniform")),
+        ("lipo", ("lipo", "ipr", "uniform")),
+        ("infonca", ("infonca", "ipr", "uniform")),
+        ("dpo_bmc_pl", ("dpo_pl", "ipr", "bmc")),
     ],
 )
 def test_methods_select_loss_data_and_weighting(method: str, expected: tuple, tmp_path: Path) -> None:
@@ -205,3 +210,44 @@ def test_the_config_check_accepts_what_the_stages_accept(tmp_path: Path) -> None
     ]
     for overrides in good:
         assert check_config(compose_config(overrides, tmp_path / "run", tmp_path / "cache"))[0] is None, overrides
+
+
+@pytest.mark.parametrize(
+    "overrides,ranking",
+    [
+        (["loss=dpo_pl", "data=ipr"], "full"),  # null: a listwise loss gets the full ranking
+        (["loss=dpo", "data=ipr"], "best_worst"),
+        (["loss=dpo", "data=ipr", "data.ranking=full"], "full"),  # a pairwise loss reads lists as best/worst
+        (["loss=infonca", "data=rm_score"], "full"),
+        (["method=lipo"], "full"),
+        (["loss=dpo", "data=original"], None),
+        (["loss=dpo_pl", "task=hf_prefs", "task.pairing=lists"], None),  # ranked completions read as lists
+    ],
+)
+def test_data_ranking_is_resolved_from_the_loss(overrides: list[str], ranking: str | None, tmp_path: Path) -> None:
+    from bmc.stages.pairs import data_ranking
+
+    assert data_ranking(compose_config(overrides, tmp_path / "run", tmp_path / "cache")) == ranking
+
+
+@pytest.mark.parametrize(
+    "overrides,given",
+    [
+        (["loss=dpo_pl", "data=original"], "data=original (pairs=original)"),
+        (["loss=lipo", "data=ipr", "data.ranking=best_worst"], "data=ipr (pairs=ipr, ranking=best_worst)"),
+        (["loss=infonca", "data=sampled"], "data=sampled (pairs=sampled)"),
+    ],
+)
+def test_a_listwise_loss_without_ranked_lists_fails_before_any_stage(overrides, given, tmp_path: Path) -> None:
+    from bmc.pipeline import check_config
+
+    cfg = compose_config(overrides, tmp_path / "run", tmp_path / "cache")
+    with pytest.raises(ValueError, match=rf"loss={cfg.loss.name} is listwise .* but {re.escape(given)} gives pairs"):
+        check_config(cfg)
+
+
+def test_data_ranking_is_refused_where_it_means_nothing(tmp_path: Path) -> None:
+    from bmc.stages.pairs import data_ranking
+
+    with pytest.raises(ValueError, match="data.ranking=full applies to data.pairs in"):
+        data_ranking(compose_config(["data=sampled", "data.ranking=full"], tmp_path / "run", tmp_path / "cache"))

@@ -23,7 +23,7 @@ from bmc.synthesis.bridging import bridge
 from bmc.synthesis.chat import LocalChat
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.judges import RewardModelJudge, build_judge
-from bmc.synthesis.pair_sources import _rm_choices, _samples
+from bmc.synthesis.pair_sources import _rm_scores, _samples
 from bmc.synthesis.sampler.vllm import MEMORY_MARGIN
 from tests.doubles.fake_vllm import fake_vllm
 
@@ -144,7 +144,7 @@ def test_the_data_stages_build_their_judges_and_editors_on_the_contexts_device(
     ctx = SynthesisContext({"name": "bridged", "bridge": {}}, TaskData("t", [], [], []), None, None, tmp_path,
                            None, editor_cfg=editor, device=accelerator_device("gpu"))  # fmt: skip
     # no pairs and no samples: the models are built and placed, and nothing is asked of them
-    assert bridge(ctx, []) == [] and _rm_choices(ctx, [], {"kind": "reward_model", "path": str(tiny_lm)}) == []
+    assert bridge(ctx, []) == [] and _rm_scores(ctx, [], {"kind": "reward_model", "path": str(tiny_lm)}) == []
     assert [model.devices for model in loaded] == [[RANK1], [RANK1]]
 
 

@@ -14,9 +14,11 @@ from bmc.scoring_check import verify_scoring
 from tests import conformance
 from tests.conformance import (
     ATTENTION,
+    BATCHES,
     CHUNK,
     FAMILIES,
     LAYOUTS,
+    LIST_TOLERANCE,
     PRECISIONS,
     TOLERANCE,
     WIDTH,
@@ -54,20 +56,23 @@ CELLS = [
 def test_every_layout_scores_as_the_models_own_forward(
     family: str, attention: str, precision: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tolerance, batch = TOLERANCE[precision], pair_batch()
     autocast = torch.autocast("cpu", PRECISIONS[precision] or torch.bfloat16, enabled=PRECISIONS[precision] is not None)
-    weights = torch.randn(batch["input_ids"].shape[0], WIDTH - 1, generator=torch.Generator().manual_seed(2))
     models = {False: tiny_model(family, attention), True: _with_lora(tiny_model(family, attention))}
-    expected = {}
-    for lora, model in models.items():
-        params = [p for p in model.parameters() if p.requires_grad]
-        with autocast:
-            logps = own_forward_logps(model, batch)
-        expected[lora] = (logps, torch.autograd.grad((logps * weights).sum(), params), params)
+    expected = {}  # (LoRA, batch kind) -> the model's own log-probs, their gradients, the parameters
 
-    for layout, (share, chunked, lora) in LAYOUTS.items():
-        model, chunk = models[lora], CHUNK if chunked else None
-        want, want_grads, params = expected[lora]
+    def own(lora: bool, kind: str, batch: dict, weights: torch.Tensor) -> tuple:
+        if (lora, kind) not in expected:
+            params = [p for p in models[lora].parameters() if p.requires_grad]
+            with autocast:
+                logps = own_forward_logps(models[lora], batch)
+            expected[lora, kind] = (logps, torch.autograd.grad((logps * weights).sum(), params), params)
+        return expected[lora, kind]
+
+    for layout, (share, chunked, lora, kind) in LAYOUTS.items():
+        model, chunk, batch = models[lora], CHUNK if chunked else None, BATCHES[kind]()
+        tolerance = (LIST_TOLERANCE if kind == "lists" else TOLERANCE)[precision]
+        weights = torch.randn(batch["input_ids"].shape[0], WIDTH - 1, generator=torch.Generator().manual_seed(2))
+        want, want_grads, params = own(lora, kind, batch, weights)
         status = conformance.expected(family, layout)
         if share:
             caplog.clear()

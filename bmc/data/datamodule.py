@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedTokenizerBase
 
-from bmc.data.columns import REF_COLUMNS, ColumnDataset
+from bmc.data.columns import ID_COLUMNS, REF_COLUMNS, ColumnDataset
 from bmc.data.epoch_sampler import EpochSampler
 from bmc.data.tokenize import Truncation, encode_prompts, encode_responses, pad_sequences, prompt_frame
 from bmc.losses.masks import diff_masks, stopword_token_ids
@@ -170,6 +170,8 @@ class PreferenceDataModule(_TokenizedDataModule):
 
     kind = "pairs"
     noun = "pair"
+    #: the token-id columns of a tokenized row, which the reference cache's key hashes (bmc.reference)
+    id_columns = ID_COLUMNS
 
     def __init__(
         self,
@@ -194,7 +196,11 @@ class PreferenceDataModule(_TokenizedDataModule):
             if not rows:  # training needs pairs, validation a loss to report; the pipeline never passes none
                 raise ValueError(f"PreferenceDataModule: the {split} split has no pairs")
             encode = partial(self._encode, stopwords=stopwords)
-            self._tokenize(split, rows, encode, fields=("prompt", "chosen", "rejected"))
+            self._tokenize(split, rows, encode, fields=self._fields())
+
+    def _fields(self) -> tuple[str, ...]:
+        """The fields of a row that tokenizing reads."""
+        return ("prompt", "chosen", "rejected")
 
     def _after_the_cut(self, dataset: ColumnDataset) -> str:
         # cutting the responses can remove the only tokens in which they differ: no preference signal is left

@@ -2,7 +2,10 @@
 ``instruction`` + ``completions: [{response, overall_score, ...}]``), turned into pairs by ``task.pairing``:
 
 - ``best_worst``: one pair per prompt, the highest-scored completion over the lowest (the first of equals);
-- ``all_pairs``: every two completions with different scores, the higher-scored one chosen.
+- ``all_pairs``: every two completions with different scores, the higher-scored one chosen;
+- ``lists``: one ranked list per prompt for listwise losses (:mod:`bmc.data.lists`): every completion, highest
+  score first (equals in their order), equal scores in one tie block, the scores as the grades ψ; its best and
+  worst are the row's ``chosen``/``rejected``.
 
 Completions with equal scores carry no preference: such pairs are dropped and counted (all of a prompt's
 completions tied: no pair at all). An empty completion is paired like the others, and its pairs are dropped
@@ -20,7 +23,7 @@ from typing import Any
 
 from bmc.data.layouts import DataError, is_messages, kind_of
 
-PAIRINGS = ("best_worst", "all_pairs")
+PAIRINGS = ("best_worst", "all_pairs", "lists")
 #: task.columns entries of this layout, beside prompt/chosen/rejected
 COLUMNS = {"completions": "completions", "response": "response", "score": "score", "scores": "scores"}
 
@@ -64,6 +67,8 @@ def ranked_pairs(
     if not (isinstance(prompt, str) or is_messages(prompt)):
         raise DataError(f"{where}, field {columns['prompt']!r}: expected a string or messages, got {kind_of(prompt)}")
     scored = _scored(row, columns, where)
+    if pairing == "lists":
+        return _ranked_list(prompt, scored)
     if pairing == "best_worst":
         best = max(range(len(scored)), key=lambda i: scored[i][1])
         worst = min(range(len(scored)), key=lambda i: scored[i][1])
@@ -81,3 +86,17 @@ def ranked_pairs(
             "score_chosen": scored[high][1], "score_rejected": scored[low][1],
         })  # fmt: skip
     return pairs, ties
+
+
+def _ranked_list(prompt: Any, scored: list[tuple[str, float]]) -> tuple[list[dict[str, Any]], int]:
+    """``pairing: lists``: the prompt's one ranked list, or none (one tie: every score equal)."""
+    ordered = sorted(scored, key=lambda item: -item[1])  # stable: equal scores keep their order
+    grades = sorted({score for _, score in scored}, reverse=True)
+    if len(grades) < 2:
+        return [], 1
+    responses, scores = [text for text, _ in ordered], [score for _, score in ordered]
+    return [{
+        "prompt": prompt, "chosen": responses[0], "rejected": responses[-1], "responses": responses,
+        "ranks": [grades.index(score) for score in scores], "scores": scores,
+        "score_chosen": scores[0], "score_rejected": scores[-1],
+    }], 0  # fmt: skip

@@ -6,12 +6,14 @@ module of this package on its first lookup. See ``registry`` for the interface.
 
 from bmc.losses.masks import ENGLISH_STOPWORDS, diff_masks, stopword_token_ids
 from bmc.losses.objective import build_objective, needs_reference
+from bmc.losses.ranked import RankedLogps
 from bmc.losses.registry import (
     LOSSES,
     LossOutput,
     SequenceLogps,
     build_loss,
     build_weighted_loss,
+    is_listwise,
     is_reference_free,
     needs_sequence_kl,
     preference_loss,
@@ -32,6 +34,7 @@ __all__ = [
     "REGULARIZERS",
     "TOKEN_WEIGHTINGS",
     "LossOutput",
+    "RankedLogps",
     "Regularizer",
     "SequenceLogps",
     "TokenWeighting",
@@ -41,6 +44,7 @@ __all__ = [
     "build_token_weighting",
     "build_weighted_loss",
     "diff_masks",
+    "is_listwise",
     "is_reference_free",
     "needs_reference",
     "needs_sequence_kl",

@@ -97,15 +97,17 @@ def register_loss(
     *,
     reference_free: bool = False,
     sequence_kl: bool = False,
+    listwise: bool = False,
     ranges: Mapping[str, Container] | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a loss function or class under ``name``.
 
     ``ranges`` maps hyper-parameter names to the values they accept (anything supporting ``in``, e.g. an
     ``Interval``), overriding the shared defaults (beta > 0, eps in [0, 0.5), ...). ``sequence_kl``: the loss
-    reads ``SequenceLogps.chosen_kl``/``rejected_kl``, so the reference runs in the step (TDPO).
+    reads ``SequenceLogps.chosen_kl``/``rejected_kl``, so the reference runs in the step (TDPO). ``listwise``: the
+    loss takes the ranked lists of K responses per prompt (:class:`bmc.losses.ranked.RankedLogps`), not pairs.
     """
-    flags = {"reference_free": reference_free, "sequence_kl": sequence_kl}
+    flags = {"reference_free": reference_free, "sequence_kl": sequence_kl, "listwise": listwise}
     return LOSSES.register(name, ranges=ranges, traits=[trait for trait, on in flags.items() if on])
 
 
@@ -132,6 +134,18 @@ def needs_sequence_kl(name: str, **hparams: Any) -> bool:
     if name == "mix" and components:
         return any(needs_sequence_kl(**component) for component in components)
     return "sequence_kl" in LOSSES.entry(name).traits
+
+
+def is_listwise(name: str, **hparams: Any) -> bool:
+    """Whether the loss trains on ranked lists. For ``mix``: iff all its ``components`` are; a mix of listwise
+    and pairwise losses raises (a batch holds either lists or pairs). Other hyper-parameters are ignored."""
+    components = hparams.get("components")
+    if name == "mix" and components:
+        kinds = {is_listwise(**component) for component in components}
+        if len(kinds) > 1:
+            raise ValueError(f"loss 'mix' mixes listwise and pairwise components: {list(components)}")
+        return kinds.pop()
+    return "listwise" in LOSSES.entry(name).traits
 
 
 def preference_loss(

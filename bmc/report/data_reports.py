@@ -28,12 +28,18 @@ COLUMNS = (
     ("judge failure share", "judge_failure_share"),  # the two above over the judge's replies
     ("sources (pairs)", "sources"),
     ("extra columns", "extra_columns"),
+    ("judge calls", "judge_calls"),  # single judgments (IPR: two per comparison, both orders)
+    ("comparisons per prompt", "comparisons_per_prompt"),  # IPR's best/worst search or full ranking
+    ("list sizes (K: lists)", "list_sizes"),  # data.ranking=full: ranked lists by their number of responses
 )
 
 
 def data_setting(record: RunRecord) -> str:
-    """``sampled``, ``pseudo_winning (sampled)``, ``ipr (judge verifier)``: what decides a run's pairs."""
+    """``sampled``, ``pseudo_winning (sampled)``, ``ipr (judge verifier)``, ``ipr, full ranking (judge verifier)``:
+    what decides a run's pairs (or ranked lists)."""
     name, pairs = record.get("data.name", "-"), record.get("data.pairs")
+    if (record.data_report or {}).get("ranking") == "full":  # ranked lists, not pairs
+        name = f"{name}, full ranking"
     if record.get("data.bridge"):
         return f"{name} ({pairs})"
     return f"{name} (judge {record.get('judge.kind')})" if pairs in ("ipr", "rm_score") else str(name)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from bmc.cache import cache_key, cached_dir
 from bmc.data.sources import TaskData
 from bmc.devices import accelerator_device
+from bmc.losses import is_listwise
 from bmc.precision import resolve_precision
 from bmc.stages.common import container
 from bmc.stages.products import JudgeSetup, PreferencePairs, StartingPolicy
@@ -36,12 +37,41 @@ def needs_policy_model(cfg: DictConfig) -> bool:
     return samples_from_policy(container(cfg.data)) or bool(cfg.judge.get("train"))
 
 
+#: the data sources that can rank all their samples (``data.ranking=full``: ranked lists)
+RANKING_SOURCES = ("ipr", "rm_score")
+
+
+def data_ranking(cfg: DictConfig) -> str | None:
+    """``data.ranking`` of a source that ranks its samples, resolved: ``null`` is ``full`` (ranked lists) for a
+    listwise loss, ``best_worst`` (pairs) otherwise; None for other sources. A listwise loss on data that gives
+    pairs is an error naming the loss and the data."""
+    source, ranking = cfg.data.get("pairs", "original"), cfg.data.get("ranking")
+    listwise = is_listwise(**container(cfg.loss))
+    if source in RANKING_SOURCES:
+        ranking = ranking or ("full" if listwise else "best_worst")
+    elif ranking is not None:
+        raise ValueError(f"data.ranking={ranking} applies to data.pairs in {RANKING_SOURCES}, not {source!r}")
+    # a dataset of ranked completions read as lists (task.pairing=lists, bmc.data.ranked) gives them as they are
+    given_lists = source == "original" and cfg.task.get("pairing") == "lists"
+    if listwise and ranking != "full" and not given_lists:
+        given = f"pairs={source}" + (f", ranking={ranking}" if ranking else "")
+        raise ValueError(
+            f"loss={cfg.loss.name} is listwise and trains on ranked lists, but data={cfg.data.name} ({given}) gives "
+            f"pairs; use data=ipr or data=rm_score with data.ranking=full (or null), or ranked completions read with "
+            f"task.pairing=lists"
+        )
+    return ranking
+
+
 def preference_pairs(
     cfg: DictConfig, task_data: TaskData, policy: StartingPolicy, judge: JudgeSetup
 ) -> PreferencePairs:
     """The pairs of ``cfg.data``; fewer than two is an error that names the data config and the drops."""
+    data_cfg = container(cfg.data)
+    if ranking := data_ranking(cfg):
+        data_cfg["ranking"] = ranking
     context = SynthesisContext(
-        container(cfg.data),
+        data_cfg,
         task_data,
         policy.model,
         policy.tokenizer,

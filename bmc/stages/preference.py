@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 from bmc.checkpointing import load_policy_weights, resolve_ckpt_path
 from bmc.devices import accelerator_device
 from bmc.distributed import check_launch, full_state_dict, shards_parameters
-from bmc.losses import needs_reference, needs_sequence_kl
+from bmc.losses import is_listwise, needs_reference, needs_sequence_kl
 from bmc.models import add_lora, frozen_copy
 from bmc.precision import resolve_precision
 from bmc.reference import attach_reference_logps
@@ -53,7 +53,7 @@ def train_preference(
     model, in_step_reference = _policy_and_reference(cfg, policy)
     train_pairs, val_pairs = train_val_pairs(cfg, data)
     # _partial_: the config's own arguments are bound, and the objects are passed as they are (not converted)
-    datamodule = instantiate(cfg.datamodule, _partial_=True)(
+    datamodule = instantiate(_targeted(cfg, "datamodule"), _partial_=True)(
         train=train_pairs,
         val=val_pairs,
         masks=container(cfg.data.masks),
@@ -79,7 +79,7 @@ def train_preference(
             share_prompt=cfg.share_prompt,
             batch_tokens=cfg.reference.batch_tokens,
         )
-    module = instantiate(cfg.module, _partial_=True)(
+    module = instantiate(_targeted(cfg, "module"), _partial_=True)(
         policy=model,
         reference=in_step_reference,
         loss=container(cfg.loss),
@@ -127,6 +127,23 @@ def _runnable_alone(trainer: pl.Trainer, policy: StartingPolicy) -> PreTrainedMo
     model = add_lora(model, lora) if lora else model
     load_policy_weights(model, state, "the FSDP policy's gathered weights")
     return model
+
+
+#: the pair defaults of conf/train.yaml's module and datamodule, and what a listwise loss trains with instead
+_LISTWISE_TARGETS = {
+    "module": ("bmc.module.PreferenceModule", "bmc.listwise_module.ListwisePreferenceModule"),
+    "datamodule": ("bmc.data.datamodule.PreferenceDataModule", "bmc.data.lists.ListDataModule"),
+}
+
+
+def _targeted(cfg: DictConfig, group: str) -> DictConfig:
+    """``cfg.module`` or ``cfg.datamodule``; for a listwise loss, with the listwise class in place of the pair
+    default (a ``_target_`` set to another class is kept: it is the user's, and must take ranked lists)."""
+    pairs, lists = _LISTWISE_TARGETS[group]
+    node = cfg[group]
+    if is_listwise(**container(cfg.loss)) and node._target_ == pairs:
+        node = OmegaConf.merge(node, {"_target_": lists})
+    return node
 
 
 def _uses_reference(cfg: DictConfig) -> bool:

@@ -8,6 +8,7 @@
 - ``ipr``: N completions per prompt sampled from the SFT policy, ranked by a pairwise judge with
   iterative pairwise ranking (chosen = best, rejected = worst);
 - ``rm_score``: the same completions, chosen/rejected = max/min of a scalar reward model's score.
+With ``data.ranking=full`` these two give ranked lists of all the samples instead (:mod:`bmc.synthesis.ranked_lists`).
 ``data.bridge`` (the BMC Bridging phase) then optionally replaces each chosen response by a
 pseudo-winning one: the rejected response after the smallest edit that fixes it, made by an editor.
 
@@ -34,10 +35,11 @@ from bmc.synthesis.bridging import bridge, bridge_options, mean_token_edit_dista
 from bmc.synthesis.context import SynthesisContext
 from bmc.synthesis.editors import check_editor
 from bmc.synthesis.failures import SETTING, ReplyFailures, check_failure_share, split_limit
-from bmc.synthesis.ipr import rank_many, rm_pairs
+from bmc.synthesis.ipr import FullRanking, IPRResult, rank_many, rm_pairs, score_blocks
 from bmc.synthesis.judges import build_judge
 from bmc.synthesis.local_models import with_model_dtypes
 from bmc.synthesis.model_keys import model_config_key
+from bmc.synthesis.ranked_lists import list_rows, list_sizes
 from bmc.synthesis.sampler import SamplingSettings, build_sampler_backend, sampler_backend_class
 from bmc.synthesis.store import resumable_map
 
@@ -134,30 +136,44 @@ def _judge_payload(samples: list[dict[str, Any]], judge_cfg: dict[str, Any], kin
     return {"samples": cache_key(samples), "judge": model_config_key(judge_cfg, "judge"), "kind": kind}
 
 
+def _full_ranking(ctx: SynthesisContext) -> bool:
+    """``data.ranking``: ``best_worst`` (IPR's best/worst search, rm_score's max/min: pairs) or ``full`` (every
+    sample ranked: lists, :mod:`bmc.synthesis.ranked_lists`). The stage resolves ``null`` from the loss."""
+    ranking = ctx.cfg.get("ranking") or "best_worst"
+    if ranking not in ("best_worst", "full"):
+        raise ValueError(f"data.ranking must be best_worst or full, got {ranking!r}")
+    if ranking == "full" and ctx.cfg.get("bridge"):
+        raise ValueError("data.bridge edits pairs: it cannot take the ranked lists of data.ranking=full")
+    return ranking == "full"
+
+
+def _entry(result: IPRResult | FullRanking) -> dict[str, Any]:
+    if isinstance(result, FullRanking):
+        return {"blocks": result.blocks, "comparisons": result.comparisons, "judge_calls": result.judge_calls}
+    return {"best": result.best_index, "worst": result.worst_index, "comparisons": result.comparisons,
+            "judge_calls": result.judge_calls}  # fmt: skip
+
+
 @PAIR_SOURCES.register("ipr")
-def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
-    """Iterative pairwise ranking with the configured judge, both orders per comparison; past
-    ``judge.max_failure_share`` of replies without a verdict (ties), the stage stops."""
+def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, Any]]:
+    """Iterative pairwise ranking with the configured judge, both orders per comparison (pairs, or with
+    ``data.ranking=full`` ranked lists); past ``judge.max_failure_share`` of replies without a verdict (ties),
+    the stage stops."""
     samples = _ranked(ctx, _samples(ctx))
+    full = _full_ranking(ctx)
     max_failure_share, judge_cfg = split_limit(ctx.judge_cfg, "judge")
     judge = build_judge(judge_cfg, task=ctx.verifier, examples=ctx.task_data.pref_examples,
                         precision=ctx.precision, device=ctx.device)  # fmt: skip
 
     def process(batch: list[dict[str, Any]], first_index: int) -> list[dict[str, Any]]:
         return [
-            {
-                "best": result.best_index,
-                "worst": result.worst_index,
-                "comparisons": result.comparisons,
-                "judge_calls": result.judge_calls,
-                **judge.take_failures(sample["prompt"]).entry(),
-            }
-            for sample, result in zip(batch, rank_many(judge, batch))
+            {**_entry(result), **judge.take_failures(sample["prompt"]).entry()}
+            for sample, result in zip(batch, rank_many(judge, batch, full))
         ]
 
     # "entry": entries hold the judge's replies without a verdict by reason (a cut-off reply is one, whatever it
     # says) and quote one; older ones, without, are not read
-    payload = {**_judge_payload(samples, judge_cfg, "ipr"), "entry": "failures"}
+    payload = {**_judge_payload(samples, judge_cfg, "ipr_full" if full else "ipr"), "entry": "failures"}
     rankings = resumable_map(ctx.cache_root, "judgments", payload, samples, process, batch_size=16)
     ctx.report["judge_calls"] = sum(r["judge_calls"] for r in rankings)
     failures = ReplyFailures.from_entries(rankings)
@@ -168,16 +184,24 @@ def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
     ctx.report["judge_unparseable"] = failures.counts["unparseable"]
     ctx.report["judge_truncated"] = failures.counts["truncated"]
     ctx.report["comparisons_per_prompt"] = sum(r["comparisons"] for r in rankings) / max(len(rankings), 1)
-    choices = [(r["best"], r["worst"]) for r in rankings]
+    choices = [(r["blocks"][0][0], r["blocks"][-1][-1]) if full else (r["best"], r["worst"]) for r in rankings]
     if ctx.cfg.get("agreement_judge"):
         # the second paper's check: how often a scalar reward model picks the same pair on the same completions
-        rm_choices = _rm_choices(ctx, samples, ctx.cfg["agreement_judge"])
+        rm_choices = [rm_pairs(s) for s in _rm_scores(ctx, samples, ctx.cfg["agreement_judge"])]
         ctx.report["ipr_rm_agreement"] = sum(a == b for a, b in zip(choices, rm_choices)) / max(len(choices), 1)
+    if full:
+        return _lists(ctx, list_rows(samples, [r["blocks"] for r in rankings], ctx.report["dropped"]))
     return _pairs_from_choices(ctx, samples, choices)
 
 
-def _rm_choices(ctx: SynthesisContext, samples: list[dict[str, Any]], judge_cfg: dict[str, Any]) -> list[tuple]:
-    """(argmax, argmin) of a reward model's scores per prompt, cached (keyed by the dtype it loads in) and
+def _lists(ctx: SynthesisContext, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ctx.report["ranking"] = "full"
+    ctx.report["list_sizes"] = list_sizes(rows)
+    return rows
+
+
+def _rm_scores(ctx: SynthesisContext, samples: list[dict[str, Any]], judge_cfg: dict[str, Any]) -> list[list]:
+    """A reward model's score of each sample's completions, cached (keyed by the dtype it loads in) and
     resumable."""
     if judge_cfg.get("kind") != "reward_model":
         raise ValueError(
@@ -196,16 +220,19 @@ def _rm_choices(ctx: SynthesisContext, samples: list[dict[str, Any]], judge_cfg:
     payload = _judge_payload(samples, judge_cfg, "rm_score")
     scored = resumable_map(ctx.cache_root, "judgments", payload, samples, process, batch_size=16)
     ctx.report["rm_calls"] = sum(len(s["scores"]) for s in scored)
-    return [rm_pairs(s["scores"]) for s in scored]
+    return [s["scores"] for s in scored]
 
 
 @PAIR_SOURCES.register("rm_score")
-def rm_score_pairs(ctx: SynthesisContext) -> list[dict[str, str]]:
-    """The baseline IPR replaces: chosen/rejected = max/min of a scalar reward model's scores."""
+def rm_score_pairs(ctx: SynthesisContext) -> list[dict[str, Any]]:
+    """The baseline IPR replaces: chosen/rejected = max/min of a scalar reward model's scores; with
+    ``data.ranking=full``, lists ranked by the scores, which are their grades ψ."""
     samples = _ranked(ctx, _samples(ctx))
-    choices = _rm_choices(ctx, samples, ctx.judge_cfg)
+    scores = _rm_scores(ctx, samples, ctx.judge_cfg)
     ctx.report["judge_calls"] = ctx.report.pop("rm_calls")
-    return _pairs_from_choices(ctx, samples, choices)
+    if _full_ranking(ctx):
+        return _lists(ctx, list_rows(samples, [score_blocks(s) for s in scores], ctx.report["dropped"], scores))
+    return _pairs_from_choices(ctx, samples, [rm_pairs(s) for s in scores])
 
 
 def _pairs_from_choices(

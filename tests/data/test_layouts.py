@@ -204,6 +204,19 @@ def test_ranked_completions_become_pairs_by_best_worst_or_all_pairs_with_ties_co
     assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [("Hi?", "Hey.", "Hello.")]
 
 
+def test_ranked_completions_become_ranked_lists_with_ties_as_blocks_and_scores_as_grades(tmp_path, caplog) -> None:
+    tied = {**UF_RAW, "instruction": "Bye?", "completions": [{"response": r, "overall_score": 2} for r in ("A", "B")]}
+    path = _file(tmp_path, [UF_RAW, tied])
+    with caplog.at_level("WARNING", logger="bmc.data.hf_prefs"):
+        lists = _read(path, columns=UF_COLUMNS, pairing="lists").pairs
+    assert lists == [{
+        "prompt": "Name a prime number.", "chosen": "Seven.", "rejected": "Nine.",
+        "responses": ["Seven.", "Two is prime.", "Eleven.", "Nine."], "ranks": [0, 0, 1, 2],
+        "scores": [8.5, 8.5, 6.0, 2.0], "score_chosen": 8.5, "score_rejected": 2.0, "source": "evol_instruct",
+    }]  # fmt: skip
+    assert "dropped 1 completion pair(s) with equal scores" in caplog.text  # the all-tied prompt: no list
+
+
 @pytest.mark.parametrize(
     ("completions", "message"),
     [

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bmc.losses import is_reference_free, needs_sequence_kl
+from bmc.losses import is_listwise, is_reference_free, needs_sequence_kl
 from bmc.pipeline import run
 from tests.conftest import CONF
 
@@ -21,7 +21,10 @@ def test_every_loss_trains_a_few_steps(loss: str, make_config, monkeypatch) -> N
     for name in ("frozen_copy", "attach_reference_logps"):
         original = getattr(stage, name)
         monkeypatch.setattr(stage, name, lambda *a, f=original, n=name, **k: loaded.append(n) or f(*a, **k))
-    cfg = make_config("debug=default", f"loss={loss}", "eval.enabled=false")
+    # a listwise loss trains on ranked lists: IPR's full ranking of the samples (the default data gives pairs)
+    lists = ["data=ipr"] if loss in ("dpo_pl", "lipo", "infonca") else []
+    cfg = make_config("debug=default", f"loss={loss}", "eval.enabled=false", *lists)
+    assert is_listwise(cfg.loss.name) == bool(lists)
     metrics = run(cfg)
     assert math.isfinite(metrics["val/loss"]) and metrics["train/steps"] == 6
     hparams = {k: v for k, v in cfg.loss.items() if k != "name"}

@@ -11,9 +11,11 @@ import yaml
 
 from bmc.losses import (
     LOSSES,
+    RankedLogps,
     SequenceLogps,
     build_loss,
     build_weighted_loss,
+    is_listwise,
     is_reference_free,
     preference_loss,
 )
@@ -26,6 +28,15 @@ REF_W, REF_L = [-6.0, -11.0, -3.5], [-6.5, -10.0, -3.0]
 N_W, N_L = [4, 10, 2], [5, 8, 3]
 # Sequential KL of each response (TDPO reads it; every other loss ignores it).
 KL_W, KL_L = [0.5, 2.0, 0.0], [1.5, 0.25, 3.0]
+
+
+def as_lists(logps: SequenceLogps) -> RankedLogps:
+    """Each pair as a ranked list of 2: chosen first, no tie."""
+    ref = None if logps.ref_chosen is None else torch.stack([logps.ref_chosen, logps.ref_rejected], 1)
+    stacked = torch.stack([logps.chosen, logps.rejected], 1)
+    ranks = torch.tensor([[0, 1]]).expand(stacked.shape[0], 2)
+    tokens = torch.stack([logps.chosen_tokens, logps.rejected_tokens], 1)
+    return RankedLogps(stacked, tokens, ranks, torch.ones_like(ranks, dtype=torch.bool), ref)
 
 
 def logsig(x: float) -> float:
@@ -151,10 +162,13 @@ REFERENCE = {
 PAIRWISE_BATCH = ["aot", "aot_unpaired", "bco_pair", "kto_pair"]  # batch-coupled: tested separately below
 REFERENCE_FREE = ["simpo", "cpo", "orpo", "sft"]
 SEQUENCE_KL = ["tdpo1", "tdpo2"]  # formulas and gradients in tests/losses/test_tdpo.py
+LISTWISE = ["dpo_pl", "infonca", "lipo"]  # on ranked lists: tests/losses/test_listwise.py
+PAIRWISE = sorted(set(LOSSES) - set(LISTWISE) - {"mix"})
 
 
 def test_every_registered_loss_is_covered():
-    assert set(LOSSES) == set(REFERENCE) | set(PAIRWISE_BATCH) | set(SEQUENCE_KL) | {"mix"}
+    assert set(LOSSES) == set(REFERENCE) | set(PAIRWISE_BATCH) | set(SEQUENCE_KL) | set(LISTWISE) | {"mix"}
+    assert {name for name in LOSSES if is_listwise(name)} == set(LISTWISE)
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
@@ -254,7 +268,7 @@ def test_bco_pair_running_mean():
 # --- gradients, rewards, references ---
 
 
-@pytest.mark.parametrize("name", sorted(set(LOSSES) - {"mix"}))
+@pytest.mark.parametrize("name", PAIRWISE)
 def test_gradient_signs(name):
     logps = make(grad=True)
     build_loss(name)(logps).losses.mean().backward()
@@ -266,7 +280,7 @@ def test_gradient_signs(name):
     assert (grad_chosen != 0).any()
 
 
-@pytest.mark.parametrize("name", sorted(set(LOSSES) - {"mix"}))
+@pytest.mark.parametrize("name", PAIRWISE)
 def test_rewards_shape_and_detached(name):
     out = build_loss(name)(make(grad=True))
     for rewards in (out.losses, out.chosen_rewards, out.rejected_rewards):
@@ -293,7 +307,7 @@ def test_reference_free_losses_run_without_reference(name):
     assert torch.isfinite(out.losses).all()
 
 
-@pytest.mark.parametrize("name", sorted(set(LOSSES) - set(REFERENCE_FREE) - {"mix"}))
+@pytest.mark.parametrize("name", sorted(set(PAIRWISE) - set(REFERENCE_FREE)))
 def test_reference_based_losses_need_reference(name):
     assert not is_reference_free(name)
     with pytest.raises(ValueError, match="reference log-probs"):
@@ -418,6 +432,7 @@ def test_loss_configs_build(path):
     cfg = yaml.safe_load(path.read_text())
     cfg.pop("defaults", None)
     loss = build_loss(**cfg)
-    assert torch.isfinite(loss(make()).losses).all()
+    # a listwise loss reads its pairs as lists of 2 (tests/losses/test_listwise.py checks it equals their formula)
+    assert torch.isfinite(loss(as_lists(make()) if is_listwise(cfg["name"]) else make()).losses).all()
     if path.stem != "mix":
         assert path.stem == cfg["name"] or path.stem == "bmc"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
-from bmc.synthesis.ipr import rank, rm_pairs
+from bmc.synthesis.ipr import rank, rank_full, rm_pairs, score_blocks
 from bmc.synthesis.judges import compare
 from tests.doubles.order_judges import AlwaysFirst, OrderJudge
 
@@ -94,3 +95,40 @@ def test_rm_pairs_is_argmax_argmin_with_first_index_on_ties() -> None:
         rm_pairs([])
     with pytest.raises(ValueError, match="finite"):
         rm_pairs([0.0, float("nan")])
+
+
+# --- the full ranking (data.ranking=full) ---
+
+
+@pytest.mark.parametrize("bonus", [0.0, 0.5])
+def test_rank_full_sorts_every_sampling_order_with_binary_insertion_counts(bonus: float) -> None:
+    judge = OrderJudge(QUALITY, slot_a_bonus=bonus)  # a bias below every gap never flips a both-order verdict
+    counts = []
+    for order in itertools.permutations(TEXTS):
+        result = rank_full(judge, "x", list(order))
+        assert [order[block[0]] for block in result.blocks] == ["r4", "r3", "r2", "r1", "r0"], order
+        assert all(len(block) == 1 for block in result.blocks)
+        # inserting completion i into i blocks takes floor(log2 i) + 1 comparisons or one fewer
+        assert sum(math.floor(math.log2(i)) for i in range(1, 5)) <= result.comparisons <= 8
+        assert result.judge_calls == 2 * result.comparisons
+        counts.append(result.comparisons)
+    # the mean over all 120 sampling orders, each insertion's slot uniform: the 2nd completion takes 1, the 3rd
+    # 2 or 1 (slots 0, 1: 2; slot 2: 1), the 4th always 2, the 5th 3, 3, 2, 2, 2 for slots 0..4
+    assert sum(counts) / len(counts) == pytest.approx(1 + 5 / 3 + 2 + 2.4, abs=1e-12)
+
+
+def test_rank_full_keeps_ties_as_blocks_and_stops_a_search_on_a_tie() -> None:
+    # a verifier-like judge: right (1) or wrong (0)
+    judge = OrderJudge({"w1": 0.0, "r1": 1.0, "w2": 0.0, "r2": 1.0, "w3": 0.0})
+    result = rank_full(judge, "x", ["w1", "r1", "w2", "r2", "w3"])
+    assert result.blocks == [[1, 3], [0, 2, 4]]
+    # r1: above w1 (1); w2: ties w1, the middle block, and joins it (1); r2: above w1, ties r1 (2); w3 ties w1 (1)
+    assert result.comparisons == 1 + 1 + 2 + 1 and judge.calls == 2 * result.comparisons
+    everything_ties = rank_full(AlwaysFirst(), "x", TEXTS)  # position bias only: both orders cancel
+    assert everything_ties.blocks == [[0, 1, 2, 3, 4]] and everything_ties.comparisons == 4
+
+
+def test_score_blocks_rank_by_score_with_equal_scores_tied() -> None:
+    assert score_blocks([0.1, 0.5, -0.2, 0.5, -0.2]) == [[1, 3], [0], [2, 4]]
+    with pytest.raises(ValueError, match="finite"):
+        score_blocks([0.0, float("inf")])

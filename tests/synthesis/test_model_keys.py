@@ -20,7 +20,7 @@ from bmc.synthesis.endpoint import OpenAIEndpoint
 from bmc.synthesis.ipr import rm_pairs
 from bmc.synthesis.judges import build_judge
 from bmc.synthesis.model_keys import model_config_key
-from bmc.synthesis.pair_sources import _rm_choices, _samples
+from bmc.synthesis.pair_sources import _rm_scores, _samples
 from bmc.synthesis.sampler import OpenAISampler
 from tests.conftest import save_reward_model
 from tests.doubles.fake_chat_server import FakeChatServer, completions
@@ -33,7 +33,8 @@ def test_a_local_judges_cached_judgments_follow_its_weights_not_its_path(tmp_pat
     ctx = SynthesisContext({}, TaskData("t", [], [], []), None, None, tmp_path / "cache", None)
 
     def judgments(path: Path) -> list[tuple]:
-        return _rm_choices(ctx, samples, {"kind": "reward_model", "path": str(path), "batch_size": 2})
+        scores = _rm_scores(ctx, samples, {"kind": "reward_model", "path": str(path), "batch_size": 2})
+        return [rm_pairs(s) for s in scores]
 
     def scored_now(path: Path) -> list[tuple]:  # what the model in the folder picks, uncached
         judge = build_judge({"kind": "reward_model", "path": str(path)})
