@@ -33,6 +33,8 @@ GROUPS = [
 
 
 GLOBAL_GROUPS = {"debug", "method", "experiment"}
+# options that need another group's choice to run: a listwise loss trains on ranked lists, which data=ipr gives
+NEEDS = {("loss", name): ["data=ipr"] for name in ("dpo_pl", "infonca", "lipo")}
 
 
 def _options(group: str) -> list[str]:
@@ -50,7 +52,7 @@ def _targets(node: object) -> list[str]:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
-    cfg = compose_config([f"{group}={option}"], tmp_path / "run", tmp_path / "cache")
+    cfg = compose_config([f"{group}={option}", *NEEDS.get((group, option), [])], tmp_path / "run", tmp_path / "cache")
     container = OmegaConf.to_container(cfg, resolve=False)
     if group not in GLOBAL_GROUPS:  # the global presets change keys elsewhere
         assert container[group] is not None

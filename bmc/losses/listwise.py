@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bmc.losses._options import POSITIVE
 from bmc.losses.ranked import RankedLogps
 from bmc.losses.registry import LossOutput, register_loss
+from bmc.plugins import POSITIVE
 
 _NEG_INF = float("-inf")
 
