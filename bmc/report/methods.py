@@ -35,6 +35,17 @@ def load_sweep(path: str | Path, method_keys: list[str] | None = None) -> list[R
 
 
 _LOSS_NAMES = {"dpo": "DPO", "ipo": "IPO", "simpo": "SimPO", "rdpo": "R-DPO", "orpo": "ORPO"}
+#: the rivals of METHODS.md section 6, by (loss, data, token weighting): token-level on sampled pairs, listwise on
+#: IPR's full rankings
+_RIVAL_NAMES = {
+    ("tdpo1", "sampled", "uniform"): "TDPO1",
+    ("tdpo2", "sampled", "uniform"): "TDPO2",
+    ("dpo", "sampled", "confpo"): "DPO-ConfPO",
+    ("dpo_pl", "ipr", "uniform"): "IPR-PL",
+    ("dpo_pl", "ipr", "bmc"): "IPR-PL-BMC",
+    ("lipo", "ipr", "uniform"): "IPR-LiPO",
+    ("infonca", "ipr", "uniform"): "IPR-InfoNCA",
+}
 
 
 def paper_name(record: RunRecord) -> str | None:
@@ -51,7 +62,9 @@ def paper_name(record: RunRecord) -> str | None:
 
     for the DPO loss (``loss=bmc`` is DPO with ``token_weighting=bmc``). IPO, SimPO, R-DPO and ORPO get their
     name on original/sampled data with uniform weighting and ``<name>-BMC`` with both BMC phases. DPO on pairs
-    from iterative pairwise ranking (``data=ipr``) is IPR. A regularizer appends its name: DPO+BCR.
+    from iterative pairwise ranking (``data=ipr``) is IPR. The rivals of METHODS.md section 6: TDPO1, TDPO2 and
+    DPO-ConfPO on sampled pairs; IPR-PL (Plackett-Luce DPO), IPR-PL-BMC, IPR-LiPO and IPR-InfoNCA on IPR's full
+    rankings. A regularizer appends its name: DPO+BCR.
     ``loss=sft`` with no preference steps (``method=sft``) is SFT, the warm start as is; trained
     (``method=sft_chosen``) it is SFT+chosen, the control that continues SFT on the chosen responses.
     Any other setting has no paper name.
@@ -65,6 +78,8 @@ def paper_name(record: RunRecord) -> str | None:
 
 
 def _unregularized_name(loss: str | None, data: str | None, weighting: str) -> str | None:
+    if (loss, data, weighting) in _RIVAL_NAMES:
+        return _RIVAL_NAMES[loss, data, weighting]
     if loss not in _LOSS_NAMES or weighting not in ("uniform", "bmc"):
         return None
     if data == "ipr":

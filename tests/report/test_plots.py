@@ -35,6 +35,11 @@ def test_delta_sweep_plot_and_paper_names(tmp_path: Path) -> None:
         ("original", "hinge", "uniform"): None,
         ("ipr", "dpo", "uniform"): "IPR",
         ("ipr", "dpo", "bmc"): None,
+        ("sampled", "tdpo2", "uniform"): "TDPO2",
+        ("sampled", "dpo", "confpo"): "DPO-ConfPO",
+        ("ipr", "dpo_pl", "uniform"): "IPR-PL",
+        ("ipr", "dpo_pl", "bmc"): "IPR-PL-BMC",
+        ("sampled", "lipo", "uniform"): None,
     }
     for (data, loss, weighting), name in names.items():
         config = {"data": {"name": data}, "loss": {"name": loss}, "token_weighting": {"name": weighting}}
