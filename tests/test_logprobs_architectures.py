@@ -10,7 +10,7 @@ from bmc.logprobs import shared_prompt_token_logps
 from tests.conformance import FAMILIES, pair_batch, tiny_model
 
 _PEAK_SCRIPT = """
-import resource, sys, torch
+import sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from bmc.logprobs import response_token_logps
 vocab, rows, width = 49152, 4, 256
@@ -21,13 +21,19 @@ batch = {"input_ids": torch.randint(0, vocab, (rows, width)),
          "attention_mask": torch.ones(rows, width, dtype=torch.long),
          "response_mask": torch.ones(rows, width, dtype=torch.bool)}
 chunk = None if sys.argv[1] == "none" else int(sys.argv[1])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status_mb(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith(field + ":"))
+with open("/proc/self/clear_refs", "w") as clear_refs:
+    clear_refs.write("5")  # the high-water mark restarts from the current resident size
+before = status_mb("VmRSS")
 logps, _ = response_token_logps(model, batch, chunk_positions=chunk)
 logps.sum().backward()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+print(status_mb("VmHWM") - before)
 """
 
-
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a large pytest
+# process starts at the parent's peak and its own growth reads as 0.
 # glibc raises its mmap threshold after large frees, and then keeps freed chunks in the heap: a fixed threshold
 # returns every large buffer to the system when freed, so the peak resident size is the peak of live tensors
 _ENV = {"OMP_NUM_THREADS": "1", "PATH": "", "MALLOC_MMAP_THRESHOLD_": "65536"}
