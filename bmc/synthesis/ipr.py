@@ -17,7 +17,10 @@ IPR picks a best and a worst of N sampled completions with a judge that only eve
 
 Total: 2N−3 comparisons and 2(N−1) + 2(N−2) single judgments. The best completion is never among the
 eliminated, so best and worst are different completions; their texts may still be equal (duplicate samples),
-which the caller must drop.
+which the caller must drop. So must it drop a prompt whose comparisons were all ties (``IPRResult.tied``): the
+judge told no two completions apart (all equally right or wrong for a verifier; a judge biased to one slot; replies
+without a verdict), so "best" is completion 0 and "worst" completion 1 by sampling order alone. With a transitive
+judge this is exactly the case where best and worst tie.
 
 A full ranking (``data.ranking=full``, :func:`rank_full`) orders all N by binary insertion with the same
 both-order ``compare``: completions 0, 1, … are inserted in sampling order into a list of tie blocks, best block
@@ -26,7 +29,7 @@ goes above, worse below, a tie joins the block and ends the search. Without ties
 ⌈log2(i + 1)⌉ comparisons at most; ties end searches early. The ranking is what listwise losses train on.
 Mean comparisons per prompt over every sampling order of N distinct completions, full vs best/worst: N = 4: 4.67
 vs 5; N = 5: 7.07 vs 7; N = 8: 15.59 vs 13. With a verifier's ties (each completion right or wrong, p = 0.5, 2000
-draws): 3.62, 5.07, 9.48 vs 5, 7, 13 (docs/measure_ipr_comparisons.py; tests/test_ipr.py checks N = 5 exactly).
+draws): 3.62, 5.07, 9.48 vs 5, 7, 13 (docs/measure_ipr_comparisons.py; tests/synthesis/test_ipr.py checks N = 5).
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ log = logging.getLogger(__name__)
 class IPRResult:
     """Outcome of :func:`rank` for one prompt.
 
-    ``identical`` is True when best and worst have the same text; the prompt then gives no pair.
+    ``identical`` is True when best and worst have the same text, ``tied`` when every comparison was a tie; either
+    way the prompt gives no pair.
     """
 
     best_index: int
@@ -55,26 +59,32 @@ class IPRResult:
     comparisons: int
     judge_calls: int
     identical: bool
+    tied: bool
 
 
 def rank(judge: Judge, prompt: str, completions: Sequence[str]) -> IPRResult:
     """Best by winner-stays, worst by loser-stays over the eliminated (see the module docstring)."""
     if len(completions) < 2:
         raise ValueError(f"IPR needs at least 2 completions per prompt, got {len(completions)}")
-    best, eliminated = 0, []
+    best, eliminated, decisive = 0, [], 0
     for challenger in range(1, len(completions)):
-        if compare(judge, prompt, completions[best], completions[challenger]) < 0:
+        verdict = compare(judge, prompt, completions[best], completions[challenger])
+        decisive += verdict != 0
+        if verdict < 0:
             eliminated.append(best)
             best = challenger
         else:
             eliminated.append(challenger)
     worst = eliminated[0]
     for challenger in eliminated[1:]:
-        if compare(judge, prompt, completions[worst], completions[challenger]) > 0:
+        verdict = compare(judge, prompt, completions[worst], completions[challenger])
+        decisive += verdict != 0
+        if verdict > 0:
             worst = challenger
     comparisons = 2 * len(completions) - 3
     # each comparison asks two single judgments (not judge.calls' growth: other prompts' threads add to it)
-    result = IPRResult(best, worst, comparisons, 2 * comparisons, completions[best] == completions[worst])
+    identical = completions[best] == completions[worst]
+    result = IPRResult(best, worst, comparisons, 2 * comparisons, identical, tied=decisive == 0)
     log.debug("IPR: best %d, worst %d, %d comparisons, %d judge calls", best, worst, comparisons, result.judge_calls)
     return result
 

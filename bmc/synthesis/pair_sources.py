@@ -150,8 +150,8 @@ def _full_ranking(ctx: SynthesisContext) -> bool:
 def _entry(result: IPRResult | FullRanking) -> dict[str, Any]:
     if isinstance(result, FullRanking):
         return {"blocks": result.blocks, "comparisons": result.comparisons, "judge_calls": result.judge_calls}
-    return {"best": result.best_index, "worst": result.worst_index, "comparisons": result.comparisons,
-            "judge_calls": result.judge_calls}  # fmt: skip
+    return {"best": result.best_index, "worst": result.worst_index, "tied": result.tied,
+            "comparisons": result.comparisons, "judge_calls": result.judge_calls}  # fmt: skip
 
 
 @PAIR_SOURCES.register("ipr")
@@ -172,8 +172,8 @@ def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, Any]]:
         ]
 
     # "entry": entries hold the judge's replies without a verdict by reason (a cut-off reply is one, whatever it
-    # says) and quote one; older ones, without, are not read
-    payload = {**_judge_payload(samples, judge_cfg, "ipr_full" if full else "ipr"), "entry": "failures"}
+    # says) and quote one, and best/worst entries whether every comparison tied; older ones, without, are not read
+    payload = {**_judge_payload(samples, judge_cfg, "ipr_full" if full else "ipr"), "entry": "failures, tied"}
     rankings = resumable_map(ctx.cache_root, "judgments", payload, samples, process, batch_size=16)
     ctx.report["judge_calls"] = sum(r["judge_calls"] for r in rankings)
     failures = ReplyFailures.from_entries(rankings)
@@ -191,7 +191,7 @@ def ipr_pairs(ctx: SynthesisContext) -> list[dict[str, Any]]:
         ctx.report["ipr_rm_agreement"] = sum(a == b for a, b in zip(choices, rm_choices)) / max(len(choices), 1)
     if full:
         return _lists(ctx, list_rows(samples, [r["blocks"] for r in rankings], ctx.report["dropped"]))
-    return _pairs_from_choices(ctx, samples, choices)
+    return _pairs_from_choices(ctx, samples, choices, [r["tied"] for r in rankings])
 
 
 def _lists(ctx: SynthesisContext, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -236,11 +236,16 @@ def rm_score_pairs(ctx: SynthesisContext) -> list[dict[str, Any]]:
 
 
 def _pairs_from_choices(
-    ctx: SynthesisContext, samples: list[dict[str, Any]], choices: list[tuple[int, int]]
+    ctx: SynthesisContext, samples: list[dict[str, Any]], choices: list[tuple[int, int]], tied: list[bool] | None = None
 ) -> list[dict[str, str]]:
+    """The (best, worst) pair of each sample; a prompt whose best and worst tie (``tied``: IPR's comparisons were
+    all ties; rm_score: all scores equal, so best == worst) gives none."""
     pairs = []
-    for sample, (best, worst) in zip(samples, choices):
+    for index, (sample, (best, worst)) in enumerate(zip(samples, choices)):
         chosen, rejected = sample["completions"][best], sample["completions"][worst]
+        if best == worst or (tied is not None and tied[index]):
+            ctx.report["dropped"]["all tied after ranking"] += 1
+            continue
         if sample["truncated"][best]:  # ranked with the cut-off ones (data.drop_truncated_rejected=false)
             ctx.report["dropped"]["truncated chosen"] += 1
             continue

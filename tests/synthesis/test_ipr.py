@@ -25,7 +25,7 @@ def test_rank_finds_best_and_worst_in_every_order_with_exact_call_count(bonus: f
         n = len(order)
         assert result.comparisons == (n - 1) + (n - 2) == 7
         assert result.judge_calls == 2 * (n - 1) + 2 * (n - 2) == 14
-        assert not result.identical
+        assert not result.identical and not result.tied
     assert judge.calls == 14 * 120
 
 
@@ -42,10 +42,10 @@ def test_ties_keep_the_incumbent_in_both_phases() -> None:
     # worst phase: incumbent a vs r0 (tie) keeps a, although r0 comes later.
     judge = OrderJudge({"r0": 0.0, "a": 0.0, "b": 1.0})
     result = rank(judge, "x", ["r0", "a", "b"])
-    assert (result.best_index, result.worst_index) == (2, 1)
-    # Among equals the first stays best and the first eliminated stays worst.
+    assert (result.best_index, result.worst_index) == (2, 1) and not result.tied
+    # Among equals the first stays best and the first eliminated stays worst: every comparison tied, no pair.
     result = rank(OrderJudge({"p": 1.0, "q": 1.0, "s": 1.0}), "x", ["p", "q", "s"])
-    assert (result.best_index, result.worst_index) == (0, 1)
+    assert (result.best_index, result.worst_index) == (0, 1) and result.tied and not result.identical
     # The best phase's tie: "hi2" ties the incumbent "hi1" and is eliminated; worst is "lo".
     result = rank(OrderJudge({"lo": 0.0, "hi1": 2.0, "hi2": 2.0}), "x", ["lo", "hi1", "hi2"])
     assert (result.best_index, result.worst_index) == (1, 0)
@@ -59,6 +59,7 @@ def test_position_bias_is_cancelled_by_asking_both_orders() -> None:
     for order in itertools.permutations(TEXTS):
         result = rank(biased, "x", list(order))
         assert (result.best_index, result.worst_index) == (0, 1)  # every comparison ties: incumbents stay
+        assert result.tied  # and the prompt gives no pair: the order of sampling chose them, not the judge
         assert result.judge_calls == 14
 
     # A bias large enough to flip adjacent-quality single verdicts: the both-order verdict is antisymmetric,

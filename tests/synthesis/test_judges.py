@@ -171,7 +171,7 @@ def test_llm_judge_position_bias_and_unparseable_replies_are_ties() -> None:
     with FakeChatServer(lambda body: "Both are fine, I think.") as server:
         judge = build_judge(_llm_cfg(server))
         result = rank(judge, "Q?", ["x", "y", "z"])
-    assert (result.best_index, result.worst_index) == (0, 1)  # all ties: the incumbents stay
+    assert (result.best_index, result.worst_index) == (0, 1) and result.tied  # all ties: the incumbents stay, no pair
     failures = judge.take_failures("Q?")
     assert failures.counts == {"unparseable": 6} == {"unparseable": judge.calls}
     assert failures.example == "Both are fine, I think." and judge.take_failures("Q?").total == 0  # taken

@@ -53,9 +53,11 @@ def test_ipr_pairs_use_cached_samples_and_count_judge_calls(make_config, shared_
     assert report["judge_calls"] == report["prompts_in"] * (2 * 3 + 2 * 2)  # 2(N-1) + 2(N-2), N = 4
     verifier = data.task_data.verifier
     by_prompt = {e.prompt: e for e in data.task_data.pref_examples}
-    for pair in data.pairs:  # the verifier judge never prefers a worse response
+    for pair in data.pairs:  # the verifier judge's best beats its worst: prompts whose samples all tie give none
         example = by_prompt[pair["prompt"]]
-        assert verifier.score(example, pair["chosen"]) >= verifier.score(example, pair["rejected"])
+        assert verifier.score(example, pair["chosen"]) > verifier.score(example, pair["rejected"])
+    assert report["dropped"]["all tied after ranking"] > 0  # e.g. four right answers
+    assert report["pairs_out"] + sum(report["dropped"].values()) == report["prompts_in"]
     again = prepare_data(cfg)
     assert again.pairs == data.pairs  # samples and judgments come from the cache
 
