@@ -102,6 +102,15 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def cache_hit(root: str | os.PathLike, stage: str, payload: Any) -> Path | None:
+    """The complete cache folder of ``stage`` for ``payload``, or None where none is written yet."""
+    target = Path(root) / stage / cache_key(payload)
+    if not (target / _COMPLETE).exists():
+        return None
+    log.info("cache hit: %s %s", stage, target)
+    return target
+
+
 def cached_dir(root: str | os.PathLike, stage: str, payload: Any, build: Callable[[Path], None]) -> Path:
     """Return the cache folder of ``stage`` for ``payload``, building it with ``build(folder)`` on a miss.
 
@@ -109,10 +118,10 @@ def cached_dir(root: str | os.PathLike, stage: str, payload: Any, build: Callabl
     killed run never leaves a half-written entry that a later run would trust. Building holds a lock
     (``<key>.lock`` beside the entry): concurrent processes asking for the same entry build it once.
     """
+    hit = cache_hit(root, stage, payload)
+    if hit is not None:
+        return hit
     target = Path(root) / stage / cache_key(payload)
-    if (target / _COMPLETE).exists():
-        log.info("cache hit: %s %s", stage, target)
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(target.parent / f"{target.name}.lock"):
         if (target / _COMPLETE).exists():  # built by the process that held the lock before us

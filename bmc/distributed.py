@@ -3,14 +3,15 @@ reports, which launches cannot work, which strategies shard the parameters, and 
 processes.
 
 The SFT warm start and the data stages run once (the first process to take the cache lock of
-:mod:`bmc.cache`), the preference stage on every rank, the evaluation's generation split across the ranks
-(:func:`split_across_ranks`) and ``summary.json`` on rank 0.
+:mod:`bmc.cache`), the preference stage on every rank, the reference precompute and the evaluation's generation
+split across the ranks (:func:`cached_on_every_rank`, :func:`split_across_ranks`) and ``summary.json`` on rank 0.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytorch_lightning as pl
@@ -22,6 +23,8 @@ from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from bmc.cache import cache_hit, cached_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,17 +74,53 @@ def check_launch(trainer: pl.Trainer) -> None:
         )
 
 
-def split_across_ranks(items: Sequence[T], work: Callable[[list[T]], list[Any]], block: int = 1) -> list[Any]:
+def _several_ranks() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _from_rank_zero(value: T) -> T:
+    """Rank 0's ``value``, on every rank."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def cached_on_every_rank(
+    root: str, stage: str, payload: Any, compute: Callable[[], T], write: Callable[[T, Path], None]
+) -> Path:
+    """The cache folder of ``stage`` for ``payload`` (:func:`bmc.cache.cached_dir`), its values computed by every
+    rank together on a miss: ``compute()`` is called on every rank (it splits its work with
+    :func:`split_across_ranks`, so every rank returns all of it) and rank 0 writes it (``write``). Rank 0's look
+    into the cache decides hit or miss for all, so no rank computes alone while the others read. In one process
+    (or without a process group) it is ``cached_dir`` with ``write(compute(), folder)``, under its lock."""
+    if not _several_ranks():
+        return cached_dir(root, stage, payload, lambda folder: write(compute(), folder))
+    rank = dist.get_rank()
+    hit = _from_rank_zero(cache_hit(root, stage, payload) if rank == 0 else None)  # rank 0 logs its hit
+    if hit is not None:
+        if rank != 0:
+            log.info("cache hit: %s %s", stage, hit)
+        return hit
+    values = compute()
+    folder = _from_rank_zero(cached_dir(root, stage, payload, lambda f: write(values, f)) if rank == 0 else None)
+    if rank != 0:  # it reads the entry rank 0 has written, as every later run will
+        log.info("cache entry written by rank 0: %s %s", stage, folder)
+    return folder
+
+
+def split_across_ranks(
+    items: Sequence[T], work: Callable[[list[T]], list[Any]], block: int = 1, what: str = "items"
+) -> list[Any]:
     """``work``'s results for ``items``, in order, on every process, each process doing its share: ``items`` cut
     into blocks of ``block`` (a generation batch, so each batch holds the prompts it holds in one process, and
     gives the same answers), rank r taking blocks r, r + world_size, ...; the shares are gathered with
     ``all_gather_object``. In one process (or without a process group) it is ``work(items)``."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _several_ranks():
         return work(list(items))
     world, rank = dist.get_world_size(), dist.get_rank()
     blocks = [list(items[i : i + block]) for i in range(0, len(items), block)]
     share = [item for b in blocks[rank::world] for item in b]
-    log.info("rank %d of %d: %d of the %d items", rank, world, len(share), len(items))
+    log.info("rank %d of %d: %d of the %d %s", rank, world, len(share), len(items), what)
     mine = work(share) if share else []  # fewer blocks than ranks: nothing to do here
     shares: list[list[Any]] = [[] for _ in range(world)]
     dist.all_gather_object(shares, mine)

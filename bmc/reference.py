@@ -24,9 +24,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from bmc.cache import cached_dir
 from bmc.data.columns import ID_COLUMNS, REF_COLUMNS, ColumnDataset
 from bmc.data.lists import LIST_ID_COLUMNS, LIST_REF_COLUMN
+from bmc.distributed import cached_on_every_rank, split_across_ranks
 from bmc.logprobs import SCORING_REVISION, response_token_logps, shared_prompt_token_logps
 from bmc.precision import DEFAULT_PRECISION, Precision
 from bmc.scoring_check import verify_scoring
@@ -104,6 +104,11 @@ def _rows_by_item(batch: dict[str, torch.Tensor], n_items: int) -> list[list[int
     return [[row for row, owner in enumerate(owners) if owner == j] for j in range(n_items)]
 
 
+def _ref_columns(dataset: ColumnDataset) -> tuple[str, ...]:
+    """The columns :func:`compute_reference_logps` fills: one per response of a pair, or one for a ranked list's."""
+    return (LIST_REF_COLUMN,) if LIST_ID_COLUMNS[1] in dataset.column_names else REF_COLUMNS
+
+
 @torch.no_grad()
 def compute_reference_logps(
     model: PreTrainedModel,
@@ -141,8 +146,7 @@ def compute_reference_logps(
     # a packed item is one row of its prompt + all its responses; a plain item one row of prompt + a response each
     packed_widths = [len(row["prompt_ids"]) + sum(map(len, rs)) for row, rs in zip(rows, responses)]
     plain_widths = [len(row["prompt_ids"]) + max(map(len, rs)) for row, rs in zip(rows, responses)]
-    columns = (LIST_REF_COLUMN,) if lists else REF_COLUMNS
-    values: dict[str, list[Any]] = {name: [torch.zeros(0)] * len(rows) for name in columns}
+    values: dict[str, list[Any]] = {name: [torch.zeros(0)] * len(rows) for name in _ref_columns(dataset)}
     try:
         # the check computes in float32 whatever the precision, and runs nothing without a path to check
         packs = bool(rows) and verify_scoring(model, _on(device, collate(rows[:1])), chunk_positions, share_prompt)
@@ -166,6 +170,19 @@ def compute_reference_logps(
     return values
 
 
+def _on_every_rank(model: PreTrainedModel, dataset: ColumnDataset, *args: Any, **kwargs: Any) -> dict[str, list[Any]]:
+    """:func:`compute_reference_logps` of ``dataset``'s rows, rank r scoring rows r, r + world_size, ... (every row
+    in one process); every rank gets all the values, in row order."""
+
+    def score(indices: list[int]) -> list[dict[str, Any]]:
+        share = ColumnDataset({name: [values[i] for i in indices] for name, values in dataset.columns.items()})
+        logps = compute_reference_logps(model, share, *args, **kwargs)
+        return [{name: values[j] for name, values in logps.items()} for j in range(len(indices))]
+
+    rows = split_across_ranks(list(range(len(dataset))), score, what=f"rows of {kwargs.get('desc', 'the dataset')}")
+    return {name: [row[name] for row in rows] for name in _ref_columns(dataset)}
+
+
 def attach_reference_logps(
     datamodule: Any,
     model: PreTrainedModel,
@@ -179,7 +196,9 @@ def attach_reference_logps(
     batch_tokens: int | None = None,
 ) -> Path:
     """Add the cached (or, on a miss, freshly computed) reference log-probs to every split of a set-up
-    ``PreferenceDataModule``; returns the cache folder.
+    ``PreferenceDataModule``; returns the cache folder. Called on every rank of a multi-process run (inside
+    ``Trainer.fit``, where the process group exists), the ranks compute a share of the rows each, gather them in
+    order, and rank 0 writes the entry (:func:`bmc.distributed.cached_on_every_rank`).
 
     ``model`` must still hold the reference weights (the policy before training). ``model_key`` identifies
     it (checkpoint and spec); the tokenizer, token ids and truncation are added here.
@@ -199,23 +218,17 @@ def attach_reference_logps(
     }  # not the batching, chunk_positions or share_prompt: they lay out the computation, whose values agree to
     # float rounding (the conformance matrix, docs/architectures.md, and the first-batch check)
 
-    def build(folder: Path) -> None:
-        for split, dataset in datamodule.datasets.items():
-            logps = compute_reference_logps(
-                model,
-                dataset,
-                datamodule.collate,
-                batch_size,
-                device or torch.device("cpu"),
-                precision,
-                desc=f"reference log-probs/{split}",
-                chunk_positions=chunk_positions,
-                share_prompt=share_prompt,
-                batch_tokens=batch_tokens,
-            )
+    def compute() -> dict[str, dict[str, list[Any]]]:
+        return {split: _on_every_rank(model, dataset, datamodule.collate, batch_size, device or torch.device("cpu"),
+                                      precision, desc=f"reference log-probs/{split}", chunk_positions=chunk_positions,
+                                      share_prompt=share_prompt, batch_tokens=batch_tokens)
+                for split, dataset in datamodule.datasets.items()}  # fmt: skip
+
+    def write(values: dict[str, dict[str, list[Any]]], folder: Path) -> None:
+        for split, logps in values.items():
             save_logps(logps, folder / f"{split}.safetensors")
 
-    folder = cached_dir(cache_dir, "ref_logps", payload, build)
+    folder = cached_on_every_rank(cache_dir, "ref_logps", payload, compute, write)
     for split, dataset in datamodule.datasets.items():
         path = folder / f"{split}.safetensors"
         refs = load_logps(path)

@@ -1,8 +1,9 @@
 """Stage 4, preference training: the starting policy trained on the pairs with the loss, token weighting and
 regularizer of the config, by the LightningModule and DataModule of ``cfg.module`` / ``cfg.datamodule``.
 
-Reference log-probs are computed once before training with the policy itself (it still holds the starting
-weights) and cached under ``<cache>/ref_logps/<key>`` (:mod:`bmc.reference`), unless
+Reference log-probs are computed once, at the start of ``fit`` (:class:`ReferencePrecompute`; each rank of a
+multi-process run scores a share), with the policy itself (it still holds the starting weights) and cached under
+``<cache>/ref_logps/<key>`` (:mod:`bmc.reference`), unless
 ``reference.precompute=false`` runs a frozen reference in every step. A loss that reads the sequential KL (TDPO)
 runs the reference in every step whatever ``reference.precompute`` says (one log line when it says true).
 Lightning checkpoints go to the run folder (``callbacks``); ``ckpt_path`` resumes from one.
@@ -12,17 +13,18 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 from transformers import PreTrainedModel
 
 from bmc.checkpointing import load_policy_weights, resolve_ckpt_path
-from bmc.devices import accelerator_device
 from bmc.distributed import check_launch, full_state_dict, shards_parameters
 from bmc.losses import is_listwise, needs_reference, needs_sequence_kl
 from bmc.models import add_lora, frozen_copy
@@ -60,25 +62,24 @@ def train_preference(
         tokenizer=policy.tokenizer,
         truncation=truncation(cfg),
     )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if _uses_reference(cfg) and cfg.reference.precompute and _kl_in_step(cfg):
         log.info("loss %s reads the sequential KL over the vocabulary, which needs the reference's full next-token "
                  "distributions: the reference runs in every step, reference.precompute=true is not used",
                  cfg.loss.name)  # fmt: skip
     elif _uses_reference(cfg) and cfg.reference.precompute:
         # the policy still holds the starting weights: without another reference, no copy is built
-        datamodule.setup("fit")
-        attach_reference_logps(
-            datamodule,
-            model if reference is None else reference.model,
-            cfg.paths.cache_dir,
+        callbacks.append(ReferencePrecompute(partial(
+            attach_reference_logps,
+            model=model if reference is None else reference.model,
+            cache_dir=cfg.paths.cache_dir,
             model_key=(reference or policy).fingerprint(),
             precision=resolve_precision(cfg.trainer.precision),
-            device=accelerator_device(cfg.trainer.accelerator),
             batch_size=cfg.reference.batch_size,
             chunk_positions=cfg.logprob_chunk,
             share_prompt=cfg.share_prompt,
             batch_tokens=cfg.reference.batch_tokens,
-        )
+        )))  # fmt: skip
     module = instantiate(_targeted(cfg, "module"), _partial_=True)(
         policy=model,
         reference=in_step_reference,
@@ -87,7 +88,6 @@ def train_preference(
         regularizer=container(cfg.regularizer),
         optim=container(cfg.optim),
     )
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     # no checkpoint callback configured (callbacks=minimal, or model_checkpoint: null): none at all, not
     # Lightning's default one, which writes a full checkpoint (1.6 GB for a 135M model) into the logger's folder
     checkpointing = cfg.trainer.get("enable_checkpointing", any(isinstance(c, ModelCheckpoint) for c in callbacks))
@@ -110,6 +110,21 @@ def train_preference(
     sharded = shards_parameters(trainer.strategy) and trainer.world_size > 1
     model = _runnable_alone(trainer, policy) if sharded else module.policy
     return TrainedPolicy(model, metrics, trainer, on_every_rank=not sharded)
+
+
+class ReferencePrecompute(Callback):
+    """Attaches the reference log-probs in ``Trainer.fit``'s setup (``attach(datamodule, device=...)``:
+    :func:`bmc.reference.attach_reference_logps` with the stage's settings bound). There the process group exists,
+    so every rank scores its share of the pairs, and the policy still holds the starting weights: Lightning shards
+    it (FSDP2), moves it to the device and loads a resumed checkpoint only after setup."""
+
+    def __init__(self, attach: Callable[..., Path]) -> None:
+        self._attach: Callable[..., Path] | None = attach
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self._attach is not None:
+            self._attach(trainer.datamodule, device=trainer.strategy.root_device)
+            self._attach = None  # once per fit, and the reference model it holds is let go
 
 
 def _runnable_alone(trainer: pl.Trainer, policy: StartingPolicy) -> PreTrainedModel:

@@ -239,6 +239,50 @@ def test_work_split_across_two_processes_comes_back_whole_and_in_order_on_both(t
     assert split_across_ranks([1, 2], lambda share: [x + 1 for x in share], block=1) == [2, 3]
 
 
+def _cache_in_rank(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from bmc.distributed import cached_on_every_rank, split_across_ranks
+
+    calls: list[str] = []
+
+    def compute() -> list[int]:
+        calls.append("compute")
+        return split_across_ranks(list(range(5)), lambda share: [x * 10 + rank for x in share])
+
+    def write(values: list[int], folder: Path) -> None:
+        calls.append("write")
+        (folder / "values.json").write_text(json.dumps(values))
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        folders = [str(cached_on_every_rank(str(Path(out, "cache")), "stage", {"k": 1}, compute, write))
+                   for _ in range(2)]  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"{rank}.json").write_text(json.dumps({"folders": folders, "calls": calls}))
+
+
+def test_a_cache_entry_computed_by_two_processes_is_written_once_and_then_hit_by_both(tmp_path: Path) -> None:
+    """On a miss both ranks compute (each its share of the items, rows 0, 2, 4 on rank 0) and rank 0 alone writes
+    the entry, which both name; asked again, both hit it and compute nothing."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ranks = [FORK.Process(target=_cache_in_rank, args=(r, port, str(tmp_path))) for r in (0, 1)]
+    for r in ranks:
+        r.start()
+    for r in ranks:
+        r.join(timeout=120)
+    assert [r.exitcode for r in ranks] == [0, 0]
+    rank0, rank1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert rank0["calls"] == ["compute", "write"] and rank1["calls"] == ["compute"]
+    assert rank0["folders"] == rank1["folders"] and len(set(rank0["folders"])) == 1
+    assert json.loads(Path(rank0["folders"][0], "values.json").read_text()) == [0, 11, 20, 31, 40]
+
+
 def test_an_fsdp_policy_reaches_rank_0_as_a_plain_model_with_the_gathered_weights(tmp_path: Path) -> None:
     """Under FSDP on several devices the trained policy holds shards: rank 0 gets a fresh model loaded from the
     starting checkpoint with the gathered weights (Lightning's full state dict; a stand-in strategy returns it

@@ -1,8 +1,8 @@
 """Every stage of a job on two CPU processes (gloo) under trainer=ddp and trainer=fsdp2, with the processes
 given a time limit (a rank waiting on a collective that the other skips would hang until it): sampling from the
-policy, the reference precompute, training with the checkpoints and the token-reward callback, the final
-validation, the win-rate evaluation, the export and completion. What the two ranks produce equals what one
-process produces on the same global batch."""
+policy, the reference precompute (split across the ranks), training with the checkpoints and the token-reward
+callback, the final validation, the win-rate evaluation, the export and completion. What the two ranks produce
+equals what one process produces on the same global batch."""
 
 from __future__ import annotations
 
@@ -42,10 +42,18 @@ def test_every_stage_completes_on_two_ranks_and_equals_one_process(
     rank0, rank1 = ((run_dir / name).read_text() for name in ("train.log", "train_ddp_process_1.log"))
     assert "rank 1 of 2: training done" in rank1
     # rank 0 runs the stages before training alone (Lightning starts rank 1 at fit, docs/sharding.md): it
-    # sampled the pairs and computed the reference log-probs, and rank 1 read the same cache entries
-    for stage in ("samples", "ref_logps"):
-        (entry,) = re.findall(rf"cache write: {stage} (\S+)", rank0)
-        assert f"cache hit: {stage} {entry}" in rank1 and f"cache write: {stage}" not in rank1
+    # sampled the pairs, and rank 1 read the same cache entry
+    (entry,) = re.findall(r"cache write: samples (\S+)", rank0)
+    assert f"cache hit: samples {entry}" in rank1 and "cache write: samples" not in rank1
+    # the reference precompute runs in fit's setup, where both ranks exist: each scores every other row of each
+    # split, and rank 0 writes the entry that both read
+    (entry,) = re.findall(r"cache write: ref_logps (\S+)", rank0)
+    assert f"cache entry written by rank 0: ref_logps {entry}" in rank1 and "cache write: ref_logps" not in rank1
+    for split in ("train", "val"):
+        pattern = rf"rank (\d) of 2: (\d+) of the (\d+) rows of reference log-probs/{split}"
+        (share0, share1) = (re.findall(pattern, text)[0] for text in (rank0, rank1))
+        assert share0[0] == "0" and share1[0] == "1" and share0[2] == share1[2]
+        assert int(share0[1]) + int(share1[1]) == int(share0[2]) and int(share0[1]) - int(share1[1]) in (0, 1)
 
     summary, single = (json.loads((d / "summary.json").read_text()) for d in (run_dir, one_process))
     assert summary["status"] == single["status"] == "completed"
