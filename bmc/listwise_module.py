@@ -3,7 +3,7 @@
 A batch holds B ranked lists (:class:`bmc.data.lists.ListDataModule`): each list's responses in consecutive rows,
 best first, with ``list_index``, ``ranks`` and, where the data has them, ``scores``. Every row is scored as in
 pairwise training (policy, reference, token weighting: BMC marks of each response against the best one), the rows
-are gathered into lists (:func:`bmc.losses.ranked.ranked_from_rows`) and the listwise loss takes them. A
+are gathered into lists (:func:`bmc.losses.ranked_logps.ranked_from_rows`) and the listwise loss takes them. A
 regularizer acts on each list's best and worst response, as on a pair's chosen and rejected: ``dpop`` lowers the
 best response's score inside the loss, ``nll``/``bcr`` add their penalty on the best response. The logged
 rewards, log-probs and accuracies are those of each list's best and worst response. With ``share_prompt`` a list's
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from bmc.losses import LossOutput, SequenceLogps
-from bmc.losses.ranked import RankedLogps, ranked_from_rows
+from bmc.losses.ranked_logps import RankedLogps, ranked_from_rows
 from bmc.module import PreferenceModule
 from bmc.row_scores import RowScores
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,12 @@ def _tested_module(test: Path) -> Path | None:
         if module.is_file():
             return module
     return None
+
+
+def test_no_module_name_repeats_in_the_package() -> None:
+    """A module is found by its name alone: two ``rounds.py`` under bmc/ are two rooms with one door sign."""
+    names = Counter(p.name for p in (ROOT / "bmc").rglob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert not [name for name, count in names.items() if count > 1]
 
 
 def test_the_tests_are_laid_out_like_the_package() -> None:

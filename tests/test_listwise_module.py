@@ -13,7 +13,7 @@ from bmc.data.lists import ListDataModule
 from bmc.data.tokenize import Truncation
 from bmc.listwise_module import ListwisePreferenceModule
 from bmc.losses import build_loss
-from bmc.losses.ranked import RankedLogps
+from bmc.losses.ranked_logps import RankedLogps
 from bmc.models import TinyLlama
 from bmc.module import PreferenceModule
 from bmc.row_scores import RowScores

@@ -6,7 +6,7 @@ module of this package on its first lookup. See ``registry`` for the interface.
 
 from bmc.losses.masks import ENGLISH_STOPWORDS, diff_masks, stopword_token_ids
 from bmc.losses.objective import build_objective, needs_reference
-from bmc.losses.ranked import RankedLogps
+from bmc.losses.ranked_logps import RankedLogps
 from bmc.losses.registry import (
     LOSSES,
     LossOutput,

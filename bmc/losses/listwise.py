@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bmc.losses.ranked import RankedLogps
+from bmc.losses.ranked_logps import RankedLogps
 from bmc.losses.registry import LossOutput, register_loss
 from bmc.plugins import POSITIVE
 

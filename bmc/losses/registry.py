@@ -105,7 +105,7 @@ def register_loss(
     ``ranges`` maps hyper-parameter names to the values they accept (anything supporting ``in``, e.g. an
     ``Interval``), overriding the shared defaults (beta > 0, eps in [0, 0.5), ...). ``sequence_kl``: the loss
     reads ``SequenceLogps.chosen_kl``/``rejected_kl``, so the reference runs in the step (TDPO). ``listwise``: the
-    loss takes the ranked lists of K responses per prompt (:class:`bmc.losses.ranked.RankedLogps`), not pairs.
+    loss takes the ranked lists of K responses per prompt (:class:`bmc.losses.ranked_logps.RankedLogps`), not pairs.
     """
     flags = {"reference_free": reference_free, "sequence_kl": sequence_kl, "listwise": listwise}
     return LOSSES.register(name, ranges=ranges, traits=[trait for trait, on in flags.items() if on])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bmc.report.records import RunRecord
-from bmc.report.rounds import plot_rounds
+from bmc.report.round_metrics import plot_rounds
 from bmc.report.table import Table
 
 if TYPE_CHECKING:

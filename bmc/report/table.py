@@ -13,7 +13,7 @@ from typing import Any
 
 from bmc.report.data_reports import data_reports_markdown
 from bmc.report.records import RunRecord
-from bmc.report.rounds import rounds_markdown
+from bmc.report.round_metrics import rounds_markdown
 
 # shown when the caller names none (those that no run has are dropped)
 DEFAULT_METRICS = (

@@ -11,7 +11,7 @@ from bmc.data.datamodule import PreferenceDataModule
 from bmc.data.lists import LIST_REF_COLUMN, ListDataModule, check_list_row
 from bmc.data.tokenize import Truncation
 from bmc.logprobs import response_token_logps
-from bmc.losses.ranked import ranked_from_rows
+from bmc.losses.ranked_logps import ranked_from_rows
 from bmc.reference import attach_reference_logps, load_logps, save_logps
 from bmc.tokenizer import train_bpe_tokenizer
 

@@ -1,9 +1,9 @@
-"""The rounds report (bmc/report/rounds.py): each method's metrics round by round, mean ± std over seeds."""
+"""The rounds report (bmc/report/round_metrics.py): each method's metrics round by round, mean ± std over seeds."""
 
 from __future__ import annotations
 
 from bmc.report.records import RunRecord
-from bmc.report.rounds import per_round, plot_rounds, rounds_markdown
+from bmc.report.round_metrics import per_round, plot_rounds, rounds_markdown
 
 
 def _run(method: str, seed: int, metrics: dict[str, float], status: str = "completed") -> RunRecord:
