@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -204,6 +205,21 @@ def test_token_rewards_run_their_forward_on_every_rank_and_rank_0_alone_writes(r
         assert [e["marked"] for e in record["examples"]] == [[1], [1]]
 
 
+def _on_two_gloo_ranks(target: Callable[[int, int, str], None], out: Path) -> None:
+    """``target(rank, port, out)`` in two forked processes that form a gloo group; both must exit cleanly."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ranks = [FORK.Process(target=target, args=(r, port, str(out))) for r in (0, 1)]
+    for r in ranks:
+        r.start()
+    for r in ranks:
+        r.join(timeout=120)
+    assert [r.exitcode for r in ranks] == [0, 0]
+
+
 def _split_in_rank(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -220,19 +236,9 @@ def _split_in_rank(rank: int, port: int, out: str) -> None:
 def test_work_split_across_two_processes_comes_back_whole_and_in_order_on_both(tmp_path: Path) -> None:
     """Blocks of 3 of 10 items on 2 gloo ranks: rank 0 does blocks 0 and 2 (items 0-2, 6-8), rank 1 blocks 1 and
     3 (3-5, 9); both get all 10 results in the items' order. One process without a group does all of them."""
-    import socket
-
     from bmc.distributed import split_across_ranks
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ranks = [FORK.Process(target=_split_in_rank, args=(r, port, str(tmp_path))) for r in (0, 1)]
-    for r in ranks:
-        r.start()
-    for r in ranks:
-        r.join(timeout=120)
-    assert [r.exitcode for r in ranks] == [0, 0]
+    _on_two_gloo_ranks(_split_in_rank, tmp_path)
     owner = [0, 0, 0, 1, 1, 1, 0, 0, 0, 1]
     expected = [[x, x * x, owner[x]] for x in range(10)]
     assert [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)] == [expected, expected]
@@ -266,17 +272,7 @@ def _cache_in_rank(rank: int, port: int, out: str) -> None:
 def test_a_cache_entry_computed_by_two_processes_is_written_once_and_then_hit_by_both(tmp_path: Path) -> None:
     """On a miss both ranks compute (each its share of the items, rows 0, 2, 4 on rank 0) and rank 0 alone writes
     the entry, which both name; asked again, both hit it and compute nothing."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ranks = [FORK.Process(target=_cache_in_rank, args=(r, port, str(tmp_path))) for r in (0, 1)]
-    for r in ranks:
-        r.start()
-    for r in ranks:
-        r.join(timeout=120)
-    assert [r.exitcode for r in ranks] == [0, 0]
+    _on_two_gloo_ranks(_cache_in_rank, tmp_path)
     rank0, rank1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
     assert rank0["calls"] == ["compute", "write"] and rank1["calls"] == ["compute"]
     assert rank0["folders"] == rank1["folders"] and len(set(rank0["folders"])) == 1
