@@ -10,6 +10,7 @@ split across the ranks (:func:`cached_on_every_rank`, :func:`split_across_ranks`
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,7 +87,7 @@ def _from_rank_zero(value: T) -> T:
 
 
 def cached_on_every_rank(
-    root: str, stage: str, payload: Any, compute: Callable[[], T], write: Callable[[T, Path], None]
+    root: str | os.PathLike, stage: str, payload: Any, compute: Callable[[], T], write: Callable[[T, Path], None]
 ) -> Path:
     """The cache folder of ``stage`` for ``payload`` (:func:`bmc.cache.cached_dir`), its values computed by every
     rank together on a miss: ``compute()`` is called on every rank (it splits its work with

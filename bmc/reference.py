@@ -1,10 +1,11 @@
-"""Per-token reference log-probs, computed once before training and cached on disk.
+"""Per-token reference log-probs, computed once before the first optimizer step and cached on disk.
 
 The reference of the preference stage is the SFT model, and the policy is that same model until its first
-optimizer step; so the reference log-probs of every pair are computed with the policy itself before training
-(no second copy of the model is ever built), stored under ``<cache>/ref_logps/<key>``, and handed to the module
-in each batch as ``ref_token_logps``. The key holds the model checkpoint, the tokenizer, the exact token ids of
-every pair after truncation, the truncation settings and the precision, so runs and sweep jobs that share them
+optimizer step; so the reference log-probs of every pair are computed with the policy itself at the start of
+``fit`` (no second copy of the model is ever built; each rank of a multi-process run scores a share), stored
+under ``<cache>/ref_logps/<key>``, and handed to the module in each batch as ``ref_token_logps``. The key holds
+the model checkpoint, the tokenizer, the exact token ids of every pair after truncation, the truncation settings
+and the precision, so runs and sweep jobs that share them
 share one entry; a run with a cache hit runs no reference forward at all.
 
 Values are stored per response token (chosen and rejected separately; for ranked lists, each of a prompt's K
