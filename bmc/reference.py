@@ -5,8 +5,8 @@ optimizer step; so the reference log-probs of every pair are computed with the p
 ``fit`` (no second copy of the model is ever built; each rank of a multi-process run scores a share), stored
 under ``<cache>/ref_logps/<key>``, and handed to the module in each batch as ``ref_token_logps``. The key holds
 the model checkpoint, the tokenizer, the exact token ids of every pair after truncation, the truncation settings
-and the precision, so runs and sweep jobs that share them
-share one entry; a run with a cache hit runs no reference forward at all.
+and the precision, so runs and sweep jobs that share them share one entry; a run with a cache hit runs no
+reference forward at all.
 
 Values are stored per response token (chosen and rejected separately; for ranked lists, each of a prompt's K
 responses), not as sequence sums, because BMC token weighting needs the reference's per-token confidence.
